@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, then every test of the workspace
+# against one debug build. Usage: scripts/test.sh [extra nextest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== build"
+# The black-box tests in tests/ run the real `pinmesh` binary from this same debug build.
+cargo build --workspace --locked --bins
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    # nextest does not run doctests; run them first so nextest's summary closes the output.
+    cargo test --workspace --locked --doc --quiet
+    cargo nextest run --workspace --locked --no-fail-fast "$@"
+else
+    cargo test --workspace --locked --no-fail-fast "$@"
+fi
