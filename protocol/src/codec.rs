@@ -1,0 +1,206 @@
+//! The one place bytes are made: CBOR (serde_cbor, packed: struct fields as integers, defaults
+//! omitted) for wire messages, stored entries and signing input.
+//!
+//! Wire messages travel in an envelope `[version, body]`, a two-element CBOR array whose first
+//! element is the protocol version. Decoding checks the size limit of the message family first,
+//! then the envelope, then the body; anything malformed, truncated, oversized or of another
+//! version is a [`DecodeError`], never a panic. Golden-bytes tests (`tests/golden.rs`) fail on
+//! any change of encoding.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::entry::Version;
+use crate::message::{DeltaBatch, Gossip, Request, Response};
+
+/// The wire version this build speaks.
+pub const WIRE_VERSION: u64 = 1;
+
+/// Largest gossip message: a delta batch. Gossipsub's transmit limit is set above this.
+pub const MAX_DELTA_BATCH: usize = 1 << 20;
+/// Largest beacon.
+pub const MAX_BEACON: usize = 64 << 10;
+/// Largest request.
+pub const MAX_REQUEST: usize = 4 << 10;
+/// Largest response (a snapshot chunk or a run of batches); senders cut chunks well below it.
+pub const MAX_RESPONSE: usize = 8 << 20;
+
+/// Why bytes do not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge { len: usize, max: usize },
+    #[error("message is truncated")]
+    Truncated,
+    #[error("not a pinmesh message envelope")]
+    NotAnEnvelope,
+    #[error("unsupported protocol version {0} (this build speaks {WIRE_VERSION})")]
+    UnsupportedVersion(u64),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+impl From<serde_cbor::Error> for DecodeError {
+    fn from(err: serde_cbor::Error) -> Self {
+        if err.is_eof() {
+            DecodeError::Truncated
+        } else {
+            DecodeError::Malformed(err.to_string())
+        }
+    }
+}
+
+fn to_vec<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    // Serialising these types into memory has no failure mode: no maps with non-string keys of
+    // unsupported types, no I/O.
+    let mut out = Vec::new();
+    let mut serializer = serde_cbor::Serializer::new(&mut out).packed_format();
+    value
+        .serialize(&mut serializer)
+        .expect("CBOR encoding into memory cannot fail");
+    out
+}
+
+fn encode_envelope<T: Serialize>(body: &T) -> Vec<u8> {
+    to_vec(&(WIRE_VERSION, body))
+}
+
+/// Reads the envelope's version without decoding the body.
+fn envelope_version(bytes: &[u8]) -> Result<u64, DecodeError> {
+    let (&head, rest) = bytes.split_first().ok_or(DecodeError::Truncated)?;
+    if head != 0x82 {
+        return Err(DecodeError::NotAnEnvelope);
+    }
+    let (&initial, rest) = rest.split_first().ok_or(DecodeError::Truncated)?;
+    if initial >> 5 != 0 {
+        return Err(DecodeError::NotAnEnvelope);
+    }
+    let width = match initial & 0x1f {
+        n @ 0..=23 => return Ok(u64::from(n)),
+        24 => 1,
+        25 => 2,
+        26 => 4,
+        27 => 8,
+        _ => return Err(DecodeError::NotAnEnvelope),
+    };
+    let digits = rest.get(..width).ok_or(DecodeError::Truncated)?;
+    Ok(digits
+        .iter()
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+}
+
+fn decode_envelope<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, DecodeError> {
+    if bytes.len() > max {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            max,
+        });
+    }
+    let version = envelope_version(bytes)?;
+    if version != WIRE_VERSION {
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
+    let (_, body): (u64, T) = serde_cbor::from_slice(bytes)?;
+    Ok(body)
+}
+
+pub fn encode_gossip(message: &Gossip) -> Vec<u8> {
+    encode_envelope(message)
+}
+
+/// Decodes gossip: at most [`MAX_DELTA_BATCH`] bytes, and a beacon at most [`MAX_BEACON`].
+pub fn decode_gossip(bytes: &[u8]) -> Result<Gossip, DecodeError> {
+    let message = decode_envelope(bytes, MAX_DELTA_BATCH)?;
+    if matches!(message, Gossip::Beacon(_)) && bytes.len() > MAX_BEACON {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            max: MAX_BEACON,
+        });
+    }
+    Ok(message)
+}
+
+pub fn encode_request(request: &Request) -> Vec<u8> {
+    encode_envelope(request)
+}
+
+pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
+    decode_envelope(bytes, MAX_REQUEST)
+}
+
+pub fn encode_response(response: &Response) -> Vec<u8> {
+    encode_envelope(response)
+}
+
+pub fn decode_response(bytes: &[u8]) -> Result<Response, DecodeError> {
+    decode_envelope(bytes, MAX_RESPONSE)
+}
+
+/// The canonical encoding of a CID's versions, as stored and as hashed into the state digest.
+/// `versions` must be canonical (sorted by dot, no repeats).
+pub fn encode_entry(versions: &[Version]) -> Vec<u8> {
+    to_vec(versions)
+}
+
+pub fn decode_entry(bytes: &[u8]) -> Result<Vec<Version>, DecodeError> {
+    Ok(serde_cbor::from_slice(bytes)?)
+}
+
+/// Encoded size of any protocol value, without envelope (for sizing batches and chunks).
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    to_vec(value).len()
+}
+
+/// What a batch's author signs: a domain tag, then every field but the signature.
+pub fn batch_signing_bytes(batch: &DeltaBatch) -> Vec<u8> {
+    let mut out = b"pinmesh delta batch v1\0".to_vec();
+    out.extend(to_vec(&(
+        batch.origin,
+        batch.author,
+        batch.incarnation,
+        batch.first,
+        &batch.changes,
+    )));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_versions() {
+        assert_eq!(envelope_version(&[0x82, 0x01]), Ok(1));
+        assert_eq!(envelope_version(&[0x82, 0x18, 0x30]), Ok(0x30));
+        assert_eq!(
+            envelope_version(&[0x82, 0x19, 0x01]),
+            Err(DecodeError::Truncated)
+        );
+        assert_eq!(
+            envelope_version(&[0x83, 0x01]),
+            Err(DecodeError::NotAnEnvelope)
+        );
+        assert_eq!(envelope_version(&[]), Err(DecodeError::Truncated));
+        assert!(matches!(
+            decode_request(&encode_envelope(&(7u8, "x"))),
+            Err(DecodeError::Malformed(_))
+        ));
+        let future = to_vec(&(2u64, &Request::Status));
+        assert_eq!(
+            decode_request(&future),
+            Err(DecodeError::UnsupportedVersion(2))
+        );
+    }
+
+    #[test]
+    fn limits_apply_before_parsing() {
+        let big = vec![0u8; MAX_REQUEST + 1];
+        assert_eq!(
+            decode_request(&big),
+            Err(DecodeError::TooLarge {
+                len: MAX_REQUEST + 1,
+                max: MAX_REQUEST
+            })
+        );
+    }
+}

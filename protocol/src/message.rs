@@ -1,0 +1,261 @@
+//! Wire messages. Encoding lives in [`codec`](crate::codec); every message travels in a
+//! versioned envelope, and this module holds the version-1 bodies.
+//!
+//! - gossip ([`Gossip`]): signed [`DeltaBatch`]es and periodic [`Beacon`]s on the cluster topic;
+//! - request-response ([`Request`] / [`Response`]): `Status`, `GetDeltas` (answered `Deltas` or
+//!   `Truncated` below the retained log) and `Snapshot` chunks.
+//!
+//! A [`DeltaBatch`] carries an application-level ed25519 signature by its author, so any peer
+//! can serve it again during repair and the receiver still knows who wrote it.
+
+use cid::Cid;
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::codec;
+use crate::delta::{Change, Delta};
+use crate::digest::Digest;
+use crate::dot::{ActorId, AppliedVector, CausalContext, Dot};
+use crate::entry::Version;
+use crate::spec::SpecError;
+
+/// Most changes in one batch. With the per-pin limits of [`spec::limits`](crate::spec::limits)
+/// a batch of small pins stays well under [`codec::MAX_DELTA_BATCH`]; the sender also cuts
+/// batches by encoded size.
+pub const MAX_BATCH_CHANGES: usize = 4096;
+
+/// Consecutive deltas of one origin, `first ..= first + changes.len() - 1`, signed by their
+/// author. Encoded as `[origin, author, incarnation, first, changes, signature]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaBatch {
+    pub origin: ActorId,
+    /// The author's ed25519 public key. `origin` must equal
+    /// `ActorId::derive(author, incarnation)`.
+    pub author: Key,
+    pub incarnation: u64,
+    /// The counter of the first change's dot.
+    pub first: u64,
+    pub changes: Vec<Change>,
+    pub signature: Sig,
+}
+
+crate::serde_as_tuple!(DeltaBatch {
+    origin: ActorId,
+    author: Key,
+    incarnation: u64,
+    first: u64,
+    changes: Vec<Change>,
+    signature: Sig,
+});
+
+/// A 32-byte public key, encoded as a CBOR byte string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Key(#[serde(with = "serde_bytes")] pub [u8; 32]);
+
+/// A 64-byte signature, encoded as a CBOR byte string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Sig(#[serde(with = "serde_bytes")] pub [u8; 64]);
+
+/// Something that signs batches with an ed25519 key: a test key here, the node's libp2p
+/// identity in the agent.
+pub trait Signer {
+    fn public_key(&self) -> [u8; 32];
+    fn sign(&self, message: &[u8]) -> [u8; 64];
+}
+
+impl Signer for SigningKey {
+    fn public_key(&self) -> [u8; 32] {
+        self.verifying_key().to_bytes()
+    }
+    fn sign(&self, message: &[u8]) -> [u8; 64] {
+        ed25519_dalek::Signer::sign(self, message).to_bytes()
+    }
+}
+
+/// Why a [`DeltaBatch`] is rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("batch has no changes")]
+    Empty,
+    #[error("batch has {0} changes; the limit is {MAX_BATCH_CHANGES}")]
+    TooManyChanges(usize),
+    #[error("batch counters start at {first} and overflow or start at 0")]
+    BadRange { first: u64 },
+    #[error("origin {origin} is not the actor of the signing key's incarnation {incarnation}")]
+    OriginMismatch { origin: ActorId, incarnation: u64 },
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("invalid pin options for {cid}: {source}")]
+    Spec {
+        cid: String,
+        #[source]
+        source: SpecError,
+    },
+}
+
+impl DeltaBatch {
+    /// Signs consecutive local `deltas` (all of one origin, ascending and dense).
+    ///
+    /// # Panics
+    /// If `deltas` is empty, mixes origins or skips a counter: that is a bug in the caller.
+    pub fn sign(signer: &impl Signer, incarnation: u64, deltas: &[Delta]) -> Self {
+        let first = deltas
+            .first()
+            .expect("a batch needs at least one delta")
+            .dot;
+        for (i, d) in deltas.iter().enumerate() {
+            assert_eq!(d.dot, Dot::new(first.actor, first.counter + i as u64));
+        }
+        let mut batch = DeltaBatch {
+            origin: first.actor,
+            author: Key(signer.public_key()),
+            incarnation,
+            first: first.counter,
+            changes: deltas.iter().map(|d| d.change.clone()).collect(),
+            signature: Sig([0; 64]),
+        };
+        batch.signature = Sig(signer.sign(&codec::batch_signing_bytes(&batch)));
+        batch
+    }
+
+    /// Checks everything that does not need cluster knowledge: shape, limits, origin binding and
+    /// signature. Whether `author` may write is the receiver's decision.
+    pub fn verify(&self) -> Result<(), BatchError> {
+        if self.changes.is_empty() {
+            return Err(BatchError::Empty);
+        }
+        if self.changes.len() > MAX_BATCH_CHANGES {
+            return Err(BatchError::TooManyChanges(self.changes.len()));
+        }
+        if self.first == 0 || self.last().is_none() {
+            return Err(BatchError::BadRange { first: self.first });
+        }
+        if ActorId::derive(&self.author.0, self.incarnation) != self.origin {
+            return Err(BatchError::OriginMismatch {
+                origin: self.origin,
+                incarnation: self.incarnation,
+            });
+        }
+        for change in &self.changes {
+            if let Some((_, spec)) = &change.pin {
+                spec.validate().map_err(|source| BatchError::Spec {
+                    cid: change.cid.to_string(),
+                    source,
+                })?;
+            }
+        }
+        let key = VerifyingKey::from_bytes(&self.author.0).map_err(|_| BatchError::BadSignature)?;
+        let signature = Signature::from_bytes(&self.signature.0);
+        key.verify_strict(&codec::batch_signing_bytes(self), &signature)
+            .map_err(|_| BatchError::BadSignature)
+    }
+
+    /// The counter of the last change; `None` if the range overflows.
+    pub fn last(&self) -> Option<u64> {
+        (self.changes.len() as u64)
+            .checked_sub(1)
+            .and_then(|n| self.first.checked_add(n))
+    }
+
+    /// The batch as deltas with their dots.
+    pub fn deltas(&self) -> impl Iterator<Item = Delta> + '_ {
+        self.changes.iter().enumerate().map(|(i, change)| Delta {
+            dot: Dot::new(self.origin, self.first + i as u64),
+            change: change.clone(),
+        })
+    }
+}
+
+/// A replica's convergence summary: sent periodically as a beacon and as the answer to
+/// `Status`. Two replicas with equal `applied_digest` hold equal states.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub actor: ActorId,
+    pub pins: u64,
+    pub state_digest: Digest,
+    pub applied_digest: Digest,
+    /// The applied vector itself; a beacon may leave it out when it is large, and the receiver
+    /// asks with `Status` when the digests differ.
+    pub applied: Option<AppliedVector>,
+    /// Per origin, the lowest counter whose delta this replica still serves.
+    pub low_water: Vec<(ActorId, u64)>,
+    /// Whether the replica has caught up with the peers it asked at start.
+    pub synced: bool,
+}
+
+/// Gossip on the cluster topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Gossip {
+    DeltaBatch(DeltaBatch),
+    Beacon(Summary),
+}
+
+/// A request on the sync protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Ask for the peer's [`Summary`] with its applied vector.
+    Status,
+    /// Ask for the deltas `from ..= to` of `origin`, as the signed batches holding them.
+    GetDeltas { origin: ActorId, from: u64, to: u64 },
+    /// Ask for the next chunk of the peer's state: the first chunk with `snapshot_id: None`,
+    /// the following ones with the id and the `next` cursor of the previous chunk.
+    Snapshot {
+        snapshot_id: Option<u64>,
+        after: Option<ByteBuf>,
+        limit: u32,
+    },
+}
+
+/// One CID and its versions, as a snapshot carries it. Encoded as `[cid, versions]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinEntry {
+    pub cid: Cid,
+    pub versions: Vec<Version>,
+}
+
+crate::serde_as_tuple!(PinEntry {
+    cid: Cid,
+    versions: Vec<Version>
+});
+
+/// The head of a snapshot, sent with its first chunk. The receiver joins it only after staging
+/// every chunk: a partial chunk's context would mask dots the chunk omitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotHead {
+    pub context: CausalContext,
+    pub applied: AppliedVector,
+    pub pins: u64,
+    pub state_digest: Digest,
+}
+
+/// A chunk of a snapshot, entries ascending by CID bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    pub snapshot_id: u64,
+    pub head: Option<SnapshotHead>,
+    pub entries: Vec<PinEntry>,
+    /// Cursor for the next chunk; `None` on the last one.
+    pub next: Option<ByteBuf>,
+}
+
+/// A response on the sync protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Status(Summary),
+    Deltas {
+        batches: Vec<DeltaBatch>,
+    },
+    /// The log no longer holds the asked range; ask for a snapshot.
+    Truncated {
+        origin: ActorId,
+        first_available: u64,
+    },
+    SnapshotChunk(SnapshotChunk),
+    /// The request was understood and declined (busy, snapshot expired, limit exceeded).
+    Refused {
+        reason: String,
+    },
+}
