@@ -10,6 +10,7 @@
 //! - [`delta`]: what one operation changed.
 //! - [`pinset`]: the store-agnostic state operations, and an in-memory pinset.
 //! - [`message`] and [`codec`]: wire messages, their versioned encoding and size limits.
+//! - [`snapshot`]: whole states in chunks, staged and checked before they are joined.
 //! - [`digest`]: state and applied digests.
 //! - [`sim`]: a seeded multi-replica simulator.
 
@@ -21,6 +22,7 @@ pub mod entry;
 pub mod message;
 pub mod pinset;
 pub mod sim;
+pub mod snapshot;
 pub mod spec;
 
 pub use cid::Cid;

@@ -24,6 +24,8 @@ use crate::delta::{Delta, Op};
 use crate::digest::{Digest, entry_hash};
 use crate::dot::{AppliedVector, CausalContext, ContainsDot, Dot, DotSet};
 use crate::entry::{Version, join_versions, normalize};
+use crate::message::{SnapshotChunk, SnapshotHead};
+use crate::snapshot::chunk_from;
 
 /// Storage of the pinset's entries: CID bytes -> canonical encoded versions. Empty entries are
 /// never stored.
@@ -411,6 +413,46 @@ impl MemPinset {
             ));
         }
         self.head.absorb(remote_ctx, &other.head.applied);
+    }
+
+    /// A state made of staged snapshot entries and the head [`SnapshotStage::finish`] returned.
+    ///
+    /// [`SnapshotStage::finish`]: crate::snapshot::SnapshotStage::finish
+    pub fn from_parts(entries: MemEntries, head: Head) -> Self {
+        MemPinset { entries, head }
+    }
+
+    pub fn snapshot_head(&self) -> SnapshotHead {
+        SnapshotHead {
+            context: self.head.context.clone(),
+            applied: self.head.applied.clone(),
+            pins: self.head.pins,
+            state_digest: self.head.digest,
+        }
+    }
+
+    /// The whole state as snapshot chunks of about `byte_budget` bytes, ascending by CID.
+    pub fn snapshot(&self, snapshot_id: u64, byte_budget: usize) -> Vec<SnapshotChunk> {
+        let mut raw: Vec<(&[u8], &[u8])> = self.entries.iter().collect();
+        raw.sort_unstable_by_key(|(cid, _)| *cid);
+        let mut entries = raw.into_iter().peekable();
+        let mut head = Some(self.snapshot_head());
+        let mut chunks = Vec::new();
+        loop {
+            let chunk = chunk_from(
+                snapshot_id,
+                head.take(),
+                &mut entries,
+                usize::MAX,
+                byte_budget,
+            )
+            .expect("in-memory entries decode");
+            let last = chunk.next.is_none();
+            chunks.push(chunk);
+            if last {
+                return chunks;
+            }
+        }
     }
 
     /// Every entry, decoded and sorted by CID bytes.

@@ -7,8 +7,8 @@
 //!   its sender after `repair_delay` ticks, if the hole is still there;
 //! - every `beacon_interval` ticks each replica sends its applied vector; a receiver that lacks
 //!   some of it asks that peer for the missing ranges;
-//! - a late joiner starts empty and catches up with one snapshot (a full-state join) from a
-//!   peer, then with deltas.
+//! - a late joiner starts empty and catches up with a snapshot from a peer (encoded chunks,
+//!   staged and checked, then joined), then with deltas.
 //!
 //! The network drops (`loss`), duplicates (`duplicate`) and delays by 1..=`max_delay` ticks,
 //! which reorders, every message (repair traffic included), and during `partition` cuts the
@@ -24,10 +24,14 @@ use cid::Cid;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::codec;
 use crate::delta::{Delta, Op};
 use crate::dot::{ActorId, AppliedVector, Dot, DotSet};
 use crate::entry::Version;
+use crate::message::Response;
+use crate::pinset::MemEntries;
 use crate::pinset::MemPinset;
+use crate::snapshot::{Progress, SnapshotStage};
 use crate::spec::{PinMode, PinSpec};
 
 /// The shape of one simulation run.
@@ -252,7 +256,21 @@ impl Sim {
         } else {
             (&mut right[0], &left[peer])
         };
-        joiner.pinset.join(&source.pinset);
+        // Through the wire format and the staging checks, as the agent receives it.
+        let mut stage = SnapshotStage::new(MemEntries::default());
+        for chunk in source.pinset.snapshot(self.tick, 4096) {
+            let bytes = codec::encode_response(&Response::SnapshotChunk(chunk));
+            let Ok(Response::SnapshotChunk(chunk)) = codec::decode_response(&bytes) else {
+                panic!("snapshot chunk does not round-trip");
+            };
+            let progress = stage.accept(chunk).expect("snapshot chunk is valid");
+            debug_assert!(matches!(
+                progress,
+                Progress::Continue { .. } | Progress::Complete
+            ));
+        }
+        let (entries, head) = stage.finish().expect("snapshot matches its head");
+        joiner.pinset.join(&MemPinset::from_parts(entries, head));
         self.report.snapshots += 1;
     }
 
