@@ -1,6 +1,18 @@
-//! pinmesh-agent: the agent around the pure `pinmesh-protocol` crate.
+//! pinmesh-agent: the agent around the pure `pinmesh-protocol` crate. All I/O lives here.
 //!
-//! At this milestone it holds the command line only; the daemon (swarm, replica, store,
-//! reconciler, control API) follows the layout in DESIGN.md and arrives module by module.
+//! - [`node`]: starts and stops a whole agent ([`node::Node::start`]).
+//! - [`swarm`]: libp2p transport, behaviours and the event loop that owns the swarm.
+//! - [`replica`]: the only writer of the CRDT state (group commits).
+//! - [`store`]: redb tables.
+//! - [`api`]: the control API and its client.
+//! - [`config`], [`home`]: configuration and the agent's home directory.
+//! - [`cli`]: the `pinmesh` command line.
 
+pub mod api;
 pub mod cli;
+pub mod config;
+pub mod home;
+pub mod node;
+pub mod replica;
+pub mod store;
+pub mod swarm;

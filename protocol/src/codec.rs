@@ -146,6 +146,16 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Vec<Version>, DecodeError> {
     Ok(serde_cbor::from_slice(bytes)?)
 }
 
+/// The storage encoding of any protocol value (no envelope: the agent versions its table names).
+pub fn encode_stored<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    to_vec(value)
+}
+
+/// Decodes a value written by [`encode_stored`].
+pub fn decode_stored<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    Ok(serde_cbor::from_slice(bytes)?)
+}
+
 /// Encoded size of any protocol value, without envelope (for sizing batches and chunks).
 pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
     to_vec(value).len()

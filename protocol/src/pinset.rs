@@ -50,7 +50,7 @@ pub enum JoinError<E> {
 }
 
 /// The small part of the state: everything but the entries.
-#[derive(Clone, PartialEq, Eq, Default)]
+#[derive(Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Head {
     /// Every dot seen, applied or superseded: the CRDT's merge semantics.
     pub context: CausalContext,

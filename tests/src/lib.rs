@@ -1,12 +1,22 @@
-//! Support for pinmesh's multi-agent and black-box scenarios.
+//! Support for pinmesh's multi-agent and black-box scenarios: real agents on 127.0.0.1 with
+//! temporary homes, waits on conditions with deadlines, and the real `pinmesh` binary.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use pinmesh_agent::api::client::Client;
+use pinmesh_agent::home::{Home, InitOptions, init};
+use pinmesh_agent::node::{Node, NodeHandle, StartOptions};
+use pinmesh_agent::replica::ReplicaState;
+use tempfile::TempDir;
+use tokio::time::Instant;
 
 /// The `pinmesh` binary built alongside these tests (`target/<profile>/pinmesh`).
 ///
-/// `cargo test --workspace` and `cargo nextest run --workspace` build it, as a binary target of
-/// a package under test.
+/// `scripts/test.sh` builds it before running the tests.
 pub fn pinmesh_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/pinmesh
@@ -23,12 +33,162 @@ pub fn pinmesh_bin() -> PathBuf {
     bin
 }
 
-/// Runs `pinmesh` with `args` in a fresh temporary home and returns its output.
-pub fn pinmesh(args: &[&str]) -> Output {
-    let home = std::env::temp_dir().join(format!("pinmesh-test-{}", std::process::id()));
+/// Runs `pinmesh` with `args` and home `dir`, returns its output.
+pub fn pinmesh_in(dir: &std::path::Path, args: &[&str]) -> Output {
     Command::new(pinmesh_bin())
         .args(args)
-        .env("PINMESH_DIR", &home)
+        .env("PINMESH_DIR", dir)
+        .env_remove("PINMESH_API")
         .output()
         .expect("spawn pinmesh")
+}
+
+/// Runs `pinmesh` with `args` in a throwaway home.
+pub fn pinmesh(args: &[&str]) -> Output {
+    let home = TempDir::new().expect("temp dir");
+    pinmesh_in(home.path(), args)
+}
+
+/// A fresh random cluster secret.
+pub fn random_secret() -> String {
+    (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+/// One in-process agent and its home.
+#[derive(Debug)]
+pub struct TestAgent {
+    pub node: Option<NodeHandle>,
+    pub home: Home,
+    _dir: Arc<TempDir>,
+}
+
+impl TestAgent {
+    /// Creates a home on loopback with free ports.
+    pub fn create(secret: &str, bootstrap: &[Multiaddr]) -> TestAgent {
+        let dir = TempDir::new().expect("temp dir");
+        let home = Home::new(dir.path());
+        init(
+            &home,
+            InitOptions {
+                secret: Some(secret.to_string()),
+                listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+                api_listen: "127.0.0.1:0".into(),
+                bootstrap: bootstrap.iter().map(ToString::to_string).collect(),
+                ..InitOptions::default()
+            },
+        )
+        .expect("init home");
+        TestAgent {
+            node: None,
+            home,
+            _dir: Arc::new(dir),
+        }
+    }
+
+    pub async fn start(&mut self) -> &NodeHandle {
+        let node = Node::start(self.home.clone(), StartOptions::default())
+            .await
+            .expect("agent starts");
+        self.node.insert(node)
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(node) = self.node.take() {
+            node.shutdown().await;
+        }
+    }
+
+    pub fn node(&self) -> &NodeHandle {
+        self.node.as_ref().expect("agent is running")
+    }
+
+    pub fn client(&self) -> Client {
+        self.node().client().expect("API client")
+    }
+
+    pub fn state(&self) -> Arc<ReplicaState> {
+        self.node().replica.state()
+    }
+}
+
+/// Agents of one cluster; the first is every other's bootstrap peer.
+#[derive(Debug)]
+pub struct TestCluster {
+    pub secret: String,
+    pub agents: Vec<TestAgent>,
+}
+
+impl TestCluster {
+    pub async fn start(n: usize) -> TestCluster {
+        let secret = random_secret();
+        let mut first = TestAgent::create(&secret, &[]);
+        let bootstrap = first.start().await.addrs.clone();
+        let mut agents = vec![first];
+        for _ in 1..n {
+            let mut agent = TestAgent::create(&secret, &bootstrap);
+            agent.start().await;
+            agents.push(agent);
+        }
+        TestCluster { secret, agents }
+    }
+
+    pub fn running(&self) -> Vec<&TestAgent> {
+        self.agents.iter().filter(|a| a.node.is_some()).collect()
+    }
+
+    /// Waits until every running agent has the same applied and state digests and `pins` pins.
+    pub async fn converged(&self, pins: Option<u64>, timeout: Duration) -> Result<(), String> {
+        let running = self.running();
+        wait_for(&running, timeout, |states| {
+            let first = &states[0].summary;
+            states.iter().all(|s| {
+                s.summary.applied_digest == first.applied_digest
+                    && s.summary.state_digest == first.state_digest
+                    && pins.is_none_or(|p| s.summary.pins == p)
+            })
+        })
+        .await
+        .map_err(|states| {
+            let lines: Vec<String> = states
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} pins {} applied {}",
+                        s.summary.actor, s.summary.pins, s.summary.applied_digest
+                    )
+                })
+                .collect();
+            format!("not converged after {timeout:?}:\n{}", lines.join("\n"))
+        })
+    }
+}
+
+/// Waits until `check` holds over the agents' replica states; wakes on every state change (and
+/// re-checks every 50 ms for conditions outside the replica). Returns the last states on timeout.
+pub async fn wait_for(
+    agents: &[&TestAgent],
+    timeout: Duration,
+    check: impl Fn(&[Arc<ReplicaState>]) -> bool,
+) -> Result<(), Vec<Arc<ReplicaState>>> {
+    let deadline = Instant::now() + timeout;
+    let mut watches: Vec<_> = agents.iter().map(|a| a.node().replica.watch()).collect();
+    loop {
+        let states: Vec<Arc<ReplicaState>> = watches.iter().map(|w| w.borrow().clone()).collect();
+        if check(&states) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(states);
+        }
+        let changes =
+            futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
+        let recheck = tokio::time::sleep(Duration::from_millis(50));
+        tokio::select! {
+            _ = changes => {}
+            _ = recheck => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
 }

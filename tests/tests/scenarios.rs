@@ -1,13 +1,31 @@
 //! Scenarios driving the real `pinmesh` binary as a user would.
 
-use pinmesh_tests::pinmesh;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
 
-fn stdout(out: &std::process::Output) -> String {
+use pinmesh_protocol::sim::sim_cid;
+use pinmesh_tests::{pinmesh, pinmesh_bin, pinmesh_in};
+use tempfile::TempDir;
+
+fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn stderr(out: &std::process::Output) -> String {
+fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts a failure with exactly one line on stderr containing `needle`.
+fn assert_one_line_error(out: &Output, needle: &str) {
+    assert!(
+        !out.status.success(),
+        "expected failure; stdout: {}",
+        stdout(out)
+    );
+    let err = stderr(out);
+    assert_eq!(err.trim().lines().count(), 1, "stderr: {err}");
+    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
 }
 
 #[test]
@@ -59,26 +77,147 @@ fn simulate_is_deterministic_per_seed() {
 
 #[test]
 fn bad_arguments_get_one_clear_line_and_a_failure_exit() {
-    let out = pinmesh(&["simulate", "--loss", "2"]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("--loss"), "{err}");
-
-    let out = pinmesh(&["simulate", "--replicas", "many"]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("invalid value 'many'"),
-        "{}",
-        stderr(&out)
+    assert_one_line_error(&pinmesh(&["simulate", "--loss", "2"]), "--loss");
+    assert_one_line_error(
+        &pinmesh(&["simulate", "--replicas", "many"]),
+        "invalid value 'many'",
+    );
+    assert_one_line_error(&pinmesh(&["pin", "add", "not-a-cid"]), "is not a CID");
+    assert_one_line_error(
+        &pinmesh(&["pin", "add", &sim_cid(1).to_string(), "--meta", "novalue"]),
+        "KEY=VALUE",
+    );
+    assert_one_line_error(&pinmesh(&["join", "/ip4/127.0.0.1/tcp/1"]), "/p2p/");
+    assert_one_line_error(&pinmesh(&["join", "/ip9/nonsense"]), "not a multiaddr");
+    assert_one_line_error(&pinmesh(&["pin", "ls"]), "no running agent");
+    assert_one_line_error(
+        &pinmesh(&["init", "--secret", "abc"]),
+        "64 hexadecimal digits",
+    );
+    assert_one_line_error(
+        &pinmesh(&["init", "--listen", "/ip4/1.2.3.4/udp/1"]),
+        "must be /ip4",
     );
 }
 
 #[test]
-fn run_reports_version() {
-    let out = pinmesh(&["run", "--json"]);
+fn init_refuses_to_overwrite_and_a_broken_config_stops_run() {
+    let dir = TempDir::new().expect("temp dir");
+    let out = pinmesh_in(dir.path(), &["init", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("JSON");
-    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(v["wire_version"], 1);
+    let made: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("JSON");
+    assert_eq!(made["secret"].as_str().map(str::len), Some(64));
+    assert_one_line_error(&pinmesh_in(dir.path(), &["init"]), "--force");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for file in ["identity.key", "api.token", "config.toml"] {
+            let mode = std::fs::metadata(dir.path().join(file))
+                .expect("file")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{file} must be private");
+        }
+    }
+    std::fs::write(dir.path().join("config.toml"), "[cluster]\nsecret = 12\n").expect("write");
+    assert_one_line_error(&pinmesh_in(dir.path(), &["run"]), "config.toml");
+}
+
+/// A running `pinmesh run` process.
+struct Agent {
+    child: Child,
+    api: String,
+}
+
+impl Agent {
+    /// Starts `pinmesh run` and waits for it to print its API address.
+    fn start(dir: &Path) -> Agent {
+        let mut child = Command::new(pinmesh_bin())
+            .args(["run"])
+            .env("PINMESH_DIR", dir)
+            .env("PINMESH_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn pinmesh run");
+        let out = child.stdout.take().expect("stdout");
+        let mut api = None;
+        for line in BufReader::new(out).lines() {
+            let line = line.expect("read stdout");
+            if let Some(rest) = line.strip_prefix("api: ") {
+                api = Some(rest.to_string());
+                break;
+            }
+        }
+        Agent {
+            child,
+            api: api.expect("agent printed its API address"),
+        }
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn acknowledged_pins_survive_kill_9() {
+    let dir = TempDir::new().expect("temp dir");
+    let out = pinmesh_in(
+        dir.path(),
+        &[
+            "init",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let agent = Agent::start(dir.path());
+    assert!(agent.api.starts_with("http://127.0.0.1:"), "{}", agent.api);
+    let mut acked = Vec::new();
+    for n in 0..25 {
+        let cid = sim_cid(n).to_string();
+        let out = pinmesh_in(
+            dir.path(),
+            &["pin", "add", &cid, "--name", &format!("p{n}"), "--json"],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        acked.push(cid);
+    }
+    let out = pinmesh_in(dir.path(), &["pin", "rm", &acked[0], "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    agent.kill9();
+
+    let _agent = Agent::start(dir.path());
+    let out = pinmesh_in(dir.path(), &["pin", "ls", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let cids: std::collections::BTreeSet<String> = listed
+        .iter()
+        .map(|p| p["cid"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let expected: std::collections::BTreeSet<String> = acked[1..].iter().cloned().collect();
+    assert_eq!(cids, expected);
+    assert!(
+        listed
+            .iter()
+            .all(|p| p["name"].as_str().is_some_and(|n| n.starts_with('p')))
+    );
+    let out = pinmesh_in(dir.path(), &["debug", "digest", "--json"]);
+    let digest: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("JSON");
+    assert_eq!(digest["pins"], 24);
+    assert_eq!(digest["synced"], true, "a lone agent is synced");
 }

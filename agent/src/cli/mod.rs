@@ -1,5 +1,11 @@
-//! The command line: global flags, one file per command group.
+//! The command line: global flags, one file per command group. Domain values (CIDs,
+//! multiaddrs, durations) are parsed here, so bad input fails before any request is made.
 
+mod debug;
+mod init;
+mod peers;
+mod pin;
+mod run;
 mod simulate;
 
 use std::path::PathBuf;
@@ -7,13 +13,19 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::api::client::Client;
+use crate::home::Home;
+
 /// pinmesh: leaderless pinset replication for IPFS.
 #[derive(Debug, Parser)]
 #[command(name = "pinmesh", version, about)]
 pub struct Cli {
-    /// The agent's home: config, key, database.
+    /// The agent's home: config, identity, database.
     #[arg(long, global = true, env = "PINMESH_DIR", default_value = ".pinmesh")]
     pub dir: PathBuf,
+    /// Control API of a running agent (default: read from DIR/api.addr).
+    #[arg(long, global = true, env = "PINMESH_API")]
+    pub api: Option<String>,
     /// Machine-readable output (JSON).
     #[arg(long, global = true)]
     pub json: bool,
@@ -23,34 +35,72 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create an agent's home: config, identity, API token.
+    Init(init::Args),
     /// Run the agent.
-    Run,
+    Run(run::Args),
+    /// Show this agent's peer id, addresses, cluster and version.
+    Id,
+    /// Connect to a peer at runtime and remember it.
+    Join(peers::JoinArgs),
+    /// Known peers.
+    #[command(subcommand)]
+    Peers(peers::Command),
+    /// Add, remove and list pins.
+    #[command(subcommand)]
+    Pin(pin::Command),
+    /// Inspect replication and convergence.
+    #[command(subcommand)]
+    Debug(debug::Command),
     /// Run the protocol simulator: replicas, a lossy network, a partition; report convergence.
     Simulate(simulate::Args),
 }
 
+/// Shared context of a command.
+#[derive(Debug)]
+pub struct Ctx {
+    pub home: Home,
+    pub api: Option<String>,
+    pub json: bool,
+}
+
+impl Ctx {
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Client::for_home(&self.home, self.api.as_deref())
+    }
+}
+
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let ctx = Ctx {
+        home: Home::new(cli.dir),
+        api: cli.api,
+        json: cli.json,
+    };
     match cli.command {
-        Command::Run => {
-            let version = env!("CARGO_PKG_VERSION");
-            let wire = pinmesh_protocol::codec::WIRE_VERSION;
-            if cli.json {
-                let status = serde_json::json!({
-                    "version": version,
-                    "wire_version": wire,
-                    "daemon": false,
-                });
-                println!("{status}");
-            } else {
-                println!("pinmesh {version} (wire protocol v{wire})");
-                println!(
-                    "This build has the replication protocol only; the networked daemon is not \
-                     built yet. Try `pinmesh simulate` to watch replicas converge."
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Simulate(args) => simulate::run(args, cli.json),
+        Command::Init(args) => init::run(&ctx, args),
+        Command::Run(args) => run::run(&ctx, args),
+        Command::Simulate(args) => simulate::run(args, ctx.json),
+        Command::Id => block_on(peers::id(&ctx)),
+        Command::Join(args) => block_on(peers::join(&ctx, args)),
+        Command::Peers(cmd) => block_on(peers::run(&ctx, cmd)),
+        Command::Pin(cmd) => block_on(pin::run(&ctx, cmd)),
+        Command::Debug(cmd) => block_on(debug::run(&ctx, cmd)),
     }
+}
+
+/// Runs a client command on a small runtime.
+fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    future: F,
+) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(future)
+}
+
+/// Prints `value` as one line of JSON.
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
 }

@@ -1,0 +1,187 @@
+//! The control API's client, used by the CLI and by tests.
+
+use anyhow::{Context, anyhow};
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{
+    DigestInfo, ErrorBody, IdInfo, JoinRequest, OpReceipt, PeersReport, PinInfo, PinRequest,
+    StateDump,
+};
+use crate::home::Home;
+use crate::swarm::SwarmInfo;
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: impl Into<String>, token: impl Into<String>) -> Self {
+        let base = base.into().trim_end_matches('/').to_string();
+        Client {
+            base,
+            token: token.into(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The API of the agent living in `home`, or at `api` (a URL or host:port) if given.
+    pub fn for_home(home: &Home, api: Option<&str>) -> anyhow::Result<Self> {
+        let base = match api {
+            Some(url) => url.to_string(),
+            None => {
+                let path = home.api_addr();
+                let addr = std::fs::read_to_string(&path).with_context(|| {
+                    format!(
+                        "no running agent found: cannot read {} (start one with `pinmesh run`, or pass --api)",
+                        path.display()
+                    )
+                })?;
+                addr.trim().to_string()
+            }
+        };
+        let base = if base.starts_with("http://") || base.starts_with("https://") {
+            base
+        } else {
+            format!("http://{base}")
+        };
+        let token = home
+            .load_token()
+            .context("the API token is needed to talk to the agent")?;
+        Ok(Client::new(base, token))
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> anyhow::Result<T> {
+        let response = self.send(method, path, body).await?;
+        Ok(response.json().await?)
+    }
+
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the agent at {}: {}",
+                self.base,
+                root_cause(&e)
+            )
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let text = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|b| b.error)
+            .unwrap_or(text);
+        Err(anyhow!(ApiFailure { status, message }))
+    }
+
+    pub async fn id(&self) -> anyhow::Result<IdInfo> {
+        self.call::<(), _>(Method::GET, "/v1/id", None).await
+    }
+
+    pub async fn peers(&self) -> anyhow::Result<SwarmInfo> {
+        self.call::<(), _>(Method::GET, "/v1/peers", None).await
+    }
+
+    pub async fn join(&self, addr: &str) -> anyhow::Result<serde_json::Value> {
+        let body = JoinRequest {
+            addr: addr.to_string(),
+        };
+        self.call(Method::POST, "/v1/peers/join", Some(&body)).await
+    }
+
+    pub async fn pin(&self, request: &PinRequest) -> anyhow::Result<OpReceipt> {
+        self.call(Method::POST, "/v1/pins", Some(request)).await
+    }
+
+    pub async fn unpin(&self, cid: &str) -> anyhow::Result<OpReceipt> {
+        self.call::<(), _>(Method::DELETE, &format!("/v1/pins/{cid}"), None)
+            .await
+    }
+
+    pub async fn show(&self, cid: &str) -> anyhow::Result<PinInfo> {
+        self.call::<(), _>(Method::GET, &format!("/v1/pins/{cid}"), None)
+            .await
+    }
+
+    /// Streams every pin to `each`, line by line.
+    pub async fn list(
+        &self,
+        mut each: impl FnMut(PinInfo) -> anyhow::Result<()>,
+    ) -> anyhow::Result<u64> {
+        let response = self.send::<()>(Method::GET, "/v1/pins", None).await?;
+        let mut stream = response.bytes_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut count = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| anyhow!("pin listing interrupted: {}", root_cause(&e)))?;
+            buf.extend_from_slice(&chunk);
+            while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=end).collect();
+                each(serde_json::from_slice(&line).context("malformed pin listing line")?)?;
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    pub async fn digest(&self) -> anyhow::Result<DigestInfo> {
+        self.call::<(), _>(Method::GET, "/v1/debug/digest", None)
+            .await
+    }
+
+    pub async fn debug_peers(&self) -> anyhow::Result<PeersReport> {
+        self.call::<(), _>(Method::GET, "/v1/debug/peers", None)
+            .await
+    }
+
+    /// Asks the agent to request fresh status from its connected peers.
+    pub async fn refresh(&self) -> anyhow::Result<()> {
+        let _: serde_json::Value = self
+            .call::<(), _>(Method::POST, "/v1/debug/refresh", None)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn state(&self) -> anyhow::Result<StateDump> {
+        self.call::<(), _>(Method::GET, "/v1/debug/state", None)
+            .await
+    }
+}
+
+/// A non-success answer from the API.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiFailure {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+fn root_cause(err: &dyn std::error::Error) -> String {
+    let mut cause = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}

@@ -1,0 +1,546 @@
+//! The control API: HTTP/JSON on loopback, every route behind the bearer token in
+//! `DIR/api.token`. The CLI is its client ([`client`]).
+//!
+//! Receives requests; sends local operations to the replica (answered once durable), commands
+//! to the swarm, and reads committed state from the store. `GET /v1/pins` streams NDJSON from
+//! one read transaction through a bounded channel, never the whole pinset in memory.
+
+pub mod client;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use libp2p::Multiaddr;
+use pinmesh_protocol::{Cid, Comparison, PinMode, PinSpec, Version, codec, winner};
+use redb::{ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::replica::{LocalError, LocalOp, ReplicaHandle};
+use crate::store::{LOG, PINS, Store};
+use crate::swarm::{Flags, SwarmCommand, SwarmInfo};
+
+/// Lines of `pin ls` buffered between the reading thread and the HTTP body.
+const LIST_BUFFER: usize = 256;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub replica: ReplicaHandle,
+    pub store: Store,
+    pub swarm: mpsc::Sender<SwarmCommand>,
+    pub flags: Arc<Flags>,
+    pub token: Arc<str>,
+    pub cluster: Arc<str>,
+}
+
+/// An API failure: its HTTP status and one line for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("missing or wrong API token")]
+    Unauthorized,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<LocalError> for ApiError {
+    fn from(err: LocalError) -> Self {
+        match err {
+            LocalError::NotPinned(_) => ApiError::NotFound(err.to_string()),
+            LocalError::Spec(_) => ApiError::BadRequest(err.to_string()),
+            LocalError::Store(_) => ApiError::Internal(err.to_string()),
+            LocalError::Stopped => ApiError::Unavailable(err.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// `POST /v1/pins`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinRequest {
+    pub cid: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub mode: Option<PinMode>,
+    #[serde(default)]
+    pub replication_min: Option<i32>,
+    #[serde(default)]
+    pub replication_max: Option<i32>,
+    /// Unix seconds.
+    #[serde(default)]
+    pub expire_at: Option<u64>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    pub origins: Vec<String>,
+}
+
+/// The answer to a pin or unpin: durable locally once returned.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpReceipt {
+    pub cid: String,
+    /// The operation's dot, `actor.counter`.
+    pub dot: String,
+}
+
+/// One line of `GET /v1/pins`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PinInfo {
+    pub cid: String,
+    pub name: String,
+    pub mode: PinMode,
+    pub replication_min: i32,
+    pub replication_max: i32,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub expire_at: Option<u64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub origins: Vec<String>,
+    /// Unix milliseconds of the winning write.
+    pub updated_ms: u64,
+    /// More than one concurrent version survives (the winner is shown).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub conflict: bool,
+}
+
+impl PinInfo {
+    fn from_versions(cid: &Cid, versions: &[Version]) -> Option<Self> {
+        let w = winner(versions)?;
+        Some(PinInfo {
+            cid: cid.to_string(),
+            name: w.spec.name.clone(),
+            mode: w.spec.mode,
+            replication_min: w.spec.replication_min,
+            replication_max: w.spec.replication_max,
+            expire_at: w.spec.expire_at,
+            metadata: w.spec.metadata.clone(),
+            origins: w.spec.origins.clone(),
+            updated_ms: w.at,
+            conflict: versions.len() > 1,
+        })
+    }
+}
+
+/// `GET /v1/id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdInfo {
+    pub peer_id: String,
+    pub addresses: Vec<String>,
+    pub cluster: String,
+    pub version: String,
+    pub actor: String,
+}
+
+/// `GET /v1/debug/digest`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DigestInfo {
+    pub peer_id: String,
+    pub actor: String,
+    pub pins: u64,
+    pub applied_digest: String,
+    pub state_digest: String,
+    pub synced: bool,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/id", get(id))
+        .route("/v1/peers", get(peers))
+        .route("/v1/peers/join", post(join))
+        .route("/v1/pins", post(pin).get(list))
+        .route("/v1/pins/{cid}", delete(unpin).get(show))
+        .route("/v1/debug/digest", get(digest))
+        .route("/v1/debug/state", get(debug_state))
+        .route("/v1/debug/peers", get(debug_peers))
+        .route("/v1/debug/refresh", post(refresh))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state)
+}
+
+async fn authorize(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Constant-time enough for a loopback API: compare hashes, not strings.
+    let ok = presented
+        .is_some_and(|p| blake3::hash(p.as_bytes()) == blake3::hash(state.token.as_bytes()));
+    if !ok {
+        return ApiError::Unauthorized.into_response();
+    }
+    next.run(request).await
+}
+
+fn parse_cid(text: &str) -> Result<Cid, ApiError> {
+    text.parse::<Cid>()
+        .map_err(|e| ApiError::BadRequest(format!("{text:?} is not a CID: {e}")))
+}
+
+async fn swarm_info(state: &ApiState) -> Result<SwarmInfo, ApiError> {
+    let (reply, rx) = oneshot::channel();
+    state
+        .swarm
+        .send(SwarmCommand::Info { reply })
+        .await
+        .map_err(|_| ApiError::Unavailable("the network has stopped".into()))?;
+    rx.await
+        .map_err(|_| ApiError::Unavailable("the network has stopped".into()))
+}
+
+async fn id(State(state): State<ApiState>) -> Result<Json<IdInfo>, ApiError> {
+    let info = swarm_info(&state).await?;
+    let addresses = info
+        .listen
+        .iter()
+        .map(|a| format!("{a}/p2p/{}", info.peer_id))
+        .collect();
+    Ok(Json(IdInfo {
+        peer_id: info.peer_id,
+        addresses,
+        cluster: state.cluster.to_string(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        actor: state.replica.state().summary.actor.to_string(),
+    }))
+}
+
+async fn peers(State(state): State<ApiState>) -> Result<Json<SwarmInfo>, ApiError> {
+    Ok(Json(swarm_info(&state).await?))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub addr: String,
+}
+
+async fn join(
+    State(state): State<ApiState>,
+    Json(body): Json<JoinRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let addr = crate::config::parse_peer_addr(&body.addr).map_err(ApiError::BadRequest)?;
+    let (reply, rx) = oneshot::channel();
+    state
+        .swarm
+        .send(SwarmCommand::Dial { addr, reply })
+        .await
+        .map_err(|_| ApiError::Unavailable("the network has stopped".into()))?;
+    let peer = rx
+        .await
+        .map_err(|_| ApiError::Unavailable("the network has stopped".into()))?
+        .map_err(|e| ApiError::Unavailable(format!("cannot connect: {e}")))?;
+    Ok(Json(serde_json::json!({ "peer_id": peer.to_string() })))
+}
+
+async fn pin(
+    State(state): State<ApiState>,
+    Json(req): Json<PinRequest>,
+) -> Result<Json<OpReceipt>, ApiError> {
+    let cid = parse_cid(&req.cid)?;
+    for origin in &req.origins {
+        origin.parse::<Multiaddr>().map_err(|e| {
+            ApiError::BadRequest(format!("origin {origin:?} is not a multiaddr: {e}"))
+        })?;
+    }
+    let defaults = PinSpec::default();
+    let spec = PinSpec {
+        name: req.name,
+        mode: req.mode.unwrap_or(defaults.mode),
+        replication_min: req.replication_min.unwrap_or(defaults.replication_min),
+        replication_max: req.replication_max.unwrap_or(defaults.replication_max),
+        allocations: Vec::new(),
+        expire_at: req.expire_at,
+        metadata: req.metadata,
+        origins: req.origins,
+    };
+    spec.validate()
+        .map_err(|e| ApiError::BadRequest(format!("invalid pin options: {e}")))?;
+    let receipts = state
+        .replica
+        .local(vec![LocalOp::Pin { cid, spec }])
+        .await?;
+    Ok(Json(receipt(&receipts)?))
+}
+
+fn receipt(receipts: &[crate::replica::Receipt]) -> Result<OpReceipt, ApiError> {
+    let r = receipts
+        .first()
+        .ok_or_else(|| ApiError::Internal("no receipt".into()))?;
+    Ok(OpReceipt {
+        cid: r.cid.to_string(),
+        dot: r.dot.to_string(),
+    })
+}
+
+async fn unpin(
+    State(state): State<ApiState>,
+    Path(cid): Path<String>,
+) -> Result<Json<OpReceipt>, ApiError> {
+    let cid = parse_cid(&cid)?;
+    let receipts = state.replica.local(vec![LocalOp::Unpin { cid }]).await?;
+    Ok(Json(receipt(&receipts)?))
+}
+
+fn read_versions(store: &Store, cid: &Cid) -> Result<Option<Vec<Version>>, ApiError> {
+    let internal = |e: &dyn std::fmt::Display| ApiError::Internal(e.to_string());
+    let txn = store.db().begin_read().map_err(|e| internal(&e))?;
+    let table = txn.open_table(PINS).map_err(|e| internal(&e))?;
+    let Some(value) = table
+        .get(cid.to_bytes().as_slice())
+        .map_err(|e| internal(&e))?
+    else {
+        return Ok(None);
+    };
+    codec::decode_entry(value.value())
+        .map(Some)
+        .map_err(|e| internal(&e))
+}
+
+async fn show(
+    State(state): State<ApiState>,
+    Path(cid): Path<String>,
+) -> Result<Json<PinInfo>, ApiError> {
+    let cid = parse_cid(&cid)?;
+    let store = state.store.clone();
+    let versions = tokio::task::spawn_blocking(move || read_versions(&store, &cid))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    versions
+        .and_then(|v| PinInfo::from_versions(&cid, &v))
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("{cid} is not pinned")))
+}
+
+/// Streams every pin as NDJSON, from one read transaction, through a bounded channel.
+async fn list(State(state): State<ApiState>) -> Response {
+    let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(LIST_BUFFER);
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let result = (|| -> Result<(), String> {
+            let txn = store.db().begin_read().map_err(|e| e.to_string())?;
+            let table = txn.open_table(PINS).map_err(|e| e.to_string())?;
+            for item in table.iter().map_err(|e| e.to_string())? {
+                let (k, v) = item.map_err(|e| e.to_string())?;
+                let cid = Cid::try_from(k.value()).map_err(|e| e.to_string())?;
+                let versions = codec::decode_entry(v.value()).map_err(|e| e.to_string())?;
+                if let Some(info) = PinInfo::from_versions(&cid, &versions) {
+                    let mut line = serde_json::to_string(&info).map_err(|e| e.to_string())?;
+                    line.push('\n');
+                    if tx.blocking_send(Ok(line)).is_err() {
+                        return Ok(()); // the client went away
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if let Err(err) = result {
+            let _ = tx.blocking_send(Err(std::io::Error::other(err)));
+        }
+    });
+    let stream = tokio_stream_from(rx);
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|e| ApiError::Internal(e.to_string()).into_response())
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn digest(State(state): State<ApiState>) -> Result<Json<DigestInfo>, ApiError> {
+    let info = swarm_info(&state).await?;
+    let replica = state.replica.state();
+    Ok(Json(DigestInfo {
+        peer_id: info.peer_id,
+        actor: replica.summary.actor.to_string(),
+        pins: replica.summary.pins,
+        applied_digest: replica.summary.applied_digest.to_hex(),
+        state_digest: replica.summary.state_digest.to_hex(),
+        synced: state.flags.synced.load(Ordering::Relaxed),
+    }))
+}
+
+/// `GET /v1/debug/state`: the head and the delta log's ranges per origin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateDump {
+    pub actor: String,
+    pub incarnation: String,
+    pub counter: u64,
+    pub pins: u64,
+    pub state_digest: String,
+    pub applied_digest: String,
+    /// Origin -> applied counter ranges.
+    pub applied: BTreeMap<String, Vec<(u64, u64)>>,
+    /// Actor -> causal-context counter ranges.
+    pub context: BTreeMap<String, Vec<(u64, u64)>>,
+    /// Origin -> (first, last, batches) held in the delta log.
+    pub log: BTreeMap<String, (u64, u64, u64)>,
+}
+
+async fn debug_state(State(state): State<ApiState>) -> Result<Json<StateDump>, ApiError> {
+    let replica = state.replica.state();
+    let ranges = |set: &pinmesh_protocol::DotSet| {
+        set.actors()
+            .map(|(a, r)| (a.to_string(), r.ranges().collect::<Vec<_>>()))
+            .collect()
+    };
+    let store = state.store.clone();
+    let log = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let txn = store.db().begin_read().map_err(|e| e.to_string())?;
+        let table = txn.open_table(LOG).map_err(|e| e.to_string())?;
+        let mut out: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+        for item in table.iter().map_err(|e| e.to_string())? {
+            let (k, v) = item.map_err(|e| e.to_string())?;
+            let (origin, first) = k.value();
+            let last = codec::decode_stored::<pinmesh_protocol::DeltaBatch>(v.value())
+                .ok()
+                .and_then(|b| b.last())
+                .unwrap_or(first);
+            let entry = out
+                .entry(pinmesh_protocol::ActorId(origin).to_string())
+                .or_insert((first, last, 0));
+            entry.0 = entry.0.min(first);
+            entry.1 = entry.1.max(last);
+            entry.2 += 1;
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(ApiError::Internal)?;
+    Ok(Json(StateDump {
+        actor: replica.summary.actor.to_string(),
+        incarnation: format!("{:016x}", replica.incarnation),
+        counter: replica.counter,
+        pins: replica.head.pins,
+        state_digest: replica.head.digest.to_hex(),
+        applied_digest: replica.summary.applied_digest.to_hex(),
+        applied: ranges(&replica.head.applied),
+        context: ranges(&replica.head.context),
+        log,
+    }))
+}
+
+/// `GET /v1/debug/peers`: how every known peer compares with this agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeersReport {
+    pub me: DigestInfo,
+    pub peers: Vec<PeerReport>,
+    /// Every known peer reported this agent's applied and state digests.
+    pub converged: bool,
+    /// Peers that differ or never reported.
+    pub diverged: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerReport {
+    pub peer_id: String,
+    pub connected: bool,
+    pub last_heard_ms: Option<u64>,
+    pub pins: Option<u64>,
+    pub synced: Option<bool>,
+    pub applied_match: bool,
+    pub state_match: bool,
+    /// Origin -> how this agent's applied deltas compare with the peer's (when it sent them).
+    pub origins: BTreeMap<String, Comparison>,
+}
+
+async fn debug_peers(State(state): State<ApiState>) -> Result<Json<PeersReport>, ApiError> {
+    let Json(me) = digest(State(state.clone())).await?;
+    let info = swarm_info(&state).await?;
+    let mine = state.replica.state();
+    let mut peers: Vec<PeerReport> = info
+        .peers
+        .into_iter()
+        .map(|p| {
+            let summary = p.summary.as_ref();
+            let mut origins = BTreeMap::new();
+            if let Some(theirs) = summary.and_then(|s| s.applied.as_ref()) {
+                let actors = mine
+                    .head
+                    .applied
+                    .actors()
+                    .map(|(a, _)| a)
+                    .chain(theirs.actors().map(|(a, _)| a));
+                for actor in actors {
+                    origins.insert(
+                        actor.to_string(),
+                        mine.head.applied.compare_actor(theirs, actor),
+                    );
+                }
+            }
+            PeerReport {
+                peer_id: p.peer_id,
+                connected: p.connected,
+                last_heard_ms: p.last_heard_ms,
+                pins: summary.map(|s| s.pins),
+                synced: summary.map(|s| s.synced),
+                applied_match: summary
+                    .is_some_and(|s| s.applied_digest == mine.summary.applied_digest),
+                state_match: summary.is_some_and(|s| s.state_digest == mine.summary.state_digest),
+                origins,
+            }
+        })
+        .collect();
+    peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+    let diverged = peers
+        .iter()
+        .filter(|p| !(p.applied_match && p.state_match))
+        .count();
+    Ok(Json(PeersReport {
+        me,
+        converged: diverged == 0,
+        diverged,
+        peers,
+    }))
+}
+
+async fn refresh(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+    state
+        .swarm
+        .send(SwarmCommand::Refresh)
+        .await
+        .map_err(|_| ApiError::Unavailable("the network has stopped".into()))?;
+    Ok(Json(serde_json::json!({})))
+}

@@ -1,0 +1,67 @@
+//! `pinmesh id`, `pinmesh join`, `pinmesh peers ls`.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use super::{Ctx, print_json};
+use crate::config::parse_peer_addr;
+
+#[derive(Debug, clap::Args)]
+pub struct JoinArgs {
+    /// The peer's address, ending in /p2p/<peer id>.
+    #[arg(value_parser = parse_peer_addr)]
+    addr: libp2p::Multiaddr,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Every peer this agent knows, connected or not.
+    Ls,
+}
+
+pub async fn id(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let id = ctx.client()?.id().await?;
+    if ctx.json {
+        print_json(&id)?;
+    } else {
+        println!("peer id: {}", id.peer_id);
+        println!("cluster: {}", id.cluster);
+        println!("version: {}", id.version);
+        for addr in &id.addresses {
+            println!("address: {addr}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn join(ctx: &Ctx, args: JoinArgs) -> anyhow::Result<ExitCode> {
+    let answer = ctx.client()?.join(&args.addr.to_string()).await?;
+    if ctx.json {
+        print_json(&answer)?;
+    } else {
+        println!("connected to {}", answer["peer_id"].as_str().unwrap_or("?"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Ls => {
+            let info = ctx.client()?.peers().await?;
+            if ctx.json {
+                for peer in &info.peers {
+                    print_json(peer)?;
+                }
+            } else {
+                for peer in &info.peers {
+                    let state = if peer.connected { "connected" } else { "known" };
+                    let addr = peer.addrs.first().map_or("-", String::as_str);
+                    println!("{}  {state}  {addr}", peer.peer_id);
+                }
+                eprintln!("{} peers", info.peers.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! `pinmesh pin add|rm|ls`.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::bail;
+use clap::Subcommand;
+use pinmesh_protocol::{Cid, PinMode};
+
+use super::{Ctx, print_json};
+use crate::api::PinRequest;
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Pin a CID in the cluster (or update its options).
+    Add(AddArgs),
+    /// Unpin a CID from the cluster.
+    Rm {
+        #[arg(value_parser = parse_cid)]
+        cid: Cid,
+    },
+    /// List the cluster's pins (`--json`: one object per line).
+    Ls,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AddArgs {
+    #[arg(value_parser = parse_cid)]
+    cid: Cid,
+    #[arg(long, default_value = "")]
+    name: String,
+    /// Peers that should hold it (sets min and max); -1 = every peer.
+    #[arg(long, conflicts_with_all = ["rmin", "rmax"], allow_negative_numbers = true)]
+    replication: Option<i32>,
+    #[arg(long, allow_negative_numbers = true)]
+    rmin: Option<i32>,
+    #[arg(long, allow_negative_numbers = true)]
+    rmax: Option<i32>,
+    #[arg(long, value_parser = parse_mode)]
+    mode: Option<PinMode>,
+    /// Remove the pin after this long, like "30d" or "12h".
+    #[arg(long, value_parser = humantime::parse_duration)]
+    expire_in: Option<Duration>,
+    /// Metadata, K=V; repeat for several.
+    #[arg(long = "meta", value_parser = parse_meta)]
+    meta: Vec<(String, String)>,
+}
+
+fn parse_cid(text: &str) -> Result<Cid, String> {
+    text.parse::<Cid>()
+        .map_err(|e| format!("{text:?} is not a CID: {e}"))
+}
+
+fn parse_mode(text: &str) -> Result<PinMode, String> {
+    text.parse::<PinMode>().map_err(|e| e.to_string())
+}
+
+fn parse_meta(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+pub async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Add(args) => add(ctx, args).await,
+        Command::Rm { cid } => {
+            let receipt = ctx.client()?.unpin(&cid.to_string()).await?;
+            if ctx.json {
+                print_json(&receipt)?;
+            } else {
+                println!("unpinned {} ({})", receipt.cid, receipt.dot);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ls => {
+            let client = ctx.client()?;
+            let json = ctx.json;
+            let count = client
+                .list(|pin| {
+                    if json {
+                        print_json(&pin)?;
+                    } else {
+                        let name = if pin.name.is_empty() { "-" } else { &pin.name };
+                        let repl = if pin.replication_max == -1 {
+                            "everywhere".to_string()
+                        } else {
+                            format!("{}..{}", pin.replication_min, pin.replication_max)
+                        };
+                        println!("{}  {}  {}  {}", pin.cid, name, pin.mode, repl);
+                    }
+                    Ok(())
+                })
+                .await?;
+            if !json {
+                eprintln!("{count} pins");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn add(ctx: &Ctx, args: AddArgs) -> anyhow::Result<ExitCode> {
+    let (rmin, rmax) = match (args.replication, args.rmin, args.rmax) {
+        (Some(n), _, _) => (Some(n), Some(n)),
+        (None, min, max) => (min, max),
+    };
+    let expire_at = match args.expire_in {
+        Some(d) => {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+            if d.is_zero() {
+                bail!("--expire-in must be longer than zero");
+            }
+            Some(now + d.as_secs().max(1))
+        }
+        None => None,
+    };
+    let request = PinRequest {
+        cid: args.cid.to_string(),
+        name: args.name,
+        mode: args.mode,
+        replication_min: rmin,
+        replication_max: rmax,
+        expire_at,
+        metadata: args.meta.into_iter().collect::<BTreeMap<_, _>>(),
+        origins: Vec::new(),
+    };
+    let receipt = ctx.client()?.pin(&request).await?;
+    if ctx.json {
+        print_json(&receipt)?;
+    } else {
+        println!("pinned {} ({})", receipt.cid, receipt.dot);
+    }
+    Ok(ExitCode::SUCCESS)
+}

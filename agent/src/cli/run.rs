@@ -1,0 +1,81 @@
+//! `pinmesh run`: the daemon.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::Ctx;
+use crate::config::parse_peer_addr;
+use crate::node::{Node, StartOptions};
+
+/// Creates the home first (a new cluster) when DIR has no config.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A member to dial at start, ending in /p2p/<peer id>; repeat for several.
+    #[arg(long = "bootstrap", value_name = "MULTIADDR", value_parser = parse_peer_addr)]
+    bootstrap: Vec<libp2p::Multiaddr>,
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
+    if !ctx.home.config().exists() {
+        // A fresh machine: make a new single-agent cluster rather than fail.
+        let made = crate::home::init(&ctx.home, crate::home::InitOptions::default())?;
+        super::init::report(ctx, &made)?;
+        println!();
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PINMESH_LOG")
+                .unwrap_or_else(|_| "info,libp2p=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async {
+        let node = Node::start(
+            ctx.home.clone(),
+            StartOptions {
+                bootstrap: args.bootstrap,
+            },
+        )
+        .await?;
+        println!("pinmesh {} running", env!("CARGO_PKG_VERSION"));
+        println!("peer id: {}", node.peer_id);
+        for addr in &node.addrs {
+            println!("listening on {addr}");
+        }
+        println!("api: http://{}", node.api_addr);
+        let api_addr_file = ctx.home.api_addr();
+        tokio::select! {
+            _ = shutdown_signal() => tracing::info!("shutting down"),
+            _ = node.stopped() => anyhow::bail!("a critical task stopped"),
+        }
+        node.shutdown().await;
+        let _ = std::fs::remove_file(api_addr_file);
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,308 @@
+//! The agent's configuration: `DIR/config.toml`, parsed into typed structs and validated.
+//!
+//! Every key has a default except the cluster secret; `config/example.toml` lists them all and
+//! a test parses it so it cannot rot. Durations are written like `"30s"` or `"250ms"`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub network: NetworkConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub sync: SyncConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Cluster name: part of the gossip topic, so clusters sharing a secret stay apart.
+    #[serde(default = "default_cluster_name")]
+    pub name: String,
+    /// The 32-byte shared secret, 64 hex digits. Peers without it fail the handshake.
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// libp2p listen addresses (TCP only: other transports would bypass the secret).
+    pub listen: Vec<String>,
+    /// Peers to dial at start, with `/p2p/<peer id>`.
+    pub bootstrap: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Control API address. Loopback by default: the API has full control of the agent.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// How often the agent announces its digests to its peers.
+    #[serde(with = "humantime_serde")]
+    pub beacon_interval: Duration,
+    /// How long a hole in an origin's sequence may wait for gossip before it is pulled.
+    #[serde(with = "humantime_serde")]
+    pub repair_delay: Duration,
+    /// Deltas kept per origin in the log, to serve repairs; older ones are served by snapshot.
+    pub log_retention: u64,
+}
+
+fn default_cluster_name() -> String {
+    "default".into()
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            listen: vec!["/ip4/0.0.0.0/tcp/9096".into()],
+            bootstrap: Vec::new(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:9094".into(),
+        }
+    }
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            beacon_interval: Duration::from_secs(5),
+            repair_delay: Duration::from_millis(500),
+            log_retention: 100_000,
+        }
+    }
+}
+
+/// A configuration checked for use: parsed addresses and the secret's bytes.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub raw: Config,
+    pub secret: [u8; 32],
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub api_listen: SocketAddr,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Validated, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Validated, ConfigError> {
+        let parse_error = |message: String, span: Option<std::ops::Range<usize>>| {
+            let line = span.map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            ConfigError::Parse {
+                path: origin.to_string(),
+                message: match line {
+                    Some(line) => format!("line {line}: {message}"),
+                    None => message,
+                },
+            }
+        };
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|e| parse_error(e.message().into(), e.span()))?;
+        let raw: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let message = if path.is_empty() || path == "." {
+                inner.message().to_string()
+            } else {
+                format!("{path}: {}", inner.message())
+            };
+            parse_error(message, inner.span())
+        })?;
+        raw.validate(origin)
+    }
+
+    pub fn validate(self, origin: &str) -> Result<Validated, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: origin.to_string(),
+            message,
+        };
+        let secret = parse_secret(&self.cluster.secret).map_err(|m| invalid(m.to_string()))?;
+        if self.cluster.name.is_empty() || self.cluster.name.len() > 64 {
+            return Err(invalid("cluster.name must be 1 to 64 characters".into()));
+        }
+        let listen = self
+            .network
+            .listen
+            .iter()
+            .map(|a| parse_listen(a).map_err(|m| invalid(format!("network.listen: {m}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        if listen.is_empty() {
+            return Err(invalid("network.listen needs at least one address".into()));
+        }
+        let bootstrap = self
+            .network
+            .bootstrap
+            .iter()
+            .map(|a| parse_peer_addr(a).map_err(|m| invalid(format!("network.bootstrap: {m}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let api_listen: SocketAddr = self.api.listen.parse().map_err(|_| {
+            invalid(format!(
+                "api.listen {:?} is not an address like 127.0.0.1:9094",
+                self.api.listen
+            ))
+        })?;
+        if self.sync.beacon_interval < Duration::from_millis(10) {
+            return Err(invalid("sync.beacon_interval must be at least 10ms".into()));
+        }
+        if self.sync.log_retention == 0 {
+            return Err(invalid("sync.log_retention must be at least 1".into()));
+        }
+        Ok(Validated {
+            raw: self,
+            secret,
+            listen,
+            bootstrap,
+            api_listen,
+        })
+    }
+
+    /// The TOML text of this configuration, with a header.
+    pub fn to_toml(&self) -> String {
+        let body = toml::to_string_pretty(self).expect("config serialises");
+        format!(
+            "# pinmesh agent configuration. Every key is described in config/example.toml.\n\
+             # Keep this file private: cluster.secret admits a machine to the cluster.\n\n{body}"
+        )
+    }
+}
+
+/// Parses a 64-hex-digit secret.
+pub fn parse_secret(text: &str) -> Result<[u8; 32], &'static str> {
+    let bytes =
+        hex::decode(text.trim()).map_err(|_| "cluster.secret must be 64 hexadecimal digits")?;
+    bytes
+        .try_into()
+        .map_err(|_| "cluster.secret must be 64 hexadecimal digits (32 bytes)")
+}
+
+/// A TCP listen multiaddr: `/ip4|ip6/<addr>/tcp/<port>`.
+pub fn parse_listen(text: &str) -> Result<Multiaddr, String> {
+    use libp2p::multiaddr::Protocol;
+    let addr: Multiaddr = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a multiaddr: {e}"))?;
+    let mut it = addr.iter();
+    match (it.next(), it.next(), it.next()) {
+        (Some(Protocol::Ip4(_) | Protocol::Ip6(_)), Some(Protocol::Tcp(_)), None) => Ok(addr),
+        _ => Err(format!(
+            "{text:?} must be /ip4/<address>/tcp/<port> or /ip6/<address>/tcp/<port>"
+        )),
+    }
+}
+
+/// A peer's dialable multiaddr, ending in `/p2p/<peer id>`.
+pub fn parse_peer_addr(text: &str) -> Result<Multiaddr, String> {
+    use libp2p::multiaddr::Protocol;
+    let addr: Multiaddr = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a multiaddr: {e}"))?;
+    match addr.iter().last() {
+        Some(Protocol::P2p(_)) => Ok(addr),
+        _ => Err(format!("{text:?} must end with /p2p/<peer id>")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../config/example.toml");
+        let config = Config::parse(text, "config/example.toml").expect("example is valid");
+        assert_eq!(config.raw.sync, SyncConfig::default());
+        assert_eq!(config.raw.network, NetworkConfig::default());
+        assert_eq!(config.raw.api, ApiConfig::default());
+    }
+
+    #[test]
+    fn minimal_config_takes_defaults_and_round_trips() {
+        let text = format!("[cluster]\nsecret = \"{SECRET}\"\n");
+        let config = Config::parse(&text, "t").expect("valid");
+        assert_eq!(config.raw.cluster.name, "default");
+        let again = Config::parse(&config.raw.to_toml(), "t").expect("round trip");
+        assert_eq!(again.raw, config.raw);
+    }
+
+    #[test]
+    fn bad_configs_get_clear_errors() {
+        let cases = [
+            ("[cluster]\nsecret = \"abc\"\n", "64 hexadecimal digits"),
+            (
+                &format!("[cluster]\nsecret = \"{SECRET}\"\nsurprise = 1\n"),
+                "unknown field",
+            ),
+            (
+                &format!(
+                    "[cluster]\nsecret = \"{SECRET}\"\n[network]\nlisten = [\"/ip4/1.2.3.4/udp/1\"]\n"
+                ),
+                "must be /ip4",
+            ),
+            (
+                &format!(
+                    "[cluster]\nsecret = \"{SECRET}\"\n[network]\nbootstrap = [\"/ip4/1.2.3.4/tcp/1\"]\n"
+                ),
+                "must end with /p2p/",
+            ),
+            (
+                &format!("[cluster]\nsecret = \"{SECRET}\"\n[api]\nlisten = \"nowhere\"\n"),
+                "api.listen",
+            ),
+            (
+                &format!("[cluster]\nsecret = \"{SECRET}\"\n[sync]\nbeacon_interval = \"soon\"\n"),
+                "beacon_interval",
+            ),
+            ("[cluster\n", "t"),
+        ];
+        for (text, needle) in cases {
+            let err = Config::parse(text, "t").expect_err(text).to_string();
+            assert!(err.contains(needle), "{text:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The agent's home directory: what `init` writes and `run` reads.
+//!
+//! ```text
+//! DIR/config.toml    configuration (contains the cluster secret; 0600)
+//! DIR/identity.key   ed25519 libp2p identity, protobuf encoding (0600)
+//! DIR/api.token      bearer token of the control API (0600)
+//! DIR/api.addr       address the running agent's API listens on (written by `run`)
+//! DIR/pinmesh.redb   the database
+//! ```
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use libp2p::identity::Keypair;
+
+#[derive(Debug, Clone)]
+pub struct Home {
+    pub dir: PathBuf,
+}
+
+impl Home {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Home { dir: dir.into() }
+    }
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+    pub fn identity(&self) -> PathBuf {
+        self.dir.join("identity.key")
+    }
+    pub fn token(&self) -> PathBuf {
+        self.dir.join("api.token")
+    }
+    pub fn api_addr(&self) -> PathBuf {
+        self.dir.join("api.addr")
+    }
+    pub fn database(&self) -> PathBuf {
+        self.dir.join("pinmesh.redb")
+    }
+
+    pub fn load_identity(&self) -> anyhow::Result<Keypair> {
+        let path = self.identity();
+        let bytes = fs::read(&path).with_context(|| {
+            format!("cannot read {} (run `pinmesh init` first)", path.display())
+        })?;
+        let key = Keypair::from_protobuf_encoding(&bytes)
+            .with_context(|| format!("{} is not a libp2p identity", path.display()))?;
+        if key.clone().try_into_ed25519().is_err() {
+            bail!("{} must hold an ed25519 key", path.display());
+        }
+        Ok(key)
+    }
+
+    pub fn load_token(&self) -> anyhow::Result<String> {
+        let path = self.token();
+        let token =
+            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(token.trim().to_string())
+    }
+}
+
+/// Writes `bytes` to `path` readable by the owner only, replacing any previous file atomically.
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// A random token of 32 bytes, hex.
+pub fn random_hex32() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// What [`init`] needs.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub cluster: String,
+    /// None: generate one.
+    pub secret: Option<String>,
+    /// Empty: the default listen address.
+    pub listen: Vec<String>,
+    pub api_listen: String,
+    pub bootstrap: Vec<String>,
+    pub force: bool,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            cluster: "default".into(),
+            secret: None,
+            listen: Vec::new(),
+            api_listen: crate::config::ApiConfig::default().listen,
+            bootstrap: Vec::new(),
+            force: false,
+        }
+    }
+}
+
+/// What [`init`] made.
+#[derive(Debug, Clone)]
+pub struct Initialized {
+    pub peer_id: libp2p::PeerId,
+    pub config: crate::config::Validated,
+    pub secret_generated: bool,
+}
+
+/// Creates the home: validated config, identity and API token, all owner-only. Validates
+/// everything before writing anything, and refuses to overwrite without `force`.
+pub fn init(home: &Home, options: InitOptions) -> anyhow::Result<Initialized> {
+    use crate::config::{ApiConfig, ClusterConfig, Config, NetworkConfig, SyncConfig};
+    if home.config().exists() && !options.force {
+        bail!(
+            "{} already exists; pass --force to overwrite it (the agent gets a new identity)",
+            home.config().display()
+        );
+    }
+    let secret_generated = options.secret.is_none();
+    let config = Config {
+        cluster: ClusterConfig {
+            name: options.cluster,
+            secret: options.secret.unwrap_or_else(random_hex32),
+        },
+        network: NetworkConfig {
+            listen: if options.listen.is_empty() {
+                NetworkConfig::default().listen
+            } else {
+                options.listen
+            },
+            bootstrap: options.bootstrap,
+        },
+        api: ApiConfig {
+            listen: options.api_listen,
+        },
+        sync: SyncConfig::default(),
+    };
+    let validated = config.clone().validate("the given options")?;
+    fs::create_dir_all(&home.dir)
+        .with_context(|| format!("cannot create {}", home.dir.display()))?;
+    let keypair = Keypair::generate_ed25519();
+    write_private(&home.identity(), &keypair.to_protobuf_encoding()?)?;
+    write_private(&home.token(), format!("{}\n", random_hex32()).as_bytes())?;
+    write_private(&home.config(), config.to_toml().as_bytes())?;
+    Ok(Initialized {
+        peer_id: keypair.public().to_peer_id(),
+        config: validated,
+        secret_generated,
+    })
+}

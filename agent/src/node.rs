@@ -1,0 +1,222 @@
+//! A whole agent: `Node::start(home)` wires store, replica, swarm and API and returns a handle.
+//! `main` and the tests start agents the same way.
+//!
+//! Teardown order (see [`NodeHandle::shutdown`]): the API stops taking requests, the swarm
+//! stops, then the replica drains what is queued and makes its last commit, then the store
+//! closes with the last handle.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::home::{Home, write_private};
+use crate::replica::{self, NodeSigner, ReplicaHandle};
+use crate::store::Store;
+use crate::swarm::{self, EventLoop, Flags, SwarmCommand, Wiring};
+
+/// Options of one start that are not in the config file.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Extra peers to dial (from `run --bootstrap`).
+    pub bootstrap: Vec<Multiaddr>,
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct NodeHandle {
+    pub peer_id: PeerId,
+    /// Listen addresses, each ending in `/p2p/<peer id>`.
+    pub addrs: Vec<Multiaddr>,
+    pub api_addr: SocketAddr,
+    pub home: Home,
+    pub replica: ReplicaHandle,
+    pub flags: Arc<Flags>,
+    pub swarm: mpsc::Sender<SwarmCommand>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    replica_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub struct Node;
+
+impl Node {
+    /// Starts the agent living in `home`. Returns once it listens on the network and the API.
+    pub async fn start(home: Home, options: StartOptions) -> anyhow::Result<NodeHandle> {
+        let config = Config::load(&home.config())?;
+        let keypair = home.load_identity()?;
+        let token = home.load_token()?;
+        let peer_id = keypair.public().to_peer_id();
+        let span = info_span!("node", peer = %short(&peer_id));
+
+        let (store, persisted) = Store::open(&home.database())
+            .with_context(|| format!("cannot open {}", home.database().display()))?;
+        let signer = NodeSigner(
+            keypair
+                .clone()
+                .try_into_ed25519()
+                .map_err(|_| anyhow!("identity must be ed25519"))?,
+        );
+        let (outputs_tx, outputs_rx) = mpsc::channel(replica::OUTPUT_CAPACITY);
+        let (replica, replica_thread) =
+            replica::spawn(store.clone(), persisted, signer, outputs_tx)?;
+
+        let mut swarm = swarm::build(keypair, config.secret)?;
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .with_context(|| format!("cannot listen on {addr}"))?;
+        }
+        let (listen_tx, mut listen_rx) = watch::channel(Vec::new());
+        let (swarm_tx, swarm_rx) = mpsc::channel(swarm::COMMAND_CAPACITY);
+        let flags = Arc::new(Flags::default());
+        let event_loop = EventLoop::new(
+            swarm,
+            Wiring {
+                cluster: config.raw.cluster.name.clone(),
+                replica: replica.clone(),
+                store: store.clone(),
+                flags: flags.clone(),
+                outputs: outputs_rx,
+                commands: swarm_rx,
+                listen_tx,
+                beacon_interval: config.raw.sync.beacon_interval,
+                repair_delay: config.raw.sync.repair_delay,
+            },
+        )?;
+
+        let mut dial: Vec<Multiaddr> = config.bootstrap.clone();
+        dial.extend(options.bootstrap);
+        for (peer, record) in store.peers().unwrap_or_default() {
+            for addr in record.addrs {
+                if let Ok(addr) = addr.parse::<Multiaddr>() {
+                    dial.push(with_peer(addr, &peer));
+                }
+            }
+        }
+        dial.retain(|a| !matches!(a.iter().last(), Some(Protocol::P2p(p)) if p == peer_id));
+
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(
+            event_loop
+                .run(dial, cancel.child_token())
+                .instrument(span.clone()),
+        );
+
+        // The listen addresses, once the swarm bound them.
+        let addrs = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if !listen_rx.borrow().is_empty() {
+                    return listen_rx.borrow().clone();
+                }
+                if listen_rx.changed().await.is_err() {
+                    return Vec::new();
+                }
+            }
+        })
+        .await
+        .context("the network did not start listening within 10s")?;
+        let addrs: Vec<Multiaddr> = addrs
+            .into_iter()
+            .map(|a| a.with(Protocol::P2p(peer_id)))
+            .collect();
+
+        let listener = tokio::net::TcpListener::bind(config.api_listen)
+            .await
+            .with_context(|| format!("cannot bind the API to {}", config.api_listen))?;
+        let api_addr = listener.local_addr()?;
+        write_private(&home.api_addr(), format!("{api_addr}\n").as_bytes())?;
+        let router = api::router(ApiState {
+            replica: replica.clone(),
+            store,
+            swarm: swarm_tx.clone(),
+            flags: flags.clone(),
+            token: token.into(),
+            cluster: config.raw.cluster.name.clone().into(),
+        });
+        let api_cancel = cancel.child_token();
+        tasks.spawn(
+            async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { api_cancel.cancelled().await })
+                    .await;
+                if let Err(err) = served {
+                    warn!(error = %err, "API server failed");
+                }
+            }
+            .instrument(span.clone()),
+        );
+        tasks.close();
+        span.in_scope(|| info!(%api_addr, "agent started"));
+        Ok(NodeHandle {
+            peer_id,
+            addrs,
+            api_addr,
+            home,
+            replica,
+            flags,
+            swarm: swarm_tx,
+            cancel,
+            tasks,
+            replica_thread: Some(replica_thread),
+        })
+    }
+}
+
+impl NodeHandle {
+    /// A client of this agent's API.
+    pub fn client(&self) -> anyhow::Result<api::client::Client> {
+        Ok(api::client::Client::new(
+            format!("http://{}", self.api_addr),
+            self.home.load_token()?,
+        ))
+    }
+
+    /// Stops the agent: API, swarm, then the replica's final commit. Safe to drop instead, but
+    /// then queued commands may be cut short (never a torn commit).
+    pub async fn shutdown(mut self) {
+        // API and swarm first: nothing new reaches the replica.
+        self.cancel.cancel();
+        self.tasks.wait().await;
+        // The replica drains its queue and stops once the last handle is gone.
+        let thread = self.replica_thread.take();
+        drop(self);
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
+    /// Resolves when the agent stopped on its own (a critical task ended).
+    pub async fn stopped(&self) {
+        self.tasks.wait().await;
+    }
+}
+
+impl Drop for NodeHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn with_peer(addr: Multiaddr, peer: &str) -> Multiaddr {
+    match (addr.iter().last(), peer.parse::<PeerId>()) {
+        (Some(Protocol::P2p(_)), _) => addr,
+        (_, Ok(id)) => addr.with(Protocol::P2p(id)),
+        _ => addr,
+    }
+}
+
+fn short(peer: &PeerId) -> String {
+    let s = peer.to_string();
+    s[s.len().saturating_sub(6)..].to_string()
+}

@@ -1,0 +1,466 @@
+//! The replica: the only writer of the CRDT state.
+//!
+//! Runs on its own thread (redb commits block) and receives [`Command`]s: local operations from
+//! the API, verified batches from the swarm. It drains whatever is queued into one write
+//! transaction (group commit), applies everything, appends to the delta log, writes the head and
+//! commits; only then does it answer the API and hand new local batches to the swarm. A local
+//! write is therefore acknowledged only once durable.
+//!
+//! Emits [`Output`]s to the swarm (batches to publish, holes to repair) with `try_send`: a full
+//! channel drops the message and counts it, and beacons repair the loss. Publishes its
+//! [`ReplicaState`] on a watch channel after each commit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use libp2p::PeerId;
+use libp2p::identity::ed25519;
+use pinmesh_protocol::pinset::{self, local_op};
+use pinmesh_protocol::{
+    ActorId, Cid, Delta, DeltaBatch, Dot, Head, Op, PinSpec, Signer, Summary, codec,
+};
+use redb::{Durability, ReadableTable};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, warn};
+
+use crate::store::{LOG, META, META_COUNTER, META_HEAD, PINS, PinsTable, Store, StoreError};
+
+/// Commands queued to the replica. Capacity: enough for bursts of API calls and gossip; the
+/// swarm uses `try_send` and drops when full (anti-entropy repairs drops).
+pub const COMMAND_CAPACITY: usize = 4096;
+/// Outputs queued to the swarm.
+pub const OUTPUT_CAPACITY: usize = 1024;
+/// Most commands folded into one write transaction.
+const GROUP_MAX: usize = 512;
+/// Most changes per published batch.
+const BATCH_CHANGES: usize = 1024;
+/// Most encoded bytes of changes per published batch: well under the gossip size limit.
+const BATCH_BYTES: usize = 512 << 10;
+/// Remote-only groups commit without fsync, but never more than this after the last durable one.
+const DURABLE_EVERY: Duration = Duration::from_millis(200);
+
+/// A local operation requested through the API.
+#[derive(Debug, Clone)]
+pub enum LocalOp {
+    Pin { cid: Cid, spec: PinSpec },
+    Unpin { cid: Cid },
+}
+
+/// Why a local operation was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LocalError {
+    #[error("{0} is not pinned")]
+    NotPinned(Cid),
+    #[error("invalid pin options: {0}")]
+    Spec(#[from] pinmesh_protocol::SpecError),
+    #[error("storage failed: {0}")]
+    Store(String),
+    #[error("the replica has stopped")]
+    Stopped,
+}
+
+/// The outcome of one accepted local operation.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    pub cid: Cid,
+    pub dot: Dot,
+}
+
+#[derive(Debug)]
+pub enum Command {
+    Local {
+        ops: Vec<LocalOp>,
+        reply: oneshot::Sender<Result<Vec<Receipt>, LocalError>>,
+    },
+    /// Verified batches (signature and origin checked) from `from`.
+    Remote {
+        from: PeerId,
+        batches: Vec<DeltaBatch>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// A committed local batch to publish.
+    Publish(DeltaBatch),
+    /// `peer` showed deltas of `origin` we lack: `ranges` of counters.
+    Repair {
+        peer: PeerId,
+        origin: ActorId,
+        ranges: Vec<(u64, u64)>,
+    },
+}
+
+/// What the replica last committed, for the API, beacons and sync answers.
+#[derive(Debug, Clone)]
+pub struct ReplicaState {
+    pub summary: Summary,
+    /// The full head (context and applied vector are small: O(actors + gaps)).
+    pub head: Head,
+    pub counter: u64,
+    pub incarnation: u64,
+}
+
+/// A handle to send commands to the replica.
+#[derive(Debug, Clone)]
+pub struct ReplicaHandle {
+    tx: mpsc::Sender<Command>,
+    state: watch::Receiver<Arc<ReplicaState>>,
+}
+
+impl ReplicaHandle {
+    /// Applies local operations; resolves once they are durable. Dropping the future does not
+    /// cancel the operations once queued.
+    pub async fn local(&self, ops: Vec<LocalOp>) -> Result<Vec<Receipt>, LocalError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Local { ops, reply })
+            .await
+            .map_err(|_| LocalError::Stopped)?;
+        rx.await.map_err(|_| LocalError::Stopped)?
+    }
+
+    /// Queues remote batches without waiting; false if the queue is full or the replica stopped.
+    pub fn remote(&self, from: PeerId, batches: Vec<DeltaBatch>) -> bool {
+        self.tx.try_send(Command::Remote { from, batches }).is_ok()
+    }
+
+    pub fn state(&self) -> Arc<ReplicaState> {
+        self.state.borrow().clone()
+    }
+
+    pub fn watch(&self) -> watch::Receiver<Arc<ReplicaState>> {
+        self.state.clone()
+    }
+}
+
+/// Signs batches with the node's ed25519 identity.
+#[derive(Clone)]
+pub struct NodeSigner(pub ed25519::Keypair);
+
+impl std::fmt::Debug for NodeSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeSigner({})", hex::encode(self.0.public().to_bytes()))
+    }
+}
+
+impl Signer for NodeSigner {
+    fn public_key(&self) -> [u8; 32] {
+        self.0.public().to_bytes()
+    }
+    fn sign(&self, message: &[u8]) -> [u8; 64] {
+        let sig = self.0.sign(message);
+        sig.try_into().expect("ed25519 signatures are 64 bytes")
+    }
+}
+
+struct Replica {
+    store: Store,
+    signer: NodeSigner,
+    actor: ActorId,
+    incarnation: u64,
+    counter: u64,
+    head: Head,
+    outputs: mpsc::Sender<Output>,
+    state: watch::Sender<Arc<ReplicaState>>,
+    last_durable: Instant,
+    dropped_outputs: u64,
+}
+
+/// Starts the replica thread. It stops when every handle is dropped.
+pub fn spawn(
+    store: Store,
+    persisted: crate::store::Persisted,
+    signer: NodeSigner,
+    outputs: mpsc::Sender<Output>,
+) -> std::io::Result<(ReplicaHandle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
+    let actor = ActorId::derive(&signer.public_key(), persisted.incarnation);
+    let initial = state_of(
+        actor,
+        &persisted.head,
+        persisted.counter,
+        persisted.incarnation,
+    );
+    let (state_tx, state_rx) = watch::channel(Arc::new(initial));
+    let replica = Replica {
+        store,
+        signer,
+        actor,
+        incarnation: persisted.incarnation,
+        counter: persisted.counter,
+        head: persisted.head,
+        outputs,
+        state: state_tx,
+        last_durable: Instant::now(),
+        dropped_outputs: 0,
+    };
+    let thread = std::thread::Builder::new()
+        .name("replica".into())
+        .spawn(move || replica.run(rx))?;
+    Ok((
+        ReplicaHandle {
+            tx,
+            state: state_rx,
+        },
+        thread,
+    ))
+}
+
+fn state_of(actor: ActorId, head: &Head, counter: u64, incarnation: u64) -> ReplicaState {
+    ReplicaState {
+        summary: Summary {
+            actor,
+            pins: head.pins,
+            state_digest: head.digest,
+            applied_digest: head.applied.digest(),
+            applied: Some(head.applied.clone()),
+            low_water: Vec::new(),
+            synced: false,
+        },
+        head: head.clone(),
+        counter,
+        incarnation,
+    }
+}
+
+/// Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+type Reply = oneshot::Sender<Result<Vec<Receipt>, LocalError>>;
+
+/// What one group produced, released only after its commit.
+#[derive(Default)]
+struct GroupResult {
+    replies: Vec<(Reply, Result<Vec<Receipt>, LocalError>)>,
+    publish: Vec<DeltaBatch>,
+    repairs: Vec<Output>,
+    local: bool,
+    changed: bool,
+}
+
+impl Replica {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = vec![first];
+            while group.len() < GROUP_MAX {
+                match rx.try_recv() {
+                    Ok(cmd) => group.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            self.run_group(group);
+        }
+        debug!("replica stopped: every handle dropped");
+    }
+
+    fn run_group(&mut self, group: Vec<Command>) {
+        let saved = (self.head.clone(), self.counter);
+        match self.apply_group(group) {
+            Ok(result) => self.release(result),
+            Err((err, replies)) => {
+                // Nothing was committed: forget the in-memory changes too.
+                (self.head, self.counter) = saved;
+                error!(error = %err, "write transaction failed; the group is dropped");
+                for reply in replies {
+                    let _ = reply.send(Err(LocalError::Store(err.to_string())));
+                }
+            }
+        }
+    }
+
+    fn apply_group(
+        &mut self,
+        group: Vec<Command>,
+    ) -> Result<GroupResult, (StoreError, Vec<Reply>)> {
+        let mut result = GroupResult::default();
+        let mut pending_replies = Vec::new();
+        let outcome = (|| -> Result<(), StoreError> {
+            let mut txn = self.store.db().begin_write()?;
+            {
+                let mut pins = PinsTable(txn.open_table(PINS)?);
+                let mut log = txn.open_table(LOG)?;
+                let mut local_deltas: Vec<Delta> = Vec::new();
+                for cmd in group {
+                    match cmd {
+                        Command::Local { ops, reply } => {
+                            result.local = true;
+                            let outcome = self.apply_local(&mut pins, ops, &mut local_deltas)?;
+                            pending_replies.push((reply, outcome));
+                        }
+                        Command::Remote { from, batches } => {
+                            for batch in batches {
+                                self.apply_remote(&mut pins, &mut log, from, batch, &mut result)?;
+                            }
+                        }
+                    }
+                }
+                for chunk in batch_chunks(&local_deltas) {
+                    let batch = DeltaBatch::sign(&self.signer, self.incarnation, chunk);
+                    log.insert(
+                        (batch.origin.0, batch.first),
+                        codec::encode_stored(&batch).as_slice(),
+                    )?;
+                    result.publish.push(batch);
+                }
+                let mut meta = txn.open_table(META)?;
+                meta.insert(META_COUNTER, self.counter.to_le_bytes().as_slice())?;
+                meta.insert(META_HEAD, codec::encode_stored(&self.head).as_slice())?;
+            }
+            let durable = result.local || self.last_durable.elapsed() >= DURABLE_EVERY;
+            if !durable {
+                txn.set_durability(Durability::None)
+                    .map_err(|e| StoreError::Db(redb::Error::from(e)))?;
+            }
+            txn.commit()?;
+            if durable {
+                self.last_durable = Instant::now();
+            }
+            Ok(())
+        })();
+        match outcome {
+            Ok(()) => {
+                result.replies = pending_replies;
+                Ok(result)
+            }
+            Err(err) => Err((err, pending_replies.into_iter().map(|(r, _)| r).collect())),
+        }
+    }
+
+    /// Applies one API request's operations; all or nothing on validation, so a refused
+    /// operation takes no dot.
+    fn apply_local(
+        &mut self,
+        pins: &mut PinsTable<'_>,
+        ops: Vec<LocalOp>,
+        deltas: &mut Vec<Delta>,
+    ) -> Result<Result<Vec<Receipt>, LocalError>, StoreError> {
+        for op in &ops {
+            match op {
+                LocalOp::Pin { spec, .. } => {
+                    if let Err(e) = spec.validate() {
+                        return Ok(Err(e.into()));
+                    }
+                }
+                LocalOp::Unpin { cid } => {
+                    if pins_get(pins, cid)?.is_none() {
+                        return Ok(Err(LocalError::NotPinned(*cid)));
+                    }
+                }
+            }
+        }
+        let mut receipts = Vec::with_capacity(ops.len());
+        for op in ops {
+            self.counter += 1;
+            let dot = Dot::new(self.actor, self.counter);
+            let (cid, op) = match op {
+                LocalOp::Pin { cid, spec } => (cid, Op::Pin { at: now_ms(), spec }),
+                LocalOp::Unpin { cid } => (cid, Op::Unpin),
+            };
+            let delta = local_op(pins, &mut self.head, dot, cid, op).map_err(join_error)?;
+            receipts.push(Receipt { cid, dot });
+            deltas.push(delta);
+        }
+        Ok(Ok(receipts))
+    }
+
+    fn apply_remote(
+        &mut self,
+        pins: &mut PinsTable<'_>,
+        log: &mut redb::Table<'_, (u64, u64), &[u8]>,
+        from: PeerId,
+        batch: DeltaBatch,
+        result: &mut GroupResult,
+    ) -> Result<(), StoreError> {
+        if batch.origin == self.actor {
+            // Our own deltas coming back (repair from a peer after a restore): already applied
+            // or, if the database was restored from backup, unknowable; skip.
+            return Ok(());
+        }
+        let mut any_new = false;
+        for delta in batch.deltas() {
+            let outcome = pinset::apply_delta(pins, &mut self.head, &delta).map_err(join_error)?;
+            any_new |= outcome.new;
+            result.changed |= outcome.changed;
+        }
+        if any_new {
+            let key = (batch.origin.0, batch.first);
+            if log.get(key)?.is_none() {
+                log.insert(key, codec::encode_stored(&batch).as_slice())?;
+            }
+            // A hole below this batch: ask the sender (who had it) after the repair delay.
+            if let Some(ranges) = self.head.applied.actor(batch.origin) {
+                let gaps = ranges.gaps();
+                if !gaps.is_empty() {
+                    result.repairs.push(Output::Repair {
+                        peer: from,
+                        origin: batch.origin,
+                        ranges: gaps,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, result: GroupResult) {
+        for (reply, outcome) in result.replies {
+            let _ = reply.send(outcome);
+        }
+        for batch in result.publish {
+            self.emit(Output::Publish(batch));
+        }
+        for repair in result.repairs {
+            self.emit(repair);
+        }
+        let state = state_of(self.actor, &self.head, self.counter, self.incarnation);
+        self.state.send_replace(Arc::new(state));
+    }
+
+    fn emit(&mut self, output: Output) {
+        if self.outputs.try_send(output).is_err() {
+            self.dropped_outputs += 1;
+            warn!(
+                dropped = self.dropped_outputs,
+                "swarm output queue full; beacons will repair"
+            );
+        }
+    }
+}
+
+/// Consecutive runs of `deltas` that fit one batch by count and encoded size.
+fn batch_chunks(deltas: &[Delta]) -> Vec<&[Delta]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, delta) in deltas.iter().enumerate() {
+        let len = codec::encoded_len(&delta.change);
+        if i > start && (i - start == BATCH_CHANGES || bytes + len > BATCH_BYTES) {
+            chunks.push(&deltas[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += len;
+    }
+    if start < deltas.len() {
+        chunks.push(&deltas[start..]);
+    }
+    chunks
+}
+
+fn pins_get(pins: &PinsTable<'_>, cid: &Cid) -> Result<Option<Vec<u8>>, StoreError> {
+    use pinmesh_protocol::EntryStore;
+    Ok(pins.get(&cid.to_bytes())?)
+}
+
+fn join_error(err: pinmesh_protocol::JoinError<redb::StorageError>) -> StoreError {
+    match err {
+        pinmesh_protocol::JoinError::Store(e) => StoreError::Db(e.into()),
+        pinmesh_protocol::JoinError::Corrupt { source, .. } => StoreError::Corrupt {
+            what: "pin entry",
+            source,
+        },
+    }
+}

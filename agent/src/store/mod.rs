@@ -1,0 +1,226 @@
+//! redb storage: the pinset's entries, its head, the delta log, known peers, snapshot staging.
+//!
+//! The store owns the database file; the replica is its only writer. Readers (sync requests,
+//! `pin ls`, debug dumps) open their own read transactions and see committed state only.
+//! Every table name carries a layout version; a layout change means a new name and a named
+//! migration function.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use pinmesh_protocol::codec::{self, DecodeError};
+use pinmesh_protocol::{DeltaBatch, EntryStore, Head};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+/// CID bytes -> canonical encoded versions (protocol `codec::encode_entry`). Never empty.
+pub const PINS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pins-1");
+/// Small named values; see the `META_*` keys.
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
+/// (origin actor, first counter) -> a signed `DeltaBatch` (storage encoding), as received.
+pub const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("log-1");
+/// Peer id (text) -> `PeerRecord` (storage encoding).
+pub const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers-1");
+/// Snapshot staging, same layout as `PINS`; emptied before and after each snapshot.
+pub const STAGE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("stage-1");
+
+/// u64 LE: this database's incarnation nonce, drawn at creation. A new database, a new actor.
+pub const META_INCARNATION: &str = "incarnation";
+/// u64 LE: the last counter this agent used for its own dots.
+pub const META_COUNTER: &str = "counter";
+/// `Head` (storage encoding): causal context, applied vector, state digest, pin count.
+pub const META_HEAD: &str = "head";
+
+/// What a peer is known by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRecord {
+    pub addrs: Vec<String>,
+    /// Unix seconds.
+    pub last_seen: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] redb::Error),
+    #[error("corrupt {what} in the database: {source}")]
+    Corrupt {
+        what: &'static str,
+        #[source]
+        source: DecodeError,
+    },
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// What survives a restart besides the entries.
+#[derive(Debug, Clone)]
+pub struct Persisted {
+    pub incarnation: u64,
+    pub counter: u64,
+    pub head: Head,
+}
+
+/// The database, shared by its writer (the replica) and readers.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Arc<Database>,
+}
+
+fn read_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.try_into().ok()?))
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`, creating every table and, for a new
+    /// database, a fresh incarnation.
+    pub fn open(path: &Path) -> Result<(Store, Persisted), StoreError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        let persisted = {
+            for def in [PINS, STAGE] {
+                txn.open_table(def)?;
+            }
+            txn.open_table(LOG)?;
+            txn.open_table(PEERS)?;
+            let mut meta = txn.open_table(META)?;
+            let stored = meta
+                .get(META_INCARNATION)?
+                .and_then(|v| read_u64(v.value()));
+            let incarnation = match stored {
+                Some(n) => n,
+                None => {
+                    let n: u64 = rand::random();
+                    meta.insert(META_INCARNATION, n.to_le_bytes().as_slice())?;
+                    n
+                }
+            };
+            let counter = meta
+                .get(META_COUNTER)?
+                .and_then(|v| read_u64(v.value()))
+                .unwrap_or(0);
+            let head = match meta.get(META_HEAD)? {
+                Some(v) => {
+                    codec::decode_stored(v.value()).map_err(|source| StoreError::Corrupt {
+                        what: "head",
+                        source,
+                    })?
+                }
+                None => Head::default(),
+            };
+            Persisted {
+                incarnation,
+                counter,
+                head,
+            }
+        };
+        txn.commit()?;
+        Ok((Store { db: Arc::new(db) }, persisted))
+    }
+
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// The batches of `origin` that hold counters `from..=to`, in order, at most `max_bytes` of
+    /// them (at least one). Returns the lowest counter the log still has for `origin`.
+    pub fn batches(
+        &self,
+        origin: u64,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<DeltaBatch>, Option<u64>), StoreError> {
+        let txn = self.db.begin_read()?;
+        let log = txn.open_table(LOG)?;
+        let low = log
+            .range((origin, 0)..=(origin, u64::MAX))?
+            .next()
+            .transpose()?
+            .map(|(k, _)| k.value().1);
+        // The batch holding `from` starts at or before it.
+        let start = log
+            .range((origin, 0)..=(origin, from))?
+            .next_back()
+            .transpose()?
+            .map_or(from, |(k, _)| k.value().1);
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for item in log.range((origin, start)..=(origin, to))? {
+            let (_, v) = item?;
+            let batch: DeltaBatch =
+                codec::decode_stored(v.value()).map_err(|source| StoreError::Corrupt {
+                    what: "delta log entry",
+                    source,
+                })?;
+            if batch.last().is_some_and(|last| last < from) {
+                continue;
+            }
+            bytes += v.value().len();
+            out.push(batch);
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok((out, low))
+    }
+
+    /// Known peers.
+    pub fn peers(&self) -> Result<Vec<(String, PeerRecord)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PEERS)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            if let Ok(record) = codec::decode_stored(v.value()) {
+                out.push((k.value().to_string(), record));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remembers `peer` at `addrs`.
+    pub fn remember_peer(&self, peer: &str, record: &PeerRecord) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(PEERS)?
+            .insert(peer, codec::encode_stored(record).as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+/// The pins table inside a write transaction, as the protocol's entry store.
+pub struct PinsTable<'t>(pub redb::Table<'t, &'static [u8], &'static [u8]>);
+
+impl EntryStore for PinsTable<'_> {
+    type Error = redb::StorageError;
+
+    fn get(&self, cid: &[u8]) -> Result<Option<Vec<u8>>, Self::Error> {
+        Ok(self.0.get(cid)?.map(|v| v.value().to_vec()))
+    }
+
+    fn put(&mut self, cid: &[u8], entry: &[u8]) -> Result<(), Self::Error> {
+        self.0.insert(cid, entry)?;
+        Ok(())
+    }
+
+    fn delete(&mut self, cid: &[u8]) -> Result<(), Self::Error> {
+        self.0.remove(cid)?;
+        Ok(())
+    }
+}

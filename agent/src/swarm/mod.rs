@@ -1,0 +1,745 @@
+//! libp2p: the transport, the behaviours and the event loop that owns the `Swarm`.
+//!
+//! Transport: TCP, then the cluster's pre-shared key (pnet), then noise and yamux. Nothing else:
+//! QUIC, websocket or relay would bypass the secret. Behaviours: gossipsub (delta batches and
+//! beacons on the cluster topic, every message validated before it is forwarded), Kademlia under
+//! a private protocol name in server mode, identify (feeds Kademlia), ping, and the sync
+//! request-response protocol.
+//!
+//! Receives: [`SwarmCommand`]s from the API, [`Output`]s from the replica. Emits: verified
+//! batches to the replica; sync answers to peers (read from the store off the event loop).
+
+mod codec;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity, ValidationMode};
+use libp2p::identity::{Keypair, ed25519};
+use libp2p::multiaddr::Protocol;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, Transport, identify, kad, noise, ping, tcp, yamux,
+};
+use pinmesh_protocol::codec::{self as wire, MAX_BEACON};
+use pinmesh_protocol::{
+    ActorId, AppliedVector, DeltaBatch, Gossip, RangeSet, Request, Response, Summary,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use self::codec::{SYNC_PROTOCOL, SyncCodec};
+use crate::replica::{Output, ReplicaHandle};
+use crate::store::{PeerRecord, Store};
+
+/// Commands queued to the swarm from the API. Small: each carries a reply and callers await it.
+pub const COMMAND_CAPACITY: usize = 64;
+/// Largest GetDeltas answer we assemble; well under the response limit.
+const DELTAS_ANSWER_BYTES: usize = 4 << 20;
+/// A repair request without an answer is retried after this.
+const REPAIR_PATIENCE: Duration = Duration::from_secs(5);
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    gossipsub: gossipsub::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    sync: request_response::Behaviour<SyncCodec>,
+}
+
+/// Builds the swarm for `keypair` in the network of `secret`.
+pub fn build(keypair: Keypair, secret: [u8; 32]) -> anyhow::Result<Swarm<Behaviour>> {
+    let psk = PreSharedKey::new(secret);
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_other_transport(|key| {
+            let noise = noise::Config::new(key)?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    // The secret first: a peer without it never reaches multistream-select.
+                    .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                    .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default())
+                    .timeout(Duration::from_secs(20)),
+            )
+        })?
+        .with_behaviour(|key| {
+            let gossip_config = gossipsub::ConfigBuilder::default()
+                .validation_mode(ValidationMode::Strict)
+                .validate_messages()
+                // The default message id (source + sequence number): an unchanged beacon must
+                // not be dropped as a duplicate of the previous one.
+                .max_transmit_size(wire::MAX_DELTA_BATCH + (64 << 10))
+                .heartbeat_interval(Duration::from_millis(500))
+                .build()?;
+            let gossipsub =
+                gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+            let peer_id = key.public().to_peer_id();
+            let mut kad_config = kad::Config::new(StreamProtocol::new("/pinmesh/kad/1.0.0"));
+            kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
+            let mut kad = kad::Behaviour::with_config(
+                peer_id,
+                kad::store::MemoryStore::new(peer_id),
+                kad_config,
+            );
+            // Server mode: without autonat an address is never confirmed, and a client-mode
+            // DHT of private peers would answer nobody.
+            kad.set_mode(Some(kad::Mode::Server));
+            let identify = identify::Behaviour::new(identify::Config::new(
+                "/pinmesh/id/1.0.0".into(),
+                key.public(),
+            ));
+            let sync = request_response::Behaviour::with_codec(
+                SyncCodec,
+                [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
+            );
+            Ok(Behaviour {
+                gossipsub,
+                kad,
+                identify,
+                ping: ping::Behaviour::new(ping::Config::new()),
+                sync,
+            })
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    Ok(swarm)
+}
+
+/// The gossip topic of a cluster.
+pub fn topic(cluster: &str) -> IdentTopic {
+    IdentTopic::new(format!("pinmesh/{cluster}/v1"))
+}
+
+/// What the API can ask the swarm.
+#[derive(Debug)]
+pub enum SwarmCommand {
+    /// Dial `addr` (ending in `/p2p/<id>`); resolves when connected or failed.
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<PeerId, String>>,
+    },
+    Info {
+        reply: oneshot::Sender<SwarmInfo>,
+    },
+    /// Ask every connected peer for a fresh status (for `debug converge`).
+    Refresh,
+}
+
+/// A snapshot of the swarm for `id`, `peers` and `debug`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwarmInfo {
+    pub peer_id: String,
+    pub listen: Vec<String>,
+    pub peers: Vec<PeerView>,
+    pub rejected_messages: u64,
+}
+
+/// What this agent knows of one peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerView {
+    pub peer_id: String,
+    pub connected: bool,
+    pub addrs: Vec<String>,
+    /// Milliseconds since its last beacon or status answer.
+    pub last_heard_ms: Option<u64>,
+    pub summary: Option<Summary>,
+}
+
+#[derive(Default)]
+struct PeerState {
+    connections: usize,
+    addrs: HashSet<Multiaddr>,
+    heard: Option<Instant>,
+    summary: Option<Summary>,
+}
+
+/// Shared flags the API reads.
+#[derive(Debug, Default)]
+pub struct Flags {
+    /// Caught up with the peers asked at start (or alone).
+    pub synced: AtomicBool,
+    pub rejected: AtomicU64,
+}
+
+/// A sync answer read from the store off the event loop.
+struct Served {
+    channel: request_response::ResponseChannel<Response>,
+    response: Response,
+}
+
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    topic: IdentTopic,
+    replica: ReplicaHandle,
+    store: Store,
+    flags: Arc<Flags>,
+    outputs: mpsc::Receiver<Output>,
+    commands: mpsc::Receiver<SwarmCommand>,
+    served_tx: mpsc::Sender<Served>,
+    served_rx: mpsc::Receiver<Served>,
+    listen_tx: watch::Sender<Vec<Multiaddr>>,
+    beacon_interval: Duration,
+    repair_delay: Duration,
+    peers: HashMap<PeerId, PeerState>,
+    pending_dials: HashMap<PeerId, Vec<oneshot::Sender<Result<PeerId, String>>>>,
+    /// (due, peer, origin, counters wanted).
+    repairs: Vec<(Instant, PeerId, ActorId, RangeSet)>,
+    /// Origin -> when we last asked for it.
+    in_flight: HashMap<ActorId, Instant>,
+    /// The union of the applied vectors peers reported at start; synced once we hold it.
+    sync_target: Option<AppliedVector>,
+}
+
+/// Everything the event loop needs besides the swarm.
+pub struct Wiring {
+    pub cluster: String,
+    pub replica: ReplicaHandle,
+    pub store: Store,
+    pub flags: Arc<Flags>,
+    pub outputs: mpsc::Receiver<Output>,
+    pub commands: mpsc::Receiver<SwarmCommand>,
+    pub listen_tx: watch::Sender<Vec<Multiaddr>>,
+    pub beacon_interval: Duration,
+    pub repair_delay: Duration,
+}
+
+impl EventLoop {
+    pub fn new(mut swarm: Swarm<Behaviour>, wiring: Wiring) -> anyhow::Result<Self> {
+        let topic = topic(&wiring.cluster);
+        swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
+        // Capacity: sync answers in progress; each holds at most one response.
+        let (served_tx, served_rx) = mpsc::channel(64);
+        Ok(EventLoop {
+            swarm,
+            topic,
+            replica: wiring.replica,
+            store: wiring.store,
+            flags: wiring.flags,
+            outputs: wiring.outputs,
+            commands: wiring.commands,
+            served_tx,
+            served_rx,
+            listen_tx: wiring.listen_tx,
+            beacon_interval: wiring.beacon_interval,
+            repair_delay: wiring.repair_delay,
+            peers: HashMap::new(),
+            pending_dials: HashMap::new(),
+            repairs: Vec::new(),
+            in_flight: HashMap::new(),
+            sync_target: None,
+        })
+    }
+
+    pub fn swarm_mut(&mut self) -> &mut Swarm<Behaviour> {
+        &mut self.swarm
+    }
+
+    /// Runs until `cancel`. Dropping the future drops the swarm and its connections.
+    pub async fn run(mut self, dial: Vec<Multiaddr>, cancel: CancellationToken) {
+        if dial.is_empty() {
+            // Alone: nothing to catch up with.
+            self.flags.synced.store(true, Ordering::Relaxed);
+        }
+        for addr in dial {
+            if let Err(err) = self.swarm.dial(addr.clone()) {
+                warn!(%addr, error = %err, "cannot dial bootstrap peer");
+            }
+        }
+        let mut beacon = tokio::time::interval(self.beacon_interval);
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut state = self.replica.watch();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(output) = self.outputs.recv() => self.on_output(output),
+                Some(command) = self.commands.recv() => self.on_command(command),
+                Some(served) = self.served_rx.recv() => {
+                    if self.swarm.behaviour_mut().sync.send_response(served.channel, served.response).is_err() {
+                        debug!("sync answer dropped: the requester went away");
+                    }
+                }
+                _ = beacon.tick() => self.send_beacon(),
+                _ = tick.tick() => self.run_repairs(),
+                Ok(()) = state.changed() => self.check_synced(),
+            }
+        }
+        info!("swarm stopped");
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                self.listen_tx.send_modify(|addrs| addrs.push(address));
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let peer = self.peers.entry(peer_id).or_default();
+                peer.connections = num_established.get() as usize;
+                if endpoint.is_dialer() {
+                    peer.addrs.insert(endpoint.get_remote_address().clone());
+                }
+                for reply in self.pending_dials.remove(&peer_id).unwrap_or_default() {
+                    let _ = reply.send(Ok(peer_id));
+                }
+                if num_established.get() == 1 {
+                    debug!(%peer_id, "connected");
+                    self.swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_request(&peer_id, Request::Status);
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if let Some(peer) = self.peers.get_mut(&peer_id) {
+                    peer.connections = num_established as usize;
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                warn!(peer = ?peer_id, error = %error, "connection failed");
+                if let Some(peer_id) = peer_id {
+                    for reply in self.pending_dials.remove(&peer_id).unwrap_or_default() {
+                        let _ = reply.send(Err(error.to_string()));
+                    }
+                }
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                debug!(error = %error, "incoming connection failed");
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
+                let verdict = self.on_gossip(message.source, &message.data);
+                if !matches!(verdict, MessageAcceptance::Accept) {
+                    self.flags.rejected.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, verdict);
+            }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let peer = self.peers.entry(peer_id).or_default();
+                for addr in info.listen_addrs {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, addr.clone());
+                    peer.addrs.insert(addr);
+                }
+                self.remember(peer_id);
+            }
+            BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => self.serve(peer, request, channel),
+                    request_response::Message::Response { response, .. } => {
+                        self.on_response(peer, response)
+                    }
+                }
+            }
+            BehaviourEvent::Sync(request_response::Event::OutboundFailure {
+                peer, error, ..
+            }) => {
+                debug!(%peer, error = %error, "sync request failed");
+            }
+            BehaviourEvent::Sync(request_response::Event::InboundFailure {
+                peer, error, ..
+            }) => {
+                debug!(%peer, error = %error, "sync request from peer failed");
+            }
+            _ => {}
+        }
+    }
+
+    /// Validates one gossip message and hands it on.
+    fn on_gossip(&mut self, source: Option<PeerId>, data: &[u8]) -> MessageAcceptance {
+        let Some(source) = source else {
+            return MessageAcceptance::Reject;
+        };
+        match wire::decode_gossip(data) {
+            Err(err) => {
+                warn!(%source, error = %err, "undecodable gossip rejected");
+                MessageAcceptance::Reject
+            }
+            Ok(Gossip::DeltaBatch(batch)) => {
+                if let Err(err) = batch.verify() {
+                    warn!(%source, error = %err, "invalid delta batch rejected");
+                    return MessageAcceptance::Reject;
+                }
+                if author_peer(&batch) != Some(source) {
+                    warn!(%source, origin = %batch.origin, "batch not signed by its publisher rejected");
+                    return MessageAcceptance::Reject;
+                }
+                if !self.replica.remote(source, vec![batch]) {
+                    warn!("replica queue full: batch dropped, beacons will repair");
+                }
+                MessageAcceptance::Accept
+            }
+            Ok(Gossip::Beacon(summary)) => {
+                self.on_summary(source, summary, false);
+                MessageAcceptance::Accept
+            }
+        }
+    }
+
+    /// A peer's beacon or status answer: remember it, pull what it has that we lack.
+    fn on_summary(&mut self, peer_id: PeerId, summary: Summary, is_status: bool) {
+        let mine = self.replica.state();
+        let differs = summary.applied_digest != mine.summary.applied_digest;
+        match &summary.applied {
+            Some(theirs) => {
+                if is_status && !self.flags.synced.load(Ordering::Relaxed) {
+                    self.sync_target
+                        .get_or_insert_with(AppliedVector::new)
+                        .union(theirs);
+                }
+                for (origin, start, end) in mine.head.applied.missing_from(theirs) {
+                    let mut wanted = RangeSet::new();
+                    wanted.insert_range(start, end);
+                    self.schedule_repair(Instant::now(), peer_id, origin, wanted);
+                }
+            }
+            None if differs => {
+                self.swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_request(&peer_id, Request::Status);
+            }
+            None => {}
+        }
+        let peer = self.peers.entry(peer_id).or_default();
+        peer.heard = Some(Instant::now());
+        peer.summary = Some(summary);
+        self.check_synced();
+    }
+
+    fn check_synced(&mut self) {
+        if self.flags.synced.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(target) = &self.sync_target
+            && self.replica.state().head.applied.is_superset(target)
+        {
+            info!("synced with the cluster");
+            self.flags.synced.store(true, Ordering::Relaxed);
+            self.send_beacon();
+        }
+    }
+
+    fn on_output(&mut self, output: Output) {
+        match output {
+            Output::Publish(batch) => {
+                let data = wire::encode_gossip(&Gossip::DeltaBatch(batch));
+                if let Err(err) = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(self.topic.clone(), data)
+                {
+                    // Stored and logged: peers will pull it after the next beacon.
+                    debug!(error = %err, "batch not published now");
+                }
+            }
+            Output::Repair {
+                peer,
+                origin,
+                ranges,
+            } => {
+                let mut wanted = RangeSet::new();
+                for (s, e) in ranges {
+                    wanted.insert_range(s, e);
+                }
+                self.schedule_repair(Instant::now() + self.repair_delay, peer, origin, wanted);
+            }
+        }
+    }
+
+    /// Adds a repair, merged into the one already pending for `origin` if any.
+    fn schedule_repair(&mut self, due: Instant, peer: PeerId, origin: ActorId, wanted: RangeSet) {
+        if let Some(existing) = self.repairs.iter_mut().find(|(_, _, o, _)| *o == origin) {
+            existing.0 = existing.0.min(due);
+            existing.3.union(&wanted);
+            return;
+        }
+        self.repairs.push((due, peer, origin, wanted));
+    }
+
+    /// Sends the repairs that are due and still needed.
+    fn run_repairs(&mut self) {
+        let now = Instant::now();
+        if self.repairs.iter().all(|(due, ..)| *due > now) {
+            return;
+        }
+        let applied = self.replica.state().head.applied.clone();
+        let (due, later): (Vec<_>, Vec<_>) =
+            self.repairs.drain(..).partition(|(at, ..)| *at <= now);
+        self.repairs = later;
+        for (_, peer, origin, wanted) in due {
+            let empty = RangeSet::new();
+            let missing = applied
+                .actor(origin)
+                .unwrap_or(&empty)
+                .missing_from(&wanted);
+            let Some(&(from, _)) = missing.first() else {
+                continue;
+            };
+            let to = missing.last().map_or(from, |&(_, e)| e);
+            if self
+                .in_flight
+                .get(&origin)
+                .is_some_and(|at| now.duration_since(*at) < REPAIR_PATIENCE)
+            {
+                // Asked recently; check again once the answer had time to arrive.
+                self.schedule_repair(now + REPAIR_PATIENCE, peer, origin, wanted);
+                continue;
+            }
+            self.in_flight.insert(origin, now);
+            debug!(%peer, %origin, from, to, "requesting deltas");
+            self.swarm
+                .behaviour_mut()
+                .sync
+                .send_request(&peer, Request::GetDeltas { origin, from, to });
+        }
+    }
+
+    fn on_response(&mut self, peer: PeerId, response: Response) {
+        match response {
+            Response::Status(summary) => self.on_summary(peer, summary, true),
+            Response::Deltas { batches } => {
+                let mut valid = Vec::with_capacity(batches.len());
+                let mut origin = None;
+                for batch in batches {
+                    match batch.verify() {
+                        Ok(()) => {
+                            origin = Some(batch.origin);
+                            valid.push(batch);
+                        }
+                        Err(err) => {
+                            self.flags.rejected.fetch_add(1, Ordering::Relaxed);
+                            warn!(%peer, error = %err, "invalid batch in a repair answer dropped");
+                        }
+                    }
+                }
+                if let Some(origin) = origin {
+                    self.in_flight.remove(&origin);
+                    let last = valid.iter().filter_map(DeltaBatch::last).max().unwrap_or(0);
+                    // The answer may stop short (size cap): ask for the rest at once if the peer
+                    // holds more.
+                    let theirs = self
+                        .peers
+                        .get(&peer)
+                        .and_then(|p| p.summary.as_ref())
+                        .and_then(|s| s.applied.as_ref())
+                        .map_or(0, |a| a.max(origin));
+                    if theirs > last {
+                        let mut wanted = RangeSet::new();
+                        wanted.insert_range(last + 1, theirs);
+                        self.schedule_repair(Instant::now(), peer, origin, wanted);
+                    }
+                }
+                if !valid.is_empty() && !self.replica.remote(peer, valid) {
+                    warn!("replica queue full: repair answer dropped");
+                }
+            }
+            Response::Truncated {
+                origin,
+                first_available,
+            } => {
+                warn!(%peer, %origin, first_available, "peer's log no longer holds the deltas we lack");
+                self.in_flight.remove(&origin);
+            }
+            Response::SnapshotChunk(_) => debug!(%peer, "unexpected snapshot chunk"),
+            Response::Refused { reason } => debug!(%peer, %reason, "sync request refused"),
+        }
+    }
+
+    /// Answers a sync request; store reads run off the event loop.
+    fn serve(
+        &mut self,
+        peer: PeerId,
+        request: Request,
+        channel: request_response::ResponseChannel<Response>,
+    ) {
+        match request {
+            Request::Status => {
+                let summary = self.summary(true);
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, Response::Status(summary));
+            }
+            Request::GetDeltas { origin, from, to } => {
+                let store = self.store.clone();
+                let served = self.served_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let response = match store.batches(origin.0, from, to, DELTAS_ANSWER_BYTES) {
+                        Ok((batches, low))
+                            if batches.is_empty() && low.is_some_and(|l| l > from) =>
+                        {
+                            Response::Truncated {
+                                origin,
+                                first_available: low.unwrap_or(0),
+                            }
+                        }
+                        Ok((batches, _)) => Response::Deltas { batches },
+                        Err(err) => {
+                            warn!(%peer, error = %err, "cannot read the delta log");
+                            Response::Refused {
+                                reason: "storage error".into(),
+                            }
+                        }
+                    };
+                    let _ = served.blocking_send(Served { channel, response });
+                });
+            }
+            Request::Snapshot { .. } => {
+                let refused = Response::Refused {
+                    reason: "snapshots are not served by this version".into(),
+                };
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, refused);
+            }
+        }
+    }
+
+    fn summary(&self, with_applied: bool) -> Summary {
+        let state = self.replica.state();
+        let mut summary = state.summary.clone();
+        summary.synced = self.flags.synced.load(Ordering::Relaxed);
+        if !with_applied {
+            summary.applied = None;
+        }
+        summary
+    }
+
+    fn send_beacon(&mut self) {
+        let mut summary = self.summary(true);
+        let mut data = wire::encode_gossip(&Gossip::Beacon(summary.clone()));
+        if data.len() > MAX_BEACON {
+            // Too many gaps to carry: peers whose digest differs ask with Status.
+            summary.applied = None;
+            data = wire::encode_gossip(&Gossip::Beacon(summary));
+        }
+        if let Err(err) = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topic.clone(), data)
+        {
+            debug!(error = %err, "beacon not published");
+        }
+    }
+
+    fn on_command(&mut self, command: SwarmCommand) {
+        match command {
+            SwarmCommand::Dial { addr, reply } => {
+                let Some(Protocol::P2p(peer_id)) = addr.iter().last() else {
+                    let _ = reply.send(Err(format!("{addr} does not end with /p2p/<peer id>")));
+                    return;
+                };
+                if self.swarm.is_connected(&peer_id) {
+                    let _ = reply.send(Ok(peer_id));
+                    return;
+                }
+                match self.swarm.dial(addr.clone()) {
+                    Ok(()) => {
+                        self.peers.entry(peer_id).or_default().addrs.insert(addr);
+                        self.pending_dials.entry(peer_id).or_default().push(reply);
+                    }
+                    Err(err) => {
+                        let _ = reply.send(Err(err.to_string()));
+                    }
+                }
+            }
+            SwarmCommand::Refresh => {
+                let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                for peer in connected {
+                    self.swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_request(&peer, Request::Status);
+                }
+            }
+            SwarmCommand::Info { reply } => {
+                let now = Instant::now();
+                let peers = self
+                    .peers
+                    .iter()
+                    .map(|(id, p)| PeerView {
+                        peer_id: id.to_string(),
+                        connected: p.connections > 0,
+                        addrs: p.addrs.iter().map(ToString::to_string).collect(),
+                        last_heard_ms: p.heard.map(|h| now.duration_since(h).as_millis() as u64),
+                        summary: p.summary.clone(),
+                    })
+                    .collect();
+                let _ = reply.send(SwarmInfo {
+                    peer_id: self.swarm.local_peer_id().to_string(),
+                    listen: self.swarm.listeners().map(ToString::to_string).collect(),
+                    peers,
+                    rejected_messages: self.flags.rejected.load(Ordering::Relaxed),
+                });
+            }
+        }
+    }
+
+    /// Stores a peer's addresses so a restart can dial it.
+    fn remember(&self, peer_id: PeerId) {
+        let Some(peer) = self.peers.get(&peer_id) else {
+            return;
+        };
+        let record = PeerRecord {
+            addrs: peer.addrs.iter().map(ToString::to_string).collect(),
+            last_seen: crate::replica::now_ms() / 1000,
+        };
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(err) = store.remember_peer(&peer_id.to_string(), &record) {
+                warn!(%peer_id, error = %err, "cannot remember peer");
+            }
+        });
+    }
+}
+
+/// The peer id of a batch's author key.
+fn author_peer(batch: &DeltaBatch) -> Option<PeerId> {
+    let key = ed25519::PublicKey::try_from_bytes(&batch.author.0).ok()?;
+    Some(libp2p::identity::PublicKey::from(key).to_peer_id())
+}
