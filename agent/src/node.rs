@@ -67,8 +67,13 @@ impl Node {
                 .map_err(|_| anyhow!("identity must be ed25519"))?,
         );
         let (outputs_tx, outputs_rx) = mpsc::channel(replica::OUTPUT_CAPACITY);
-        let (replica, replica_thread) =
-            replica::spawn(store.clone(), persisted, signer, outputs_tx)?;
+        let (replica, replica_thread) = replica::spawn(
+            config.raw.cluster.name.clone(),
+            store.clone(),
+            persisted,
+            signer,
+            outputs_tx,
+        )?;
 
         let mut swarm = swarm::build(keypair, config.secret)?;
         for addr in &config.listen {

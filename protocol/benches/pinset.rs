@@ -127,10 +127,12 @@ fn batch_decode_verify(c: &mut Criterion) {
             state.local(Dot::new(actor, i + 1), sim_cid(i), op)
         })
         .collect();
-    let bytes = codec::encode_gossip(&Gossip::DeltaBatch(DeltaBatch::sign(&key, 1, &deltas)));
+    let bytes = codec::encode_gossip(&Gossip::DeltaBatch(DeltaBatch::sign(
+        &key, "bench", 1, &deltas,
+    )));
     c.bench_function("batch_decode_verify_256", |b| {
         b.iter(|| match codec::decode_gossip(black_box(&bytes)) {
-            Ok(Gossip::DeltaBatch(batch)) => batch.verify().is_ok(),
+            Ok(Gossip::DeltaBatch(batch)) => batch.verify("bench").is_ok(),
             _ => false,
         })
     });

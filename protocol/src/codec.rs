@@ -161,9 +161,12 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
     to_vec(value).len()
 }
 
-/// What a batch's author signs: a domain tag, then every field but the signature.
-pub fn batch_signing_bytes(batch: &DeltaBatch) -> Vec<u8> {
+/// What a batch's author signs: a domain tag, the cluster name, then every field but the
+/// signature.
+pub fn batch_signing_bytes(cluster: &str, batch: &DeltaBatch) -> Vec<u8> {
     let mut out = b"pinmesh delta batch v1\0".to_vec();
+    out.extend((cluster.len() as u64).to_le_bytes());
+    out.extend(cluster.as_bytes());
     out.extend(to_vec(&(
         batch.origin,
         batch.author,

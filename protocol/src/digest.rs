@@ -48,7 +48,7 @@ pub fn entry_hash(cid: &[u8], canonical_entry: &[u8]) -> Digest {
     static KEY: LazyLock<[u8; 32]> =
         LazyLock::new(|| blake3::derive_key("pinmesh 2026 pin entry v1", b""));
     let mut hasher = blake3::Hasher::new_keyed(&KEY);
-    hasher.update(&[cid.len() as u8]);
+    hasher.update(&(cid.len() as u64).to_le_bytes());
     hasher.update(cid);
     hasher.update(canonical_entry);
     Digest(*hasher.finalize().as_bytes())

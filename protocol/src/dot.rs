@@ -115,9 +115,11 @@ impl RangeSet {
         self.ranges.is_empty()
     }
 
-    /// Number of members.
+    /// Number of members (saturating at `u64::MAX`).
     pub fn len(&self) -> u64 {
-        self.ranges.iter().map(|(s, e)| e - s + 1).sum()
+        self.ranges.iter().fold(0u64, |n, (s, e)| {
+            n.saturating_add((e - s).saturating_add(1))
+        })
     }
 
     /// Number of disjoint ranges.
@@ -281,10 +283,38 @@ impl fmt::Debug for RangeSet {
 ///
 /// Join is union, which is commutative, associative and idempotent. Encoded as a map from actor to
 /// range list; actors with no counters are never stored, so equal sets encode to equal bytes.
-#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Default, Serialize)]
 #[serde(transparent)]
 pub struct DotSet {
     actors: BTreeMap<ActorId, RangeSet>,
+}
+
+impl<'de> Deserialize<'de> for DotSet {
+    /// Normalises as it reads: an actor repeated in the map has its ranges unioned, an actor
+    /// with no ranges is dropped. Equal sets then compare, digest and encode equally whatever
+    /// encoder produced them.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = DotSet;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map from actor to counter ranges")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<DotSet, A::Error> {
+                let mut set = DotSet::new();
+                while let Some((actor, ranges)) = map.next_entry::<ActorId, RangeSet>()? {
+                    if !ranges.is_empty() {
+                        set.actors.entry(actor).or_default().union(&ranges);
+                    }
+                }
+                Ok(set)
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 /// Anything that can say whether it has seen a dot: a [`DotSet`], or a delta, whose exact
@@ -353,7 +383,9 @@ impl DotSet {
     /// Joins `other` into `self` (set union).
     pub fn union(&mut self, other: &DotSet) {
         for (actor, ranges) in &other.actors {
-            self.actors.entry(*actor).or_default().union(ranges);
+            if !ranges.is_empty() {
+                self.actors.entry(*actor).or_default().union(ranges);
+            }
         }
     }
 
@@ -372,9 +404,11 @@ impl DotSet {
         self.actors.get(&actor).and_then(RangeSet::max).unwrap_or(0)
     }
 
-    /// Total number of dots.
+    /// Total number of dots (saturating at `u64::MAX`).
     pub fn len(&self) -> u64 {
-        self.actors.values().map(RangeSet::len).sum()
+        self.actors
+            .values()
+            .fold(0u64, |n, r| n.saturating_add(r.len()))
     }
 
     /// Dots in `other` and not in `self`, as `(actor, start, end)` ranges.
@@ -508,6 +542,41 @@ mod tests {
         assert_eq!(x.digest(), y.digest());
         y.insert(Dot::new(ActorId(2), 1));
         assert_ne!(x.digest(), y.digest());
+    }
+
+    #[test]
+    fn decoding_normalises_dot_sets() {
+        use crate::codec::{decode_stored, encode_stored};
+        let a = ActorId(5);
+        // {5: []} is the empty set; {5: [[1,2]], 5: [[7,8]]} is their union.
+        let empty: DotSet = decode_stored(&encode_stored(
+            &[(a, Vec::<(u64, u64)>::new())]
+                .into_iter()
+                .collect::<BTreeMap<_, _>>(),
+        ))
+        .expect("decodes");
+        assert_eq!(empty, DotSet::new());
+        assert!(empty.is_empty() && DotSet::new().is_superset(&empty));
+        assert_eq!(empty.digest(), DotSet::new().digest());
+        let bytes = [
+            0xa2, 0x05, 0x81, 0x82, 0x01, 0x02, 0x05, 0x81, 0x82, 0x07, 0x08,
+        ];
+        let twice: DotSet = decode_stored(&bytes).expect("decodes");
+        let mut expected = DotSet::new();
+        expected.insert_range(a, 1, 2);
+        expected.insert_range(a, 7, 8);
+        assert_eq!(twice, expected);
+    }
+
+    #[test]
+    fn lengths_saturate() {
+        let mut full = RangeSet::new();
+        full.insert_range(0, u64::MAX);
+        assert_eq!(full.len(), u64::MAX);
+        let mut set = DotSet::new();
+        set.insert_range(ActorId(1), 0, u64::MAX - 1);
+        set.insert_range(ActorId(2), 0, u64::MAX - 1);
+        assert_eq!(set.len(), u64::MAX);
     }
 
     #[test]

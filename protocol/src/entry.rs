@@ -56,7 +56,14 @@ pub fn join_versions(
     while i < local.len() || j < remote.len() {
         let take_local = match (local.get(i), remote.get(j)) {
             (Some(l), Some(r)) if l.dot == r.dot => {
-                out.push(l.clone());
+                // Equal dots carry equal versions unless a writer reused a dot (a database
+                // restored from an old backup). Pick one the same way on every replica.
+                let keep = if l == r || (l.at, &l.spec) <= (r.at, &r.spec) {
+                    l
+                } else {
+                    r
+                };
+                out.push(keep.clone());
                 i += 1;
                 j += 1;
                 continue;

@@ -88,6 +88,8 @@ pub enum BatchError {
     OriginMismatch { origin: ActorId, incarnation: u64 },
     #[error("signature does not verify")]
     BadSignature,
+    #[error("change {counter} observes {dot}, which its own origin cannot have made before it")]
+    BadObserved { counter: u64, dot: Dot },
     #[error("invalid pin options for {cid}: {source}")]
     Spec {
         cid: String,
@@ -97,11 +99,13 @@ pub enum BatchError {
 }
 
 impl DeltaBatch {
-    /// Signs consecutive local `deltas` (all of one origin, ascending and dense).
+    /// Signs consecutive local `deltas` (all of one origin, ascending and dense) for `cluster`.
+    /// The cluster name is signed, not sent: a batch replayed into another cluster fails to
+    /// verify there.
     ///
     /// # Panics
     /// If `deltas` is empty, mixes origins or skips a counter: that is a bug in the caller.
-    pub fn sign(signer: &impl Signer, incarnation: u64, deltas: &[Delta]) -> Self {
+    pub fn sign(signer: &impl Signer, cluster: &str, incarnation: u64, deltas: &[Delta]) -> Self {
         let first = deltas
             .first()
             .expect("a batch needs at least one delta")
@@ -117,13 +121,14 @@ impl DeltaBatch {
             changes: deltas.iter().map(|d| d.change.clone()).collect(),
             signature: Sig([0; 64]),
         };
-        batch.signature = Sig(signer.sign(&codec::batch_signing_bytes(&batch)));
+        batch.signature = Sig(signer.sign(&codec::batch_signing_bytes(cluster, &batch)));
         batch
     }
 
-    /// Checks everything that does not need cluster knowledge: shape, limits, origin binding and
-    /// signature. Whether `author` may write is the receiver's decision.
-    pub fn verify(&self) -> Result<(), BatchError> {
+    /// Checks everything that needs no state: shape, limits, origin binding, that each change
+    /// observes no dot its origin made at or after it, and the signature for `cluster`.
+    /// Whether `author` may write is the receiver's decision.
+    pub fn verify(&self, cluster: &str) -> Result<(), BatchError> {
         if self.changes.is_empty() {
             return Err(BatchError::Empty);
         }
@@ -139,7 +144,14 @@ impl DeltaBatch {
                 incarnation: self.incarnation,
             });
         }
-        for change in &self.changes {
+        for (i, change) in self.changes.iter().enumerate() {
+            let counter = self.first + i as u64;
+            for (j, dot) in change.observed.iter().enumerate() {
+                let future = dot.actor == self.origin && dot.counter >= counter;
+                if future || change.observed[..j].contains(dot) {
+                    return Err(BatchError::BadObserved { counter, dot: *dot });
+                }
+            }
             if let Some((_, spec)) = &change.pin {
                 spec.validate().map_err(|source| BatchError::Spec {
                     cid: change.cid.to_string(),
@@ -149,7 +161,7 @@ impl DeltaBatch {
         }
         let key = VerifyingKey::from_bytes(&self.author.0).map_err(|_| BatchError::BadSignature)?;
         let signature = Signature::from_bytes(&self.signature.0);
-        key.verify_strict(&codec::batch_signing_bytes(self), &signature)
+        key.verify_strict(&codec::batch_signing_bytes(cluster, self), &signature)
             .map_err(|_| BatchError::BadSignature)
     }
 
@@ -160,11 +172,15 @@ impl DeltaBatch {
             .and_then(|n| self.first.checked_add(n))
     }
 
-    /// The batch as deltas with their dots.
+    /// The batch as deltas with their dots. Stops short, rather than overflow, on a batch
+    /// whose counters would pass `u64::MAX` (such a batch does not verify).
     pub fn deltas(&self) -> impl Iterator<Item = Delta> + '_ {
-        self.changes.iter().enumerate().map(|(i, change)| Delta {
-            dot: Dot::new(self.origin, self.first + i as u64),
-            change: change.clone(),
+        self.changes.iter().enumerate().map_while(|(i, change)| {
+            let counter = self.first.checked_add(i as u64)?;
+            Some(Delta {
+                dot: Dot::new(self.origin, counter),
+                change: change.clone(),
+            })
         })
     }
 }

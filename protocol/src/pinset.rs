@@ -92,6 +92,9 @@ pub struct Outcome {
 
 /// Applies one delta: joins its entry and context into the state.
 ///
+/// On a store error the entry and the head are unchanged, but the caller must drop the whole
+/// transaction (the agent restores its head and aborts).
+///
 /// A delta already in `head.applied` is skipped: its join was committed with it. Otherwise the
 /// entry is joined even when the delta's own dot is already in the context, because its observed
 /// dots may still remove versions here.
@@ -208,17 +211,18 @@ fn write_entry<S: EntryStore>(
     if old == new.as_deref() {
         return Ok(false);
     }
+    // The store first: if it fails, the head is untouched.
+    match &new {
+        Some(bytes) => store.put(cid, bytes).map_err(JoinError::Store)?,
+        None => store.delete(cid).map_err(JoinError::Store)?,
+    }
     if let Some(old) = old {
         head.digest.toggle(&entry_hash(cid, old));
         head.pins -= 1;
     }
-    match &new {
-        Some(bytes) => {
-            head.digest.toggle(&entry_hash(cid, bytes));
-            head.pins += 1;
-            store.put(cid, bytes).map_err(JoinError::Store)?;
-        }
-        None => store.delete(cid).map_err(JoinError::Store)?,
+    if let Some(bytes) = &new {
+        head.digest.toggle(&entry_hash(cid, bytes));
+        head.pins += 1;
     }
     Ok(true)
 }

@@ -7,20 +7,28 @@
 //!   its sender after `repair_delay` ticks, if the hole is still there;
 //! - every `beacon_interval` ticks each replica sends its applied vector; a receiver that lacks
 //!   some of it asks that peer for the missing ranges;
-//! - a late joiner starts empty and catches up with a snapshot from a peer (encoded chunks,
-//!   staged and checked, then joined), then with deltas.
+//! - a late joiner is cut off from everyone until `join_at` but writes all the same; then it
+//!   joins a snapshot from a peer (encoded chunks, staged and checked) into its own state, and
+//!   its writes spread by repair;
+//! - every `full_join_every` ticks one replica joins a snapshot of another (anti-entropy), so
+//!   full-state joins run between states that both hold writes of their own.
+//!
+//! Batches travel as the agent sends them: signed by their origin, encoded, decoded and
+//! verified by every receiver.
 //!
 //! The network drops (`loss`), duplicates (`duplicate`) and delays by 1..=`max_delay` ticks,
 //! which reorders, every message (repair traffic included), and during `partition` cuts the
 //! replicas into two halves. Time is a tick counter; nothing here reads a clock.
 //!
-//! [`oracle`] computes the expected final pinset straight from the operation history, without
-//! the join: a version survives iff no operation observed its dot.
+//! [`oracle`] computes the expected final pinset from the history alone, without the join and
+//! without the deltas' own `observed` lists: a pinned version survives iff no later operation
+//! on its CID was made by a replica that had applied it (recorded in [`Sim::seen`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use cid::Cid;
+use ed25519_dalek::SigningKey;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -28,9 +36,8 @@ use crate::codec;
 use crate::delta::{Delta, Op};
 use crate::dot::{ActorId, AppliedVector, Dot, DotSet};
 use crate::entry::Version;
-use crate::message::Response;
-use crate::pinset::MemEntries;
-use crate::pinset::MemPinset;
+use crate::message::{DeltaBatch, Gossip, Response, Signer};
+use crate::pinset::{MemEntries, MemPinset};
 use crate::snapshot::{Progress, SnapshotStage};
 use crate::spec::{PinMode, PinSpec};
 
@@ -39,9 +46,11 @@ use crate::spec::{PinMode, PinSpec};
 pub struct SimConfig {
     pub seed: u64,
     pub replicas: usize,
-    /// Replicas (the last ones) that stay offline until `join_at` and then catch up by snapshot.
+    /// Replicas (the last ones) cut off from all others until `join_at`, then joined by snapshot.
     pub late_joiners: usize,
     pub join_at: u64,
+    /// Every this many ticks, one replica joins a snapshot of another (0: never).
+    pub full_join_every: u64,
     /// Total operations to issue, spread over online replicas.
     pub ops: usize,
     pub ops_per_tick: usize,
@@ -59,6 +68,8 @@ pub struct SimConfig {
     pub repair_delay: u64,
     /// Most deltas per batch, and per repair response.
     pub max_batch: usize,
+    /// Replicas publish what they wrote every this many ticks (1: every tick).
+    pub flush_every: u64,
     /// Ticks allowed after the last operation (and the end of the partition) to converge.
     pub settle_ticks: u64,
 }
@@ -70,6 +81,7 @@ impl Default for SimConfig {
             replicas: 8,
             late_joiners: 0,
             join_at: 0,
+            full_join_every: 0,
             ops: 1000,
             ops_per_tick: 10,
             cids: 200,
@@ -80,6 +92,7 @@ impl Default for SimConfig {
             beacon_interval: 10,
             repair_delay: 3,
             max_batch: 64,
+            flush_every: 1,
             settle_ticks: 2000,
         }
     }
@@ -98,9 +111,13 @@ pub struct Report {
     pub snapshots: u64,
 }
 
+/// The cluster name the simulator signs batches for.
+const CLUSTER: &str = "sim";
+
 #[derive(Debug, Clone)]
 enum Msg {
-    Batch(Vec<Arc<Delta>>),
+    /// An encoded gossip message holding a signed batch.
+    Batch(Arc<Vec<u8>>),
     Beacon(AppliedVector),
     GetDeltas(Vec<(ActorId, u64, u64)>),
     Deltas(Vec<Arc<Delta>>),
@@ -110,6 +127,7 @@ enum Msg {
 #[derive(Debug)]
 pub struct SimReplica {
     pub actor: ActorId,
+    key: SigningKey,
     pub pinset: MemPinset,
     counter: u64,
     /// Every delta applied, by dot: what this replica can serve to others.
@@ -119,7 +137,8 @@ pub struct SimReplica {
     requested: HashMap<ActorId, u64>,
     /// (due tick, peer, origin): re-check a hole seen in a batch from `peer`.
     gap_checks: Vec<(u64, usize, ActorId)>,
-    online_at: u64,
+    /// Cut off from every other replica before this tick.
+    isolated_until: u64,
 }
 
 /// The simulation: replicas, the network between them, and the history of operations.
@@ -135,25 +154,35 @@ pub struct Sim {
     issued: usize,
     /// Every operation, in issue order.
     pub history: Vec<Arc<Delta>>,
+    /// For each operation, the earlier pins of its CID its replica had applied when making it.
+    pub seen: Vec<Vec<Dot>>,
+    /// CID bytes -> dots of every pin of it so far.
+    pins_of: HashMap<Vec<u8>, Vec<Dot>>,
+    /// Hashes of batches already verified: each distinct batch is verified once per run (every
+    /// receiver still decodes it). The simulator models replication, not CPU.
+    verified: std::collections::HashSet<[u8; 32]>,
     pub report: Report,
 }
 
 impl Sim {
     pub fn new(cfg: SimConfig) -> Self {
+        let first_late = cfg.replicas.saturating_sub(cfg.late_joiners);
         let replicas = (0..cfg.replicas)
-            .map(|i| SimReplica {
-                actor: ActorId::derive(&(i as u64).to_le_bytes(), cfg.seed),
-                pinset: MemPinset::new(),
-                counter: 0,
-                log: BTreeMap::new(),
-                outbox: Vec::new(),
-                requested: HashMap::new(),
-                gap_checks: Vec::new(),
-                online_at: if i >= cfg.replicas - cfg.late_joiners {
-                    cfg.join_at
-                } else {
-                    0
-                },
+            .map(|i| {
+                let seed =
+                    blake3::hash(&[cfg.seed.to_le_bytes(), (i as u64).to_le_bytes()].concat());
+                let key = SigningKey::from_bytes(seed.as_bytes());
+                SimReplica {
+                    actor: ActorId::derive(&key.public_key(), cfg.seed),
+                    key,
+                    pinset: MemPinset::new(),
+                    counter: 0,
+                    log: BTreeMap::new(),
+                    outbox: Vec::new(),
+                    requested: HashMap::new(),
+                    gap_checks: Vec::new(),
+                    isolated_until: if i >= first_late { cfg.join_at } else { 0 },
+                }
             })
             .collect();
         Sim {
@@ -165,6 +194,9 @@ impl Sim {
             next_seq: 0,
             issued: 0,
             history: Vec::new(),
+            seen: Vec::new(),
+            pins_of: HashMap::new(),
+            verified: std::collections::HashSet::new(),
             report: Report::default(),
         }
     }
@@ -206,24 +238,31 @@ impl Sim {
         dots
     }
 
-    fn online(&self, r: usize) -> bool {
-        self.tick >= self.replicas[r].online_at
+    fn isolated(&self, r: usize) -> bool {
+        self.tick < self.replicas[r].isolated_until
     }
 
-    /// One tick: join late joiners, issue operations, flush, beacon, deliver, re-check holes.
+    /// One tick: join late joiners, anti-entropy, issue operations, flush, beacon, deliver,
+    /// re-check holes.
     pub fn step(&mut self) {
         self.tick += 1;
         for r in 0..self.replicas.len() {
-            if self.replicas[r].online_at == self.tick && self.tick > 0 {
+            if self.replicas[r].isolated_until == self.tick {
                 self.snapshot_join(r);
             }
         }
+        if self.cfg.full_join_every > 0 && self.tick.is_multiple_of(self.cfg.full_join_every) {
+            let r = self.rng.gen_range(0..self.replicas.len());
+            self.snapshot_join(r);
+        }
         self.issue_ops();
-        for r in 0..self.replicas.len() {
-            self.flush(r);
+        if self.tick.is_multiple_of(self.cfg.flush_every.max(1)) || self.issued == self.cfg.ops {
+            for r in 0..self.replicas.len() {
+                self.flush(r);
+            }
         }
         for r in 0..self.replicas.len() {
-            if self.online(r) && (self.tick + r as u64).is_multiple_of(self.cfg.beacon_interval) {
+            if (self.tick + r as u64).is_multiple_of(self.cfg.beacon_interval) {
                 let applied = self.replicas[r].pinset.head().applied.clone();
                 self.broadcast(r, Msg::Beacon(applied));
             }
@@ -233,18 +272,20 @@ impl Sim {
                 break;
             }
             let (from, to, msg) = entry.remove();
-            if self.online(to) {
-                self.deliver(from, to, msg);
-            }
+            self.deliver(from, to, msg);
         }
         for r in 0..self.replicas.len() {
             self.check_gaps(r);
         }
     }
 
+    /// Replica `r` joins a snapshot of a random peer it can reach.
     fn snapshot_join(&mut self, r: usize) {
+        if self.isolated(r) {
+            return;
+        }
         let online: Vec<usize> = (0..self.replicas.len())
-            .filter(|&p| p != r && self.replicas[p].online_at < self.tick)
+            .filter(|&p| p != r && !self.isolated(p) && !self.partitioned(r, p))
             .collect();
         if online.is_empty() {
             return;
@@ -280,9 +321,6 @@ impl Sim {
                 return;
             }
             let r = self.rng.gen_range(0..self.replicas.len());
-            if !self.online(r) {
-                continue;
-            }
             let cid = sim_cid(self.rng.gen_range(0..self.cfg.cids) as u64);
             let present = self.replicas[r].pinset.contains(&cid);
             let op = if present && self.rng.gen_bool(0.5) {
@@ -294,9 +332,21 @@ impl Sim {
                 }
             };
             let replica = &mut self.replicas[r];
+            let pins_of = self.pins_of.entry(cid.to_bytes()).or_default();
+            let applied = &replica.pinset.head().applied;
+            self.seen.push(
+                pins_of
+                    .iter()
+                    .copied()
+                    .filter(|d| applied.contains(*d))
+                    .collect(),
+            );
             replica.counter += 1;
             let dot = Dot::new(replica.actor, replica.counter);
             let delta = Arc::new(replica.pinset.local(dot, cid, op));
+            if !delta.is_unpin() {
+                pins_of.push(dot);
+            }
             replica.log.insert(dot, delta.clone());
             replica.outbox.push(delta.clone());
             self.history.push(delta);
@@ -321,12 +371,15 @@ impl Sim {
     }
 
     fn flush(&mut self, r: usize) {
-        if self.replicas[r].outbox.is_empty() || !self.online(r) {
+        if self.replicas[r].outbox.is_empty() {
             return;
         }
         let outbox = std::mem::take(&mut self.replicas[r].outbox);
         for chunk in outbox.chunks(self.cfg.max_batch) {
-            self.broadcast(r, Msg::Batch(chunk.to_vec()));
+            let deltas: Vec<Delta> = chunk.iter().map(|d| Delta::clone(d)).collect();
+            let batch = DeltaBatch::sign(&self.replicas[r].key, CLUSTER, self.cfg.seed, &deltas);
+            let bytes = codec::encode_gossip(&Gossip::DeltaBatch(batch));
+            self.broadcast(r, Msg::Batch(Arc::new(bytes)));
         }
     }
 
@@ -348,7 +401,8 @@ impl Sim {
 
     fn send(&mut self, from: usize, to: usize, msg: Msg) {
         self.report.sent += 1;
-        if !self.online(to) || self.partitioned(from, to) || self.rng.gen_bool(self.cfg.loss) {
+        let cut = self.isolated(from) || self.isolated(to) || self.partitioned(from, to);
+        if cut || self.rng.gen_bool(self.cfg.loss) {
             self.report.dropped += 1;
             return;
         }
@@ -368,7 +422,15 @@ impl Sim {
 
     fn deliver(&mut self, from: usize, to: usize, msg: Msg) {
         match msg {
-            Msg::Batch(deltas) => {
+            Msg::Batch(bytes) => {
+                let batch = match codec::decode_gossip(&bytes) {
+                    Ok(Gossip::DeltaBatch(batch)) => batch,
+                    other => panic!("simulated batch does not decode: {other:?}"),
+                };
+                if self.verified.insert(*blake3::hash(&bytes).as_bytes()) {
+                    batch.verify(CLUSTER).expect("simulated batch verifies");
+                }
+                let deltas: Vec<Arc<Delta>> = batch.deltas().map(Arc::new).collect();
                 self.apply_all(to, &deltas);
                 let replica = &mut self.replicas[to];
                 let due = self.tick + self.cfg.repair_delay;
@@ -476,12 +538,15 @@ pub fn sim_cid(n: u64) -> Cid {
     Cid::new_v1(0x55, mh)
 }
 
-/// The final pinset every replica must reach, from the history alone: per CID, the pinned
-/// versions whose dot no operation observed, sorted by dot.
-pub fn oracle(history: &[Arc<Delta>]) -> BTreeMap<Vec<u8>, Vec<Version>> {
+/// The final pinset every replica must reach, from the history and what each operation's
+/// replica had applied of its CID's earlier pins (`seen`, parallel to `history`): per CID, the
+/// pinned versions that no operation saw, sorted by dot. This is the add-wins rule stated
+/// directly, independent of the deltas' `observed` lists and of the join.
+pub fn oracle(history: &[Arc<Delta>], seen: &[Vec<Dot>]) -> BTreeMap<Vec<u8>, Vec<Version>> {
+    assert_eq!(history.len(), seen.len(), "one seen list per operation");
     let mut observed = DotSet::new();
-    for d in history {
-        for dot in &d.change.observed {
+    for dots in seen {
+        for dot in dots {
             observed.insert(*dot);
         }
     }

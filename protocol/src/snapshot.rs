@@ -41,7 +41,8 @@ where
     let mut out = Vec::new();
     let mut bytes = 0;
     let mut last: Option<Vec<u8>> = None;
-    while out.len() < limit.max(1) && bytes < byte_budget {
+    // At least one entry per chunk, so every chunk makes progress whatever the budget.
+    while out.is_empty() || (out.len() < limit && bytes < byte_budget) {
         let Some((cid, value)) = entries.next() else {
             break;
         };
@@ -98,6 +99,10 @@ pub enum SnapshotError<E> {
     },
     #[error("snapshot is not complete")]
     Incomplete,
+    #[error("chunk makes no progress: no entries, or a cursor that is not its last entry")]
+    NoProgress,
+    #[error("snapshot head is inconsistent: {0}")]
+    BadHead(&'static str),
     #[error("staging store: {0}")]
     Store(#[source] E),
 }
@@ -155,6 +160,9 @@ impl<S: EntryStore> SnapshotStage<S> {
         match self.snapshot_id {
             None => {
                 let head = chunk.head.ok_or(SnapshotError::MissingHead)?;
+                if !head.context.is_superset(&head.applied) {
+                    return Err(SnapshotError::BadHead("applied deltas outside the context"));
+                }
                 self.head = Some(head);
                 self.snapshot_id = Some(chunk.snapshot_id);
             }
@@ -166,7 +174,20 @@ impl<S: EntryStore> SnapshotStage<S> {
             }
             Some(_) => {}
         }
+        let context = &self
+            .head
+            .as_ref()
+            .ok_or(SnapshotError::MissingHead)?
+            .context;
+        if chunk.next.is_some() && chunk.entries.is_empty() {
+            return Err(SnapshotError::NoProgress);
+        }
         for entry in chunk.entries {
+            if entry.versions.iter().any(|v| !context.contains(v.dot)) {
+                return Err(SnapshotError::BadHead(
+                    "an entry's dot is outside the context",
+                ));
+            }
             let cid = entry.cid.to_bytes();
             if self.last.as_ref().is_some_and(|last| cid <= *last) {
                 return Err(SnapshotError::Unordered);
@@ -179,7 +200,12 @@ impl<S: EntryStore> SnapshotStage<S> {
             self.last = Some(cid);
         }
         match (chunk.next, self.snapshot_id) {
-            (Some(after), Some(snapshot_id)) => Ok(Progress::Continue { snapshot_id, after }),
+            (Some(after), Some(snapshot_id)) => {
+                if self.last.as_deref() != Some(after.as_slice()) {
+                    return Err(SnapshotError::NoProgress);
+                }
+                Ok(Progress::Continue { snapshot_id, after })
+            }
             _ => {
                 self.complete = true;
                 Ok(Progress::Complete)
@@ -319,5 +345,29 @@ mod tests {
                 .expect_err("bad spec")
                 .contains("invalid pin options")
         );
+
+        let mut chunks = source.snapshot(9, 500);
+        chunks[1].entries[0].versions[0].dot = Dot::new(ActorId(9), 1);
+        assert!(
+            stage_all(chunks)
+                .expect_err("planted dot")
+                .contains("outside the context")
+        );
+
+        let mut chunks = source.snapshot(9, 500);
+        chunks[1].entries.clear();
+        assert!(
+            stage_all(chunks)
+                .expect_err("stalling")
+                .contains("no progress")
+        );
+    }
+
+    #[test]
+    fn every_chunk_carries_an_entry_whatever_the_budget() {
+        let source = state(3);
+        let chunks = source.snapshot(1, 0);
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(stage_all(chunks).expect("valid"), source);
     }
 }

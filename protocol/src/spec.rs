@@ -6,7 +6,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// How much of the DAG below a CID to pin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PinMode {
     /// The CID and every block below it.
@@ -61,7 +63,7 @@ pub mod limits {
 
 /// The options of one pin. Every field has a default and defaults are not encoded, so a pin with
 /// a short name and nothing else costs a few bytes beyond its CID.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PinSpec {
     /// Human name; free text, may be empty.

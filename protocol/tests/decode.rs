@@ -26,7 +26,7 @@ fn valid_messages() -> Vec<Vec<u8>> {
             pins.local(Dot::new(actor, i), sim_cid(i % 2), op)
         })
         .collect();
-    let batch = DeltaBatch::sign(&key, 1, &deltas);
+    let batch = DeltaBatch::sign(&key, "c", 1, &deltas);
     vec![
         codec::encode_gossip(&Gossip::DeltaBatch(batch.clone())),
         codec::encode_request(&Request::GetDeltas {
@@ -87,7 +87,7 @@ proptest! {
                 Ok(Gossip::DeltaBatch(o)) => o,
                 other => panic!("fixture is not a batch: {other:?}"),
             };
-            prop_assert!(b.verify().is_err() || b == original);
+            prop_assert!(b.verify("c").is_err() || b == original);
         }
     }
 }

@@ -13,6 +13,8 @@ use pinmesh_protocol::{
 };
 use serde_bytes::ByteBuf;
 
+const CLUSTER: &str = "golden";
+
 fn cid() -> Cid {
     "bafkreidgvpkjawlxz6sffxzwgooowe5yt7i6wsyg236mfoks77nywkptdq"
         .parse()
@@ -60,7 +62,7 @@ fn batch() -> DeltaBatch {
         },
     );
     let d3 = pins.local(Dot::new(a, 3), cid(), Op::Unpin);
-    DeltaBatch::sign(&key(), 42, &[d1, d2, d3])
+    DeltaBatch::sign(&key(), CLUSTER, 42, &[d1, d2, d3])
 }
 
 fn dots() -> DotSet {
@@ -98,7 +100,11 @@ fn check(what: &str, bytes: &[u8], golden: &str) {
 #[test]
 fn gossip() {
     let b = batch();
-    assert_eq!(b.verify(), Ok(()));
+    assert_eq!(b.verify(CLUSTER), Ok(()));
+    assert_eq!(
+        b.verify("another cluster"),
+        Err(pinmesh_protocol::BatchError::BadSignature)
+    );
     check(
         "delta batch",
         &codec::encode_gossip(&Gossip::DeltaBatch(b)),
@@ -241,38 +247,63 @@ fn tampered_batches_are_rejected() {
     use pinmesh_protocol::BatchError;
     let mut b = batch();
     b.changes[0].pin = Some((1, PinSpec::named("evil")));
-    assert_eq!(b.verify(), Err(BatchError::BadSignature));
+    assert_eq!(b.verify(CLUSTER), Err(BatchError::BadSignature));
 
     let mut b = batch();
     b.first = 2;
-    assert_eq!(b.verify(), Err(BatchError::BadSignature));
+    assert_eq!(b.verify(CLUSTER), Err(BatchError::BadSignature));
 
     // Signed by another key but claiming the first key's origin.
     let other = SigningKey::from_bytes(&[8; 32]);
     let mut b = batch();
     b.author = Key(other.verifying_key().to_bytes());
-    assert!(matches!(b.verify(), Err(BatchError::OriginMismatch { .. })));
+    assert!(matches!(
+        b.verify(CLUSTER),
+        Err(BatchError::OriginMismatch { .. })
+    ));
 
     let mut b = batch();
     b.signature = Sig([0; 64]);
-    assert_eq!(b.verify(), Err(BatchError::BadSignature));
+    assert_eq!(b.verify(CLUSTER), Err(BatchError::BadSignature));
 
     let mut b = batch();
     b.first = u64::MAX;
-    assert_eq!(b.verify(), Err(BatchError::BadRange { first: u64::MAX }));
+    assert_eq!(
+        b.verify(CLUSTER),
+        Err(BatchError::BadRange { first: u64::MAX })
+    );
+
+    // A change may not observe its own origin's dots made at or after it, nor one dot twice.
+    let mut b = batch();
+    b.changes[0].observed.push(Dot::new(actor(), 2));
+    assert!(matches!(
+        b.verify(CLUSTER),
+        Err(BatchError::BadObserved { counter: 1, .. })
+    ));
+    let mut b = batch();
+    let seen = b.changes[2].observed[0];
+    b.changes[2].observed.push(seen);
+    assert!(matches!(
+        b.verify(CLUSTER),
+        Err(BatchError::BadObserved { counter: 3, .. })
+    ));
+    // An unverified batch with overflowing counters yields what fits, never a panic.
+    let mut b = batch();
+    b.first = u64::MAX;
+    assert_eq!(b.deltas().count(), 1);
 
     let d: Vec<Delta> = batch().deltas().collect();
     assert_eq!(d.len(), 3);
     assert_eq!(d[2].dot, Dot::new(actor(), 3));
 }
 
-const GOLDEN_BATCH: &str = "8201a16a44656c74614261746368861bb172c71a2cdccc785820ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c182a01838358240155122066abd4905977cfa452df36339ceb13b89fd1eb4b06d6fcc2b952ffdb8b29f31c821b0000019ab697e800a1006161808358240155122066abd4905977cfa452df36339ceb13b89fd1eb4b06d6fcc2b952ffdb8b29f31c821b0000019ab697e801a8006670686f746f7301010202030304816f313244334b6f6f574578616d706c65051a713fb30006a1647465616d636f70730781772f6970342f3132372e302e302e312f7463702f3430303181821bb172c71a2cdccc78018358240155122066abd4905977cfa452df36339ceb13b89fd1eb4b06d6fcc2b952ffdb8b29f31cf681821bb172c71a2cdccc78025840b40b41e6508add157b55ea50544594d53e8af8ee66dff23dc3d014fe562c81761a72007723d81a7fcc461ecf3aaed0b3f84ab276355c768cc86462a1fae1580d";
+const GOLDEN_BATCH: &str = "8201a16a44656c74614261746368861bb172c71a2cdccc785820ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c182a01838358240155122066abd4905977cfa452df36339ceb13b89fd1eb4b06d6fcc2b952ffdb8b29f31c821b0000019ab697e800a1006161808358240155122066abd4905977cfa452df36339ceb13b89fd1eb4b06d6fcc2b952ffdb8b29f31c821b0000019ab697e801a8006670686f746f7301010202030304816f313244334b6f6f574578616d706c65051a713fb30006a1647465616d636f70730781772f6970342f3132372e302e302e312f7463702f3430303181821bb172c71a2cdccc78018358240155122066abd4905977cfa452df36339ceb13b89fd1eb4b06d6fcc2b952ffdb8b29f31cf681821bb172c71a2cdccc780258404870daa87b4b1975e7e069797612b93161226803ad882f1d1a04bea3c6b263c1d16f014d50761b2869f03222160c1c9f92a4619c2c2146eaeba20145569df10c";
 const GOLDEN_BEACON: &str = "8201a166426561636f6ea7001bb172c71a2cdccc78010c025820abababababababababababababababababababababababababababababababab035820cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd04a205818209091bb172c71a2cdccc78818201030581821bb172c71a2cdccc780106f5";
 const GOLDEN_REQ_STATUS: &str = "820100";
 const GOLDEN_REQ_GET: &str = "8201a101a3001bb172c71a2cdccc78010502190384";
 const GOLDEN_REQ_SNAPSHOT: &str = "8201a102a300070158240155122066abd4905977cfa452df36339ceb13b89fd1eb4b06d6fcc2b952ffdb8b29f31c02191388";
 const GOLDEN_RESP_STATUS: &str = "8201a166537461747573a7001bb172c71a2cdccc78010c025820abababababababababababababababababababababababababababababababab035820cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd04a205818209091bb172c71a2cdccc78818201030581821bb172c71a2cdccc780106f5";
-const GOLDEN_RESP_DELTAS: &str = "8201a101a10081861bb172c71a2cdccc785820ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c182a01838358240155122066abd4905977cfa452df36339ceb13b89fd1eb4b06d6fcc2b952ffdb8b29f31c821b0000019ab697e800a1006161808358240155122066abd4905977cfa452df36339ceb13b89fd1eb4b06d6fcc2b952ffdb8b29f31c821b0000019ab697e801a8006670686f746f7301010202030304816f313244334b6f6f574578616d706c65051a713fb30006a1647465616d636f70730781772f6970342f3132372e302e302e312f7463702f3430303181821bb172c71a2cdccc78018358240155122066abd4905977cfa452df36339ceb13b89fd1eb4b06d6fcc2b952ffdb8b29f31cf681821bb172c71a2cdccc78025840b40b41e6508add157b55ea50544594d53e8af8ee66dff23dc3d014fe562c81761a72007723d81a7fcc461ecf3aaed0b3f84ab276355c768cc86462a1fae1580d";
+const GOLDEN_RESP_DELTAS: &str = "8201a101a10081861bb172c71a2cdccc785820ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c182a01838358240155122066abd4905977cfa452df36339ceb13b89fd1eb4b06d6fcc2b952ffdb8b29f31c821b0000019ab697e800a1006161808358240155122066abd4905977cfa452df36339ceb13b89fd1eb4b06d6fcc2b952ffdb8b29f31c821b0000019ab697e801a8006670686f746f7301010202030304816f313244334b6f6f574578616d706c65051a713fb30006a1647465616d636f70730781772f6970342f3132372e302e302e312f7463702f3430303181821bb172c71a2cdccc78018358240155122066abd4905977cfa452df36339ceb13b89fd1eb4b06d6fcc2b952ffdb8b29f31cf681821bb172c71a2cdccc780258404870daa87b4b1975e7e069797612b93161226803ad882f1d1a04bea3c6b263c1d16f014d50761b2869f03222160c1c9f92a4619c2c2146eaeba20145569df10c";
 const GOLDEN_RESP_TRUNCATED: &str = "8201a102a2001bb172c71a2cdccc78011864";
 const GOLDEN_RESP_CHUNK: &str = "8201a16d536e617073686f744368756e6ba4000701a400a205818209091bb172c71a2cdccc788182010301a205818209091bb172c71a2cdccc78818201030201035820010101010101010101010101010101010101010101010101010101010101010102818258240155122066abd4905977cfa452df36339ceb13b89fd1eb4b06d6fcc2b952ffdb8b29f31c8183821bb172c71a2cdccc78011b0000019ab697e800a1006a70696e2d31323334353603f6";
 const GOLDEN_RESP_REFUSED: &str = "8201a104a1006462757379";

@@ -10,7 +10,7 @@ fn check_converged(seed: u64, cfg: SimConfig) {
         report.converged_at.is_some(),
         "seed {seed}: replicas did not converge: {report:?}"
     );
-    let expected = oracle(&sim.history);
+    let expected = oracle(&sim.history, &sim.seen);
     let first = &sim.replicas[0].pinset;
     for (i, replica) in sim.replicas.iter().enumerate() {
         let head = replica.pinset.head();
@@ -52,6 +52,7 @@ fn check_converged(seed: u64, cfg: SimConfig) {
         report.duplicated > 0 && report.repair_requests > 0,
         "{report:?}"
     );
+    assert!(report.snapshots > 0, "no full-state join ran: {report:?}");
     eprintln!("seed {seed}: {report:?}, {} pins", expected.len());
 }
 
@@ -60,6 +61,7 @@ fn big() -> SimConfig {
         replicas: 34,
         late_joiners: 2,
         join_at: 900,
+        full_join_every: 25,
         ops: 20_000,
         ops_per_tick: 20,
         cids: 3_000,
@@ -70,6 +72,7 @@ fn big() -> SimConfig {
         beacon_interval: 20,
         repair_delay: 8,
         max_batch: 64,
+        flush_every: 3,
         settle_ticks: 3_000,
         ..SimConfig::default()
     }
@@ -99,6 +102,7 @@ fn many_small_seeds_with_heavy_conflicts() {
                 replicas: 6,
                 late_joiners: 1,
                 join_at: 40,
+                full_join_every: 5,
                 ops: 400,
                 ops_per_tick: 8,
                 cids: 12,

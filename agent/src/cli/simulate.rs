@@ -44,6 +44,7 @@ pub fn run(args: Args, json: bool) -> anyhow::Result<ExitCode> {
         duplicate: args.duplicate,
         max_delay: 6,
         partition: (args.partition_ticks > 0).then_some((100, 100 + args.partition_ticks)),
+        full_join_every: 50,
         beacon_interval: 20,
         repair_delay: 8,
         ..SimConfig::default()
@@ -51,7 +52,7 @@ pub fn run(args: Args, json: bool) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut sim = Sim::new(cfg);
     let report = sim.run().clone();
-    let expected = oracle(&sim.history);
+    let expected = oracle(&sim.history, &sim.seen);
     let agree = sim.replicas.iter().all(|r| {
         r.pinset.head().digest == sim.replicas[0].pinset.head().digest
             && r.pinset.sorted().len() == expected.len()

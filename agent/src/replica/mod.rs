@@ -155,6 +155,8 @@ impl Signer for NodeSigner {
 }
 
 struct Replica {
+    /// Signed into every batch: a batch replayed into another cluster does not verify.
+    cluster: String,
     store: Store,
     signer: NodeSigner,
     actor: ActorId,
@@ -169,6 +171,7 @@ struct Replica {
 
 /// Starts the replica thread. It stops when every handle is dropped.
 pub fn spawn(
+    cluster: String,
     store: Store,
     persisted: crate::store::Persisted,
     signer: NodeSigner,
@@ -184,6 +187,7 @@ pub fn spawn(
     );
     let (state_tx, state_rx) = watch::channel(Arc::new(initial));
     let replica = Replica {
+        cluster,
         store,
         signer,
         actor,
@@ -300,7 +304,8 @@ impl Replica {
                     }
                 }
                 for chunk in batch_chunks(&local_deltas) {
-                    let batch = DeltaBatch::sign(&self.signer, self.incarnation, chunk);
+                    let batch =
+                        DeltaBatch::sign(&self.signer, &self.cluster, self.incarnation, chunk);
                     log.insert(
                         (batch.origin.0, batch.first),
                         codec::encode_stored(&batch).as_slice(),

@@ -180,6 +180,7 @@ struct Served {
 
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
+    cluster: String,
     topic: IdentTopic,
     replica: ReplicaHandle,
     store: Store,
@@ -221,6 +222,7 @@ impl EventLoop {
         // Capacity: sync answers in progress; each holds at most one response.
         let (served_tx, served_rx) = mpsc::channel(64);
         Ok(EventLoop {
+            cluster: wiring.cluster.clone(),
             swarm,
             topic,
             replica: wiring.replica,
@@ -395,7 +397,7 @@ impl EventLoop {
                 MessageAcceptance::Reject
             }
             Ok(Gossip::DeltaBatch(batch)) => {
-                if let Err(err) = batch.verify() {
+                if let Err(err) = batch.verify(&self.cluster) {
                     warn!(%source, error = %err, "invalid delta batch rejected");
                     return MessageAcceptance::Reject;
                 }
@@ -542,7 +544,7 @@ impl EventLoop {
                 let mut valid = Vec::with_capacity(batches.len());
                 let mut origin = None;
                 for batch in batches {
-                    match batch.verify() {
+                    match batch.verify(&self.cluster) {
                         Ok(()) => {
                             origin = Some(batch.origin);
                             valid.push(batch);

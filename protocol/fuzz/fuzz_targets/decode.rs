@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = codec::decode_response(data);
     let _ = codec::decode_entry(data);
     if let Ok(pinmesh_protocol::Gossip::DeltaBatch(batch)) = codec::decode_gossip(data) {
-        let _ = batch.verify();
+        let _ = batch.verify("fuzz");
         let _: Vec<_> = batch.deltas().collect();
     }
 });
