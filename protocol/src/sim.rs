@@ -298,19 +298,24 @@ impl Sim {
             (&mut right[0], &left[peer])
         };
         // Through the wire format and the staging checks, as the agent receives it.
-        let mut stage = SnapshotStage::new(MemEntries::default());
+        let mut stage = SnapshotStage::new();
+        let mut entries = MemEntries::default();
         for chunk in source.pinset.snapshot(self.tick, 4096) {
             let bytes = codec::encode_response(&Response::SnapshotChunk(chunk));
             let Ok(Response::SnapshotChunk(chunk)) = codec::decode_response(&bytes) else {
                 panic!("snapshot chunk does not round-trip");
             };
-            let progress = stage.accept(chunk).expect("snapshot chunk is valid");
+            let progress = stage
+                .accept(&mut entries, chunk)
+                .expect("snapshot chunk is valid");
             debug_assert!(matches!(
                 progress,
                 Progress::Continue { .. } | Progress::Complete
             ));
         }
-        let (entries, head) = stage.finish().expect("snapshot matches its head");
+        let head = stage
+            .finish::<std::convert::Infallible>()
+            .expect("snapshot matches its head");
         joiner.pinset.join(&MemPinset::from_parts(entries, head));
         self.report.snapshots += 1;
     }

@@ -5,7 +5,8 @@
 //! [`chunk_from`] builds a chunk from such an ordered stream.
 //!
 //! The receiver feeds chunks to a [`SnapshotStage`], which writes the entries into a staging
-//! [`EntryStore`] and checks as it goes: one snapshot id, the head on the first chunk, entries
+//! [`EntryStore`] (passed per chunk: the agent's is a redb table of the current transaction)
+//! and checks as it goes: one snapshot id, the head on the first chunk, entries
 //! strictly ascending and continuing from the cursor, valid pin options. [`SnapshotStage::finish`]
 //! checks that the staged entries hash to the head's state digest and count, so a torn or
 //! inconsistent snapshot is refused before it touches the real state. Only then is it joined (a
@@ -117,9 +118,8 @@ pub enum Progress {
 }
 
 /// A snapshot being received into a staging store.
-#[derive(Debug)]
-pub struct SnapshotStage<S> {
-    store: S,
+#[derive(Debug, Default)]
+pub struct SnapshotStage {
     snapshot_id: Option<u64>,
     head: Option<SnapshotHead>,
     last: Option<Vec<u8>>,
@@ -128,18 +128,10 @@ pub struct SnapshotStage<S> {
     complete: bool,
 }
 
-impl<S: EntryStore> SnapshotStage<S> {
-    /// Stages into `store`, which must start empty.
-    pub fn new(store: S) -> Self {
-        SnapshotStage {
-            store,
-            snapshot_id: None,
-            head: None,
-            last: None,
-            pins: 0,
-            digest: Digest::ZERO,
-            complete: false,
-        }
+impl SnapshotStage {
+    /// A new stage; the staging store must start empty.
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Entries staged so far.
@@ -152,8 +144,17 @@ impl<S: EntryStore> SnapshotStage<S> {
         self.head.as_ref().map(|h| h.pins)
     }
 
-    /// Checks and stages one chunk.
-    pub fn accept(&mut self, chunk: SnapshotChunk) -> Result<Progress, SnapshotError<S::Error>> {
+    /// The id of the snapshot being received, once the first chunk arrived.
+    pub fn snapshot_id(&self) -> Option<u64> {
+        self.snapshot_id
+    }
+
+    /// Checks one chunk and writes its entries into `store`.
+    pub fn accept<S: EntryStore>(
+        &mut self,
+        store: &mut S,
+        chunk: SnapshotChunk,
+    ) -> Result<Progress, SnapshotError<S::Error>> {
         if self.complete {
             return Err(SnapshotError::AfterEnd);
         }
@@ -196,7 +197,7 @@ impl<S: EntryStore> SnapshotStage<S> {
             let bytes = codec::encode_entry(&versions);
             self.digest.toggle(&entry_hash(&cid, &bytes));
             self.pins += 1;
-            self.store.put(&cid, &bytes).map_err(SnapshotError::Store)?;
+            store.put(&cid, &bytes).map_err(SnapshotError::Store)?;
             self.last = Some(cid);
         }
         match (chunk.next, self.snapshot_id) {
@@ -213,10 +214,10 @@ impl<S: EntryStore> SnapshotStage<S> {
         }
     }
 
-    /// Checks the staged entries against the head. Returns the staging store and the head the
-    /// staged state has: join its entries, [`prune_entry`](crate::pinset::prune_entry) local
-    /// entries it lacks, then [`Head::absorb`].
-    pub fn finish(self) -> Result<(S, Head), SnapshotError<S::Error>> {
+    /// Checks the staged entries against the head. Returns the head the staged state has:
+    /// join the staged entries, [`prune_entry`](crate::pinset::prune_entry) local entries it
+    /// lacks, then [`Head::absorb`].
+    pub fn finish<E>(self) -> Result<Head, SnapshotError<E>> {
         let head = match (self.complete, self.head) {
             (true, Some(head)) => head,
             _ => return Err(SnapshotError::Incomplete),
@@ -229,15 +230,12 @@ impl<S: EntryStore> SnapshotStage<S> {
                 head_digest: head.state_digest,
             });
         }
-        Ok((
-            self.store,
-            Head {
-                context: head.context,
-                applied: head.applied,
-                digest: self.digest,
-                pins: self.pins,
-            },
-        ))
+        Ok(Head {
+            context: head.context,
+            applied: head.applied,
+            digest: self.digest,
+            pins: self.pins,
+        })
     }
 }
 
@@ -263,6 +261,7 @@ mod tests {
     use crate::pinset::{MemEntries, MemPinset};
     use crate::sim::sim_cid;
     use crate::spec::PinSpec;
+    use std::convert::Infallible;
 
     fn state(n: u64) -> MemPinset {
         let mut s = MemPinset::new();
@@ -278,11 +277,14 @@ mod tests {
     }
 
     fn stage_all(chunks: Vec<SnapshotChunk>) -> Result<MemPinset, String> {
-        let mut stage = SnapshotStage::new(MemEntries::default());
+        let mut stage = SnapshotStage::new();
+        let mut entries = MemEntries::default();
         for chunk in chunks {
-            stage.accept(chunk).map_err(|e| e.to_string())?;
+            stage
+                .accept(&mut entries, chunk)
+                .map_err(|e| e.to_string())?;
         }
-        let (entries, head) = stage.finish().map_err(|e| e.to_string())?;
+        let head = stage.finish::<Infallible>().map_err(|e| e.to_string())?;
         Ok(MemPinset::from_parts(entries, head))
     }
 
@@ -332,11 +334,15 @@ mod tests {
 
         let mut chunks = source.snapshot(9, 500);
         chunks.pop();
-        let mut stage = SnapshotStage::new(MemEntries::default());
+        let mut stage = SnapshotStage::new();
+        let mut entries = MemEntries::default();
         for c in chunks {
-            stage.accept(c).expect("valid so far");
+            stage.accept(&mut entries, c).expect("valid so far");
         }
-        assert!(matches!(stage.finish(), Err(SnapshotError::Incomplete)));
+        assert!(matches!(
+            stage.finish::<Infallible>(),
+            Err(SnapshotError::Incomplete)
+        ));
 
         let mut chunks = source.snapshot(9, 500);
         chunks[1].entries[0].versions[0].spec.name = "x".repeat(300);

@@ -140,8 +140,18 @@ impl TestCluster {
 
     /// Waits until every running agent has the same applied and state digests and `pins` pins.
     pub async fn converged(&self, pins: Option<u64>, timeout: Duration) -> Result<(), String> {
-        let running = self.running();
-        wait_for(&running, timeout, |states| {
+        converged(&self.running(), pins, timeout).await
+    }
+}
+
+/// Waits until `agents` have the same applied and state digests and, if given, `pins` pins.
+pub async fn converged(
+    agents: &[&TestAgent],
+    pins: Option<u64>,
+    timeout: Duration,
+) -> Result<(), String> {
+    {
+        wait_for(agents, timeout, |states| {
             let first = &states[0].summary;
             states.iter().all(|s| {
                 s.summary.applied_digest == first.applied_digest
@@ -190,5 +200,68 @@ pub async fn wait_for(
             _ = recheck => {}
             _ = tokio::time::sleep_until(deadline) => {}
         }
+    }
+}
+
+/// A peer that holds the cluster secret but not pinmesh's manners: it speaks gossipsub on the
+/// cluster topic directly, to send agents what a broken or hostile member might.
+pub struct Rogue {
+    swarm: libp2p::Swarm<pinmesh_agent::swarm::Behaviour>,
+    topic: libp2p::gossipsub::IdentTopic,
+}
+
+impl Rogue {
+    /// Connects to `agent` and waits until it has subscribed to the cluster topic.
+    pub async fn connect(secret: &str, cluster: &str, agent: &Multiaddr) -> Rogue {
+        use futures::StreamExt;
+        use libp2p::gossipsub;
+        let secret = pinmesh_agent::config::parse_secret(secret).expect("secret");
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let mut swarm = pinmesh_agent::swarm::build(key, secret).expect("rogue swarm");
+        let topic = pinmesh_agent::swarm::topic(cluster);
+        swarm
+            .behaviour_mut()
+            .gossipsub_mut()
+            .subscribe(&topic)
+            .expect("subscribe");
+        swarm.dial(agent.clone()).expect("dial");
+        let subscribed = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let libp2p::swarm::SwarmEvent::Behaviour(
+                    pinmesh_agent::swarm::BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed {
+                        ..
+                    }),
+                ) = swarm.select_next_some().await
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(
+            subscribed.is_ok(),
+            "the agent never subscribed to the rogue"
+        );
+        Rogue { swarm, topic }
+    }
+
+    /// Publishes raw bytes on the cluster topic.
+    pub fn publish(&mut self, data: Vec<u8>) {
+        self.swarm
+            .behaviour_mut()
+            .gossipsub_mut()
+            .publish(self.topic.clone(), data)
+            .expect("publish");
+    }
+
+    /// Drives the rogue's connections (call while waiting on the agents).
+    pub async fn drive(&mut self, for_at_most: Duration) {
+        use futures::StreamExt;
+        let _ = tokio::time::timeout(for_at_most, async {
+            loop {
+                self.swarm.select_next_some().await;
+            }
+        })
+        .await;
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use pinmesh_agent::api::PinRequest;
 use pinmesh_protocol::sim::sim_cid;
-use pinmesh_tests::{TestAgent, TestCluster, random_secret, wait_for};
+use pinmesh_tests::{Rogue, TestAgent, TestCluster, converged, random_secret, wait_for};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -198,4 +198,173 @@ async fn bad_api_requests_get_clear_errors_and_change_nothing() {
     let state = cluster.agents[0].state();
     assert_eq!(state.summary.pins, 0);
     assert_eq!(state.counter, 0, "refused operations take no dot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_agent_joins_a_100k_pin_cluster_by_snapshot() {
+    let mut cluster = TestCluster::start(2).await;
+    let client = cluster.agents[0].client();
+    for chunk in 0..10u64 {
+        let requests: Vec<PinRequest> = (0..10_000u64)
+            .map(|i| pin_request(&sim_cid(chunk * 10_000 + i).to_string(), "bulk"))
+            .collect();
+        client.pin_many(&requests).await.expect("batch pin");
+    }
+    cluster
+        .converged(Some(100_000), Duration::from_secs(180))
+        .await
+        .expect("the cluster holds 100k pins");
+
+    let bootstrap = cluster.agents[0].node().addrs.clone();
+    let mut newcomer = TestAgent::create(&cluster.secret, &bootstrap);
+    newcomer.start().await;
+    cluster.agents.push(newcomer);
+    cluster
+        .converged(Some(100_000), Duration::from_secs(180))
+        .await
+        .expect("the newcomer caught up");
+    let newcomer = &cluster.agents[2];
+    assert!(
+        newcomer.state().snapshots_joined >= 1,
+        "caught up by snapshot"
+    );
+    let synced = wait_for(&[newcomer], CONVERGE, |_| {
+        newcomer
+            .node()
+            .flags
+            .synced
+            .load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+    assert!(synced.is_ok(), "the newcomer reports synced");
+    // It holds the state, not just the digest.
+    let shown = newcomer
+        .client()
+        .show(&sim_cid(99_999).to_string())
+        .await
+        .expect("pin replicated");
+    assert_eq!(shown.name, "bulk");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_heals_to_one_state() {
+    let secret = random_secret();
+    // Two groups with the same secret that do not know each other: a partition.
+    let mut a = TestAgent::create(&secret, &[]);
+    let a_addrs = a.start().await.addrs.clone();
+    let mut b = TestAgent::create(&secret, &a_addrs);
+    b.start().await;
+    let mut c = TestAgent::create(&secret, &[]);
+    let c_addrs = c.start().await.addrs.clone();
+    let mut d = TestAgent::create(&secret, &c_addrs);
+    d.start().await;
+
+    // Both sides write, including the same CIDs (20..30) with different options.
+    let left: Vec<PinRequest> = (0..30)
+        .map(|n| pin_request(&sim_cid(n).to_string(), "left"))
+        .collect();
+    let right: Vec<PinRequest> = (20..50)
+        .map(|n| pin_request(&sim_cid(n).to_string(), "right"))
+        .collect();
+    a.client().pin_many(&left).await.expect("left pins");
+    c.client().pin_many(&right).await.expect("right pins");
+    converged(&[&a, &b], Some(30), CONVERGE)
+        .await
+        .expect("left side converged");
+    converged(&[&c, &d], Some(30), CONVERGE)
+        .await
+        .expect("right side converged");
+    for n in 0..5 {
+        b.client()
+            .unpin(&sim_cid(n).to_string())
+            .await
+            .expect("unpin on the left");
+    }
+    d.client()
+        .unpin(&sim_cid(49).to_string())
+        .await
+        .expect("unpin on the right");
+    converged(&[&a, &b], Some(25), CONVERGE)
+        .await
+        .expect("left side converged");
+    converged(&[&c, &d], Some(29), CONVERGE)
+        .await
+        .expect("right side converged");
+
+    // Heal.
+    a.client()
+        .join(&c_addrs[0].to_string())
+        .await
+        .expect("join across");
+    converged(&[&a, &b, &c, &d], Some(44), CONVERGE)
+        .await
+        .expect("healed");
+    let listing = listed(&a).await;
+    for other in [&b, &c, &d] {
+        assert_eq!(listed(other).await, listing);
+    }
+    // Concurrent pins of 20..30 survive on both sides' terms, resolved to one name.
+    let overlap: BTreeSet<&String> = listing
+        .iter()
+        .filter(|(cid, _)| (20..30).any(|n| sim_cid(n).to_string() == *cid))
+        .map(|(_, name)| name)
+        .collect();
+    assert_eq!(overlap.len(), 1, "{overlap:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_forged_gossip_is_rejected_without_harm() {
+    use pinmesh_protocol::{DeltaBatch, Dot, Gossip, MemPinset, Op, PinSpec, codec};
+
+    let cluster = TestCluster::start(2).await;
+    let target = &cluster.agents[0];
+    let mut rogue = Rogue::connect(&cluster.secret, "default", &target.node().addrs[0]).await;
+
+    // Garbage, an unknown wire version, a truncated batch.
+    rogue.publish(b"definitely not cbor".to_vec());
+    rogue.publish(vec![0x82, 0x07, 0xf6]);
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let actor = pinmesh_protocol::ActorId::derive(&key.verifying_key().to_bytes(), 1);
+    let mut pins = MemPinset::new();
+    let delta = pins.local(
+        Dot::new(actor, 1),
+        sim_cid(77),
+        Op::Pin {
+            at: 1,
+            spec: PinSpec::named("forged"),
+        },
+    );
+    // A well-signed batch whose author is not the rogue that publishes it.
+    let forged = DeltaBatch::sign(&key, "default", 1, std::slice::from_ref(&delta));
+    let bytes = codec::encode_gossip(&Gossip::DeltaBatch(forged.clone()));
+    rogue.publish(bytes[..bytes.len() / 2].to_vec());
+    rogue.publish(bytes.clone());
+    // A batch with its signature broken.
+    let mut tampered = forged;
+    tampered.signature.0[0] ^= 1;
+    rogue.publish(codec::encode_gossip(&Gossip::DeltaBatch(tampered)));
+
+    let rejected = {
+        let flags = target.node().flags.clone();
+        let agents = [target];
+        let waiting = wait_for(&agents, CONVERGE, move |_| {
+            flags.rejected.load(std::sync::atomic::Ordering::Relaxed) >= 5
+        });
+        tokio::select! {
+            r = waiting => r,
+            _ = rogue.drive(CONVERGE) => panic!("rogue stopped"),
+        }
+    };
+    assert!(rejected.is_ok(), "the agent rejected all five messages");
+    assert_eq!(target.state().summary.pins, 0, "nothing forged was applied");
+    // The agent is unharmed: it still replicates.
+    target
+        .client()
+        .pin(&pin_request(&sim_cid(1).to_string(), "real"))
+        .await
+        .expect("pin");
+    cluster
+        .converged(Some(1), CONVERGE)
+        .await
+        .expect("still replicating");
 }

@@ -114,6 +114,12 @@ impl Client {
         self.call(Method::POST, "/v1/pins", Some(request)).await
     }
 
+    /// Pins many CIDs in one request and one commit.
+    pub async fn pin_many(&self, requests: &[PinRequest]) -> anyhow::Result<Vec<OpReceipt>> {
+        self.call(Method::POST, "/v1/pins/batch", Some(&requests))
+            .await
+    }
+
     pub async fn unpin(&self, cid: &str) -> anyhow::Result<OpReceipt> {
         self.call::<(), _>(Method::DELETE, &format!("/v1/pins/{cid}"), None)
             .await

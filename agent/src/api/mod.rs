@@ -30,6 +30,8 @@ use crate::swarm::{Flags, SwarmCommand, SwarmInfo};
 
 /// Lines of `pin ls` buffered between the reading thread and the HTTP body.
 const LIST_BUFFER: usize = 256;
+/// Most pins in one `POST /v1/pins/batch`.
+pub const MAX_BATCH_PINS: usize = 10_000;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -187,6 +189,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/peers", get(peers))
         .route("/v1/peers/join", post(join))
         .route("/v1/pins", post(pin).get(list))
+        .route("/v1/pins/batch", post(pin_batch))
         .route("/v1/pins/{cid}", delete(unpin).get(show))
         .route("/v1/debug/digest", get(digest))
         .route("/v1/debug/state", get(debug_state))
@@ -274,6 +277,40 @@ async fn pin(
     State(state): State<ApiState>,
     Json(req): Json<PinRequest>,
 ) -> Result<Json<OpReceipt>, ApiError> {
+    let op = pin_op(req)?;
+    let receipts = state.replica.local(vec![op]).await?;
+    Ok(Json(receipt(&receipts)?))
+}
+
+/// Many pins in one request and one durable commit; all or none are accepted.
+async fn pin_batch(
+    State(state): State<ApiState>,
+    Json(reqs): Json<Vec<PinRequest>>,
+) -> Result<Json<Vec<OpReceipt>>, ApiError> {
+    if reqs.len() > MAX_BATCH_PINS {
+        return Err(ApiError::BadRequest(format!(
+            "{} pins in one request; the limit is {MAX_BATCH_PINS}",
+            reqs.len()
+        )));
+    }
+    let ops = reqs
+        .into_iter()
+        .map(pin_op)
+        .collect::<Result<Vec<_>, _>>()?;
+    let receipts = state.replica.local(ops).await?;
+    Ok(Json(
+        receipts
+            .iter()
+            .map(|r| OpReceipt {
+                cid: r.cid.to_string(),
+                dot: r.dot.to_string(),
+            })
+            .collect(),
+    ))
+}
+
+/// Checks a pin request and turns it into an operation.
+fn pin_op(req: PinRequest) -> Result<LocalOp, ApiError> {
     let cid = parse_cid(&req.cid)?;
     for origin in &req.origins {
         origin.parse::<Multiaddr>().map_err(|e| {
@@ -292,12 +329,8 @@ async fn pin(
         origins: req.origins,
     };
     spec.validate()
-        .map_err(|e| ApiError::BadRequest(format!("invalid pin options: {e}")))?;
-    let receipts = state
-        .replica
-        .local(vec![LocalOp::Pin { cid, spec }])
-        .await?;
-    Ok(Json(receipt(&receipts)?))
+        .map_err(|e| ApiError::BadRequest(format!("invalid pin options for {cid}: {e}")))?;
+    Ok(LocalOp::Pin { cid, spec })
 }
 
 fn receipt(receipts: &[crate::replica::Receipt]) -> Result<OpReceipt, ApiError> {

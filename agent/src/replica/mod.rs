@@ -15,15 +15,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use libp2p::PeerId;
 use libp2p::identity::ed25519;
-use pinmesh_protocol::pinset::{self, local_op};
+use pinmesh_protocol::pinset::{self, join_encoded_entry, local_op, prune_entry};
+use pinmesh_protocol::snapshot::{Progress, SnapshotError, SnapshotStage};
 use pinmesh_protocol::{
-    ActorId, Cid, Delta, DeltaBatch, Dot, Head, Op, PinSpec, Signer, Summary, codec,
+    ActorId, Cid, Delta, DeltaBatch, Dot, Head, Op, PinSpec, Signer, SnapshotChunk, Summary, codec,
 };
 use redb::{Durability, ReadableTable};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, warn};
 
-use crate::store::{LOG, META, META_COUNTER, META_HEAD, PINS, PinsTable, Store, StoreError};
+use crate::store::{LOG, META, META_COUNTER, META_HEAD, PINS, PinsTable, STAGE, Store, StoreError};
 
 /// Commands queued to the replica. Capacity: enough for bursts of API calls and gossip; the
 /// swarm uses `try_send` and drops when full (anti-entropy repairs drops).
@@ -77,6 +78,12 @@ pub enum Command {
         from: PeerId,
         batches: Vec<DeltaBatch>,
     },
+    /// A snapshot chunk; a chunk with a head starts a new snapshot. The last one is checked
+    /// against its head and joined.
+    Snapshot {
+        chunk: SnapshotChunk,
+        reply: oneshot::Sender<Result<Progress, String>>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +102,8 @@ pub enum Output {
 #[derive(Debug, Clone)]
 pub struct ReplicaState {
     pub summary: Summary,
+    /// Snapshots joined since start.
+    pub snapshots_joined: u64,
     /// The full head (context and applied vector are small: O(actors + gaps)).
     pub head: Head,
     pub counter: u64,
@@ -118,6 +127,17 @@ impl ReplicaHandle {
             .await
             .map_err(|_| LocalError::Stopped)?;
         rx.await.map_err(|_| LocalError::Stopped)?
+    }
+
+    /// Stages a snapshot chunk; resolves once it is written (and, for the last, joined).
+    pub async fn snapshot(&self, chunk: SnapshotChunk) -> Result<Progress, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Snapshot { chunk, reply })
+            .await
+            .map_err(|_| "the replica has stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the replica has stopped".to_string())?
     }
 
     /// Queues remote batches without waiting; false if the queue is full or the replica stopped.
@@ -167,6 +187,9 @@ struct Replica {
     state: watch::Sender<Arc<ReplicaState>>,
     last_durable: Instant,
     dropped_outputs: u64,
+    /// The snapshot being received, if any.
+    stage: Option<SnapshotStage>,
+    snapshots_joined: u64,
 }
 
 /// Starts the replica thread. It stops when every handle is dropped.
@@ -198,6 +221,8 @@ pub fn spawn(
         state: state_tx,
         last_durable: Instant::now(),
         dropped_outputs: 0,
+        stage: None,
+        snapshots_joined: 0,
     };
     let thread = std::thread::Builder::new()
         .name("replica".into())
@@ -213,6 +238,7 @@ pub fn spawn(
 
 fn state_of(actor: ActorId, head: &Head, counter: u64, incarnation: u64) -> ReplicaState {
     ReplicaState {
+        snapshots_joined: 0,
         summary: Summary {
             actor,
             pins: head.pins,
@@ -236,11 +262,13 @@ pub fn now_ms() -> u64 {
 }
 
 type Reply = oneshot::Sender<Result<Vec<Receipt>, LocalError>>;
+type SnapshotReply = oneshot::Sender<Result<Progress, String>>;
 
 /// What one group produced, released only after its commit.
 #[derive(Default)]
 struct GroupResult {
     replies: Vec<(Reply, Result<Vec<Receipt>, LocalError>)>,
+    snapshot_replies: Vec<(SnapshotReply, Result<Progress, String>)>,
     publish: Vec<DeltaBatch>,
     repairs: Vec<Output>,
     local: bool,
@@ -264,29 +292,35 @@ impl Replica {
 
     fn run_group(&mut self, group: Vec<Command>) {
         let saved = (self.head.clone(), self.counter);
-        match self.apply_group(group) {
-            Ok(result) => self.release(result),
-            Err((err, replies)) => {
+        let (result, committed) = self.apply_group(group);
+        match committed {
+            Ok(()) => self.release(result),
+            Err(err) => {
                 // Nothing was committed: forget the in-memory changes too.
                 (self.head, self.counter) = saved;
+                self.stage = None;
                 error!(error = %err, "write transaction failed; the group is dropped");
-                for reply in replies {
+                for (reply, _) in result.replies {
                     let _ = reply.send(Err(LocalError::Store(err.to_string())));
+                }
+                for (reply, _) in result.snapshot_replies {
+                    let _ = reply.send(Err(format!("storage failed: {err}")));
                 }
             }
         }
     }
 
-    fn apply_group(
-        &mut self,
-        group: Vec<Command>,
-    ) -> Result<GroupResult, (StoreError, Vec<Reply>)> {
+    /// Applies a group in one write transaction. Returns what to release and whether the
+    /// commit happened; on failure the replies are answered with the error instead.
+    fn apply_group(&mut self, group: Vec<Command>) -> (GroupResult, Result<(), StoreError>) {
         let mut result = GroupResult::default();
         let mut pending_replies = Vec::new();
+        let mut pending_snapshot = Vec::new();
         let outcome = (|| -> Result<(), StoreError> {
             let mut txn = self.store.db().begin_write()?;
             {
                 let mut pins = PinsTable(txn.open_table(PINS)?);
+                let mut staged = PinsTable(txn.open_table(STAGE)?);
                 let mut log = txn.open_table(LOG)?;
                 let mut local_deltas: Vec<Delta> = Vec::new();
                 for cmd in group {
@@ -300,6 +334,12 @@ impl Replica {
                             for batch in batches {
                                 self.apply_remote(&mut pins, &mut log, from, batch, &mut result)?;
                             }
+                        }
+                        Command::Snapshot { chunk, reply } => {
+                            result.local = true; // a finished snapshot is worth a durable commit
+                            let outcome = self.apply_snapshot(&mut pins, &mut staged, chunk)?;
+                            result.changed |= matches!(outcome, Ok(Progress::Complete));
+                            pending_snapshot.push((reply, outcome));
                         }
                     }
                 }
@@ -327,13 +367,9 @@ impl Replica {
             }
             Ok(())
         })();
-        match outcome {
-            Ok(()) => {
-                result.replies = pending_replies;
-                Ok(result)
-            }
-            Err(err) => Err((err, pending_replies.into_iter().map(|(r, _)| r).collect())),
-        }
+        result.replies = pending_replies;
+        result.snapshot_replies = pending_snapshot;
+        (result, outcome)
     }
 
     /// Applies one API request's operations; all or nothing on validation, so a refused
@@ -371,6 +407,62 @@ impl Replica {
             deltas.push(delta);
         }
         Ok(Ok(receipts))
+    }
+
+    /// Stages one snapshot chunk; on the last, checks the snapshot against its head and joins
+    /// it: staged entries joined, local entries it lacks pruned, contexts absorbed. The outer
+    /// `Result` is a storage failure (the group aborts); the inner one a refused snapshot.
+    fn apply_snapshot(
+        &mut self,
+        pins: &mut PinsTable<'_>,
+        staged: &mut PinsTable<'_>,
+        chunk: SnapshotChunk,
+    ) -> Result<Result<Progress, String>, StoreError> {
+        if chunk.head.is_some() {
+            staged.0.retain(|_, _| false)?;
+            self.stage = Some(SnapshotStage::new());
+        }
+        let Some(stage) = self.stage.as_mut() else {
+            return Ok(Err(
+                "a snapshot chunk arrived with no snapshot under way".into()
+            ));
+        };
+        let outcome = stage.accept(staged, chunk);
+        let refused = |this: &mut Self, staged: &mut PinsTable<'_>, err: String| {
+            this.stage = None;
+            staged.0.retain(|_, _| false).map(|_| Err(err))
+        };
+        match outcome {
+            Err(SnapshotError::Store(e)) => Err(StoreError::Db(e.into())),
+            Err(e) => Ok(refused(self, staged, e.to_string())?),
+            Ok(progress @ Progress::Continue { .. }) => Ok(Ok(progress)),
+            Ok(Progress::Complete) => {
+                let stage = self.stage.take().unwrap_or_default();
+                let remote = match stage.finish::<redb::StorageError>() {
+                    Ok(head) => head,
+                    Err(e) => return Ok(refused(self, staged, e.to_string())?),
+                };
+                let mut local_only = Vec::new();
+                for item in pins.0.iter()? {
+                    let (k, _) = item?;
+                    if staged.0.get(k.value())?.is_none() {
+                        local_only.push(k.value().to_vec());
+                    }
+                }
+                for item in staged.0.iter()? {
+                    let (k, v) = item?;
+                    join_encoded_entry(pins, &mut self.head, k.value(), v.value(), &remote.context)
+                        .map_err(join_error)?;
+                }
+                for cid in local_only {
+                    prune_entry(pins, &mut self.head, &cid, &remote.context).map_err(join_error)?;
+                }
+                self.head.absorb(&remote.context, &remote.applied);
+                staged.0.retain(|_, _| false)?;
+                self.snapshots_joined += 1;
+                Ok(Ok(Progress::Complete))
+            }
+        }
     }
 
     fn apply_remote(
@@ -416,13 +508,17 @@ impl Replica {
         for (reply, outcome) in result.replies {
             let _ = reply.send(outcome);
         }
+        for (reply, outcome) in result.snapshot_replies {
+            let _ = reply.send(outcome);
+        }
         for batch in result.publish {
             self.emit(Output::Publish(batch));
         }
         for repair in result.repairs {
             self.emit(repair);
         }
-        let state = state_of(self.actor, &self.head, self.counter, self.incarnation);
+        let mut state = state_of(self.actor, &self.head, self.counter, self.incarnation);
+        state.snapshots_joined = self.snapshots_joined;
         self.state.send_replace(Arc::new(state));
     }
 

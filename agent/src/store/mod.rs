@@ -5,12 +5,17 @@
 //! Every table name carries a layout version; a layout change means a new name and a named
 //! migration function.
 
+use std::collections::HashMap;
+use std::ops::Bound;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use pinmesh_protocol::codec::{self, DecodeError};
-use pinmesh_protocol::{DeltaBatch, EntryStore, Head};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use pinmesh_protocol::snapshot::chunk_from;
+use pinmesh_protocol::{DeltaBatch, EntryStore, Head, SnapshotChunk, SnapshotHead};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 /// CID bytes -> canonical encoded versions (protocol `codec::encode_entry`). Never empty.
@@ -201,6 +206,113 @@ impl Store {
             .insert(peer, codec::encode_stored(record).as_slice())?;
         txn.commit()?;
         Ok(())
+    }
+}
+
+/// Snapshots being served: each is one read transaction (a consistent view, MVCC) kept open
+/// across the requests for its chunks, dropped after [`SNAPSHOT_TTL`] of idleness.
+#[derive(Default)]
+pub struct Snapshots {
+    open: Mutex<HashMap<u64, (ReadTransaction, Instant)>>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Snapshots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Snapshots")
+    }
+}
+
+/// An idle snapshot's read transaction is released after this (it pins old pages).
+pub const SNAPSHOT_TTL: Duration = Duration::from_secs(300);
+/// Snapshots served at once.
+pub const MAX_OPEN_SNAPSHOTS: usize = 4;
+
+/// Why a snapshot chunk cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("snapshot {0} expired or unknown; start again")]
+    Unknown(u64),
+    #[error("serving {MAX_OPEN_SNAPSHOTS} snapshots already; try later")]
+    Busy,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Store {
+    /// The next chunk of snapshot `id` (a new snapshot when `None`), after the CID `after`, of
+    /// at most `limit` entries or about `budget` bytes.
+    pub fn snapshot_chunk(
+        &self,
+        snapshots: &Snapshots,
+        id: Option<u64>,
+        after: Option<&[u8]>,
+        limit: usize,
+        budget: usize,
+    ) -> Result<SnapshotChunk, ServeError> {
+        let mut open = snapshots.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.retain(|_, (_, used)| used.elapsed() < SNAPSHOT_TTL);
+        let (id, head) = match id {
+            Some(id) => (id, None),
+            None => {
+                if open.len() >= MAX_OPEN_SNAPSHOTS {
+                    return Err(ServeError::Busy);
+                }
+                let txn = self.db.begin_read().map_err(StoreError::from)?;
+                let head = read_head(&txn)?;
+                let id = snapshots.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+                open.insert(id, (txn, Instant::now()));
+                (id, Some(head))
+            }
+        };
+        let (txn, used) = open.get_mut(&id).ok_or(ServeError::Unknown(id))?;
+        *used = Instant::now();
+        let table = txn.open_table(PINS).map_err(StoreError::from)?;
+        let start = match after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Unbounded,
+        };
+        // One entry past the budget tells the chunk whether more follow.
+        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut bytes = 0;
+        for item in table
+            .range::<&[u8]>((start, Bound::Unbounded))
+            .map_err(StoreError::from)?
+        {
+            let (k, v) = item.map_err(StoreError::from)?;
+            let full = entries.len() >= limit.max(1) || bytes >= budget;
+            entries.push((k.value().to_vec(), v.value().to_vec()));
+            if full {
+                break;
+            }
+            bytes += k.value().len() + v.value().len();
+        }
+        let head = head.map(|h| SnapshotHead {
+            context: h.context,
+            applied: h.applied,
+            pins: h.pins,
+            state_digest: h.digest,
+        });
+        let chunk = chunk_from(id, head, &mut entries.into_iter().peekable(), limit, budget)
+            .map_err(|source| StoreError::Corrupt {
+                what: "pin entry",
+                source,
+            })?;
+        if chunk.next.is_none() {
+            open.remove(&id);
+        }
+        Ok(chunk)
+    }
+}
+
+fn read_head(txn: &ReadTransaction) -> Result<Head, StoreError> {
+    let meta = txn.open_table(META)?;
+    match meta.get(META_HEAD)? {
+        Some(v) => codec::decode_stored(v.value()).map_err(|source| StoreError::Corrupt {
+            what: "head",
+            source,
+        }),
+        None => Ok(Head::default()),
     }
 }
 

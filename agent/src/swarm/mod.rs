@@ -37,7 +37,8 @@ use tracing::{debug, info, warn};
 
 pub use self::codec::{SYNC_PROTOCOL, SyncCodec};
 use crate::replica::{Output, ReplicaHandle};
-use crate::store::{PeerRecord, Store};
+use crate::store::{PeerRecord, ServeError, Snapshots, Store};
+use pinmesh_protocol::snapshot::Progress;
 
 /// Commands queued to the swarm from the API. Small: each carries a reply and callers await it.
 pub const COMMAND_CAPACITY: usize = 64;
@@ -45,6 +46,13 @@ pub const COMMAND_CAPACITY: usize = 64;
 const DELTAS_ANSWER_BYTES: usize = 4 << 20;
 /// A repair request without an answer is retried after this.
 const REPAIR_PATIENCE: Duration = Duration::from_secs(5);
+/// Behind by more deltas than this (or empty), a peer catches up by snapshot, not deltas.
+const SNAPSHOT_THRESHOLD: u64 = 10_000;
+/// Entries and bytes per snapshot chunk.
+const SNAPSHOT_CHUNK_ENTRIES: u32 = 20_000;
+const SNAPSHOT_CHUNK_BYTES: usize = 2 << 20;
+/// A snapshot fetch with no chunk for this long is abandoned.
+const SNAPSHOT_STALL: Duration = Duration::from_secs(60);
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
@@ -53,6 +61,13 @@ pub struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     sync: request_response::Behaviour<SyncCodec>,
+}
+
+impl Behaviour {
+    /// The gossipsub behaviour (tests use it to speak to agents as a peer would).
+    pub fn gossipsub_mut(&mut self) -> &mut gossipsub::Behaviour {
+        &mut self.gossipsub
+    }
 }
 
 /// Builds the swarm for `keypair` in the network of `secret`.
@@ -178,6 +193,12 @@ struct Served {
     response: Response,
 }
 
+/// A snapshot this agent is fetching.
+struct Fetch {
+    peer: PeerId,
+    last_progress: Instant,
+}
+
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
     cluster: String,
@@ -189,6 +210,14 @@ pub struct EventLoop {
     commands: mpsc::Receiver<SwarmCommand>,
     served_tx: mpsc::Sender<Served>,
     served_rx: mpsc::Receiver<Served>,
+    /// Answers of the replica about snapshot chunks, relayed by small tasks.
+    progress_tx: mpsc::Sender<(PeerId, Result<Progress, String>)>,
+    progress_rx: mpsc::Receiver<(PeerId, Result<Progress, String>)>,
+    snapshots: Arc<Snapshots>,
+    fetch: Option<Fetch>,
+    /// Which peer speaks for which origin (from their summaries): the origin itself always
+    /// holds its own deltas, so repairs go there first.
+    origin_peers: HashMap<ActorId, PeerId>,
     listen_tx: watch::Sender<Vec<Multiaddr>>,
     beacon_interval: Duration,
     repair_delay: Duration,
@@ -221,6 +250,8 @@ impl EventLoop {
         swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
         // Capacity: sync answers in progress; each holds at most one response.
         let (served_tx, served_rx) = mpsc::channel(64);
+        // Capacity: one snapshot fetch at a time; each chunk yields one answer.
+        let (progress_tx, progress_rx) = mpsc::channel(4);
         Ok(EventLoop {
             cluster: wiring.cluster.clone(),
             swarm,
@@ -232,6 +263,11 @@ impl EventLoop {
             commands: wiring.commands,
             served_tx,
             served_rx,
+            progress_tx,
+            progress_rx,
+            snapshots: Arc::new(Snapshots::default()),
+            fetch: None,
+            origin_peers: HashMap::new(),
             listen_tx: wiring.listen_tx,
             beacon_interval: wiring.beacon_interval,
             repair_delay: wiring.repair_delay,
@@ -267,6 +303,7 @@ impl EventLoop {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(output) = self.outputs.recv() => self.on_output(output),
                 Some(command) = self.commands.recv() => self.on_command(command),
+                Some((peer, progress)) = self.progress_rx.recv() => self.on_snapshot_progress(peer, progress),
                 Some(served) = self.served_rx.recv() => {
                     if self.swarm.behaviour_mut().sync.send_response(served.channel, served.response).is_err() {
                         debug!("sync answer dropped: the requester went away");
@@ -376,6 +413,10 @@ impl EventLoop {
                 peer, error, ..
             }) => {
                 debug!(%peer, error = %error, "sync request failed");
+                if self.fetch.as_ref().is_some_and(|f| f.peer == peer) {
+                    warn!(%peer, error = %error, "snapshot fetch failed; will retry");
+                    self.fetch = None;
+                }
             }
             BehaviourEvent::Sync(request_response::Event::InboundFailure {
                 peer, error, ..
@@ -421,6 +462,7 @@ impl EventLoop {
     fn on_summary(&mut self, peer_id: PeerId, summary: Summary, is_status: bool) {
         let mine = self.replica.state();
         let differs = summary.applied_digest != mine.summary.applied_digest;
+        self.origin_peers.insert(summary.actor, peer_id);
         match &summary.applied {
             Some(theirs) => {
                 if is_status && !self.flags.synced.load(Ordering::Relaxed) {
@@ -428,10 +470,20 @@ impl EventLoop {
                         .get_or_insert_with(AppliedVector::new)
                         .union(theirs);
                 }
-                for (origin, start, end) in mine.head.applied.missing_from(theirs) {
-                    let mut wanted = RangeSet::new();
-                    wanted.insert_range(start, end);
-                    self.schedule_repair(Instant::now(), peer_id, origin, wanted);
+                let missing = mine.head.applied.missing_from(theirs);
+                let behind = missing.iter().fold(0u64, |n, (_, s, e)| {
+                    n.saturating_add((e - s).saturating_add(1))
+                });
+                if (mine.head.applied.is_empty() && summary.pins > 0) || behind > SNAPSHOT_THRESHOLD
+                {
+                    // Deltas for the same gap would be redundant; the tail follows the snapshot.
+                    self.start_snapshot(peer_id);
+                } else {
+                    for (origin, start, end) in missing {
+                        let mut wanted = RangeSet::new();
+                        wanted.insert_range(start, end);
+                        self.schedule_repair(Instant::now(), peer_id, origin, wanted);
+                    }
                 }
             }
             None if differs => {
@@ -502,6 +554,9 @@ impl EventLoop {
     /// Sends the repairs that are due and still needed.
     fn run_repairs(&mut self) {
         let now = Instant::now();
+        if self.fetch.is_some() {
+            return; // the snapshot brings it all; what it lacks is asked for after
+        }
         if self.repairs.iter().all(|(due, ..)| *due > now) {
             return;
         }
@@ -519,6 +574,13 @@ impl EventLoop {
                 continue;
             };
             let to = missing.last().map_or(from, |&(_, e)| e);
+            // The origin itself holds all its deltas; ask it when connected.
+            let peer = self
+                .origin_peers
+                .get(&origin)
+                .copied()
+                .filter(|p| self.swarm.is_connected(p))
+                .unwrap_or(peer);
             if self
                 .in_flight
                 .get(&origin)
@@ -580,10 +642,23 @@ impl EventLoop {
                 origin,
                 first_available,
             } => {
-                warn!(%peer, %origin, first_available, "peer's log no longer holds the deltas we lack");
+                info!(%peer, %origin, first_available, "peer's log no longer holds the deltas we lack; fetching a snapshot");
                 self.in_flight.remove(&origin);
+                self.start_snapshot(peer);
             }
-            Response::SnapshotChunk(_) => debug!(%peer, "unexpected snapshot chunk"),
+            Response::SnapshotChunk(chunk) => {
+                let Some(fetch) = self.fetch.as_mut().filter(|f| f.peer == peer) else {
+                    debug!(%peer, "unexpected snapshot chunk dropped");
+                    return;
+                };
+                fetch.last_progress = Instant::now();
+                let replica = self.replica.clone();
+                let progress = self.progress_tx.clone();
+                tokio::spawn(async move {
+                    let outcome = replica.snapshot(chunk).await;
+                    let _ = progress.send((peer, outcome)).await;
+                });
+            }
             Response::Refused { reason } => debug!(%peer, %reason, "sync request refused"),
         }
     }
@@ -609,9 +684,8 @@ impl EventLoop {
                 let served = self.served_tx.clone();
                 tokio::task::spawn_blocking(move || {
                     let response = match store.batches(origin.0, from, to, DELTAS_ANSWER_BYTES) {
-                        Ok((batches, low))
-                            if batches.is_empty() && low.is_some_and(|l| l > from) =>
-                        {
+                        // The log cannot serve `from` (pruned, or we hold it from a snapshot).
+                        Ok((batches, low)) if batches.first().is_none_or(|b| b.first > from) => {
                             Response::Truncated {
                                 origin,
                                 first_available: low.unwrap_or(0),
@@ -628,15 +702,95 @@ impl EventLoop {
                     let _ = served.blocking_send(Served { channel, response });
                 });
             }
-            Request::Snapshot { .. } => {
-                let refused = Response::Refused {
-                    reason: "snapshots are not served by this version".into(),
-                };
-                let _ = self
-                    .swarm
+            Request::Snapshot {
+                snapshot_id,
+                after,
+                limit,
+            } => {
+                let store = self.store.clone();
+                let snapshots = self.snapshots.clone();
+                let served = self.served_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let limit = limit.clamp(1, SNAPSHOT_CHUNK_ENTRIES) as usize;
+                    let chunk = store.snapshot_chunk(
+                        &snapshots,
+                        snapshot_id,
+                        after.as_deref().map(|a| a.as_slice()),
+                        limit,
+                        SNAPSHOT_CHUNK_BYTES,
+                    );
+                    let response = match chunk {
+                        Ok(chunk) => Response::SnapshotChunk(chunk),
+                        Err(err @ (ServeError::Busy | ServeError::Unknown(_))) => {
+                            Response::Refused {
+                                reason: err.to_string(),
+                            }
+                        }
+                        Err(ServeError::Store(err)) => {
+                            warn!(%peer, error = %err, "cannot read a snapshot");
+                            Response::Refused {
+                                reason: "storage error".into(),
+                            }
+                        }
+                    };
+                    let _ = served.blocking_send(Served { channel, response });
+                });
+            }
+        }
+    }
+
+    /// Starts fetching a snapshot from `peer`, unless one is under way.
+    fn start_snapshot(&mut self, peer: PeerId) {
+        if self
+            .fetch
+            .as_ref()
+            .is_some_and(|f| f.last_progress.elapsed() < SNAPSHOT_STALL)
+        {
+            return;
+        }
+        info!(%peer, "fetching a snapshot");
+        self.fetch = Some(Fetch {
+            peer,
+            last_progress: Instant::now(),
+        });
+        self.swarm.behaviour_mut().sync.send_request(
+            &peer,
+            Request::Snapshot {
+                snapshot_id: None,
+                after: None,
+                limit: SNAPSHOT_CHUNK_ENTRIES,
+            },
+        );
+    }
+
+    fn on_snapshot_progress(&mut self, peer: PeerId, progress: Result<Progress, String>) {
+        if self.fetch.as_ref().is_none_or(|f| f.peer != peer) {
+            return;
+        }
+        match progress {
+            Ok(Progress::Continue { snapshot_id, after }) => {
+                self.swarm.behaviour_mut().sync.send_request(
+                    &peer,
+                    Request::Snapshot {
+                        snapshot_id: Some(snapshot_id),
+                        after: Some(after),
+                        limit: SNAPSHOT_CHUNK_ENTRIES,
+                    },
+                );
+            }
+            Ok(Progress::Complete) => {
+                info!(%peer, pins = self.replica.state().summary.pins, "snapshot joined");
+                self.fetch = None;
+                // The tail: whatever the peer applied since its snapshot began.
+                self.swarm
                     .behaviour_mut()
                     .sync
-                    .send_response(channel, refused);
+                    .send_request(&peer, Request::Status);
+                self.check_synced();
+            }
+            Err(err) => {
+                warn!(%peer, error = %err, "snapshot refused; will retry");
+                self.fetch = None;
             }
         }
     }
