@@ -75,7 +75,8 @@ impl Node {
             outputs_tx,
         )?;
 
-        let mut swarm = swarm::build(keypair, config.secret)?;
+        let flags = Arc::new(Flags::default());
+        let mut swarm = swarm::build(keypair, config.secret, &flags)?;
         for addr in &config.listen {
             swarm
                 .listen_on(addr.clone())
@@ -83,7 +84,6 @@ impl Node {
         }
         let (listen_tx, mut listen_rx) = watch::channel(Vec::new());
         let (swarm_tx, swarm_rx) = mpsc::channel(swarm::COMMAND_CAPACITY);
-        let flags = Arc::new(Flags::default());
         let event_loop = EventLoop::new(
             swarm,
             Wiring {

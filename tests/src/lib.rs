@@ -217,7 +217,8 @@ impl Rogue {
         use libp2p::gossipsub;
         let secret = pinmesh_agent::config::parse_secret(secret).expect("secret");
         let key = libp2p::identity::Keypair::generate_ed25519();
-        let mut swarm = pinmesh_agent::swarm::build(key, secret).expect("rogue swarm");
+        let flags = pinmesh_agent::swarm::Flags::default();
+        let mut swarm = pinmesh_agent::swarm::build(key, secret, &flags).expect("rogue swarm");
         let topic = pinmesh_agent::swarm::topic(cluster);
         swarm
             .behaviour_mut()

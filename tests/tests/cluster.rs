@@ -368,3 +368,34 @@ async fn malformed_and_forged_gossip_is_rejected_without_harm() {
         .await
         .expect("still replicating");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_joined_at_runtime_are_dialled_again_after_a_restart() {
+    let secret = random_secret();
+    let mut a = TestAgent::create(&secret, &[]);
+    let a_addrs = a.start().await.addrs.clone();
+    // c has no bootstrap peer in its config: it only learns a through `join`.
+    let mut c = TestAgent::create(&secret, &[]);
+    c.start().await;
+    c.client()
+        .join(&a_addrs[0].to_string())
+        .await
+        .expect("join");
+    a.client()
+        .pin(&pin_request(&sim_cid(1).to_string(), "one"))
+        .await
+        .expect("pin");
+    converged(&[&a, &c], Some(1), CONVERGE)
+        .await
+        .expect("converged");
+
+    c.stop().await;
+    a.client()
+        .pin(&pin_request(&sim_cid(2).to_string(), "two"))
+        .await
+        .expect("pin");
+    c.start().await;
+    converged(&[&a, &c], Some(2), CONVERGE)
+        .await
+        .expect("c found a again from its peer store");
+}

@@ -220,4 +220,14 @@ fn acknowledged_pins_survive_kill_9() {
     let digest: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("JSON");
     assert_eq!(digest["pins"], 24);
     assert_eq!(digest["synced"], true, "a lone agent is synced");
+    let out = pinmesh_in(
+        dir.path(),
+        &["debug", "converge", "--timeout", "5s", "--json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let converge: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("JSON");
+    assert_eq!(converge["converged"], true);
+    let out = pinmesh_in(dir.path(), &["debug", "peers"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().last(), Some("CONVERGED"));
 }

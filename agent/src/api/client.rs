@@ -130,6 +130,29 @@ impl Client {
             .await
     }
 
+    /// Waits up to `wait` for `cid` to be pinned here.
+    pub async fn wait_pin(&self, cid: &str, wait: std::time::Duration) -> anyhow::Result<PinInfo> {
+        let path = format!("/v1/pins/{cid}?wait={}ms", wait.as_millis());
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// Waits up to `wait` until this agent holds `pins` pins (and is synced, if asked).
+    pub async fn wait_digest(
+        &self,
+        pins: Option<u64>,
+        synced: Option<bool>,
+        wait: std::time::Duration,
+    ) -> anyhow::Result<DigestInfo> {
+        let mut path = format!("/v1/debug/digest?wait={}ms", wait.as_millis());
+        if let Some(p) = pins {
+            path.push_str(&format!("&pins={p}"));
+        }
+        if let Some(s) = synced {
+            path.push_str(&format!("&synced={s}"));
+        }
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
     /// Streams every pin to `each`, line by line.
     pub async fn list(
         &self,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -181,6 +181,46 @@ pub struct DigestInfo {
     pub applied_digest: String,
     pub state_digest: String,
     pub synced: bool,
+    pub snapshots_joined: u64,
+    /// Bytes of sync answers and of gossip received since start.
+    pub sync_bytes_in: u64,
+    pub gossip_bytes_in: u64,
+}
+
+/// `?wait=DURATION` on `GET /v1/pins/{cid}`; `?pins=N&synced=true&wait=DURATION` on
+/// `GET /v1/debug/digest`: answer once the condition holds, or when the wait ends.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct WaitQuery {
+    pub wait: Option<String>,
+    pub pins: Option<u64>,
+    pub synced: Option<bool>,
+}
+
+/// Longest a request may wait.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl WaitQuery {
+    fn deadline(&self) -> Result<tokio::time::Instant, ApiError> {
+        let wait = match &self.wait {
+            Some(text) => humantime::parse_duration(text)
+                .map_err(|e| ApiError::BadRequest(format!("wait {text:?}: {e}")))?
+                .min(MAX_WAIT),
+            None => std::time::Duration::ZERO,
+        };
+        Ok(tokio::time::Instant::now() + wait)
+    }
+}
+
+/// Waits for the replica's next commit, or 50 ms (for conditions outside it), or the deadline.
+async fn next_change(
+    watch: &mut tokio::sync::watch::Receiver<Arc<crate::replica::ReplicaState>>,
+    deadline: tokio::time::Instant,
+) {
+    tokio::select! {
+        _ = watch.changed() => {}
+        _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+        _ = tokio::time::sleep_until(deadline) => {}
+    }
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -370,16 +410,24 @@ fn read_versions(store: &Store, cid: &Cid) -> Result<Option<Vec<Version>>, ApiEr
 async fn show(
     State(state): State<ApiState>,
     Path(cid): Path<String>,
+    Query(query): Query<WaitQuery>,
 ) -> Result<Json<PinInfo>, ApiError> {
     let cid = parse_cid(&cid)?;
-    let store = state.store.clone();
-    let versions = tokio::task::spawn_blocking(move || read_versions(&store, &cid))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
-    versions
-        .and_then(|v| PinInfo::from_versions(&cid, &v))
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("{cid} is not pinned")))
+    let deadline = query.deadline()?;
+    let mut watch = state.replica.watch();
+    loop {
+        let store = state.store.clone();
+        let versions = tokio::task::spawn_blocking(move || read_versions(&store, &cid))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??;
+        if let Some(info) = versions.and_then(|v| PinInfo::from_versions(&cid, &v)) {
+            return Ok(Json(info));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::NotFound(format!("{cid} is not pinned")));
+        }
+        next_change(&mut watch, deadline).await;
+    }
 }
 
 /// Streams every pin as NDJSON, from one read transaction, through a bounded channel.
@@ -421,17 +469,33 @@ fn tokio_stream_from<T: Send + 'static>(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-async fn digest(State(state): State<ApiState>) -> Result<Json<DigestInfo>, ApiError> {
-    let info = swarm_info(&state).await?;
-    let replica = state.replica.state();
-    Ok(Json(DigestInfo {
-        peer_id: info.peer_id,
-        actor: replica.summary.actor.to_string(),
-        pins: replica.summary.pins,
-        applied_digest: replica.summary.applied_digest.to_hex(),
-        state_digest: replica.summary.state_digest.to_hex(),
-        synced: state.flags.synced.load(Ordering::Relaxed),
-    }))
+async fn digest(
+    State(state): State<ApiState>,
+    Query(query): Query<WaitQuery>,
+) -> Result<Json<DigestInfo>, ApiError> {
+    let deadline = query.deadline()?;
+    let mut watch = state.replica.watch();
+    loop {
+        let replica = state.replica.state();
+        let synced = state.flags.synced.load(Ordering::Relaxed);
+        let done = query.pins.is_none_or(|p| replica.summary.pins == p)
+            && query.synced.is_none_or(|s| s == synced);
+        if done || tokio::time::Instant::now() >= deadline {
+            let info = swarm_info(&state).await?;
+            return Ok(Json(DigestInfo {
+                peer_id: info.peer_id,
+                actor: replica.summary.actor.to_string(),
+                pins: replica.summary.pins,
+                applied_digest: replica.summary.applied_digest.to_hex(),
+                state_digest: replica.summary.state_digest.to_hex(),
+                synced,
+                snapshots_joined: replica.snapshots_joined,
+                sync_bytes_in: state.flags.sync_bytes_in.load(Ordering::Relaxed),
+                gossip_bytes_in: state.flags.gossip_bytes_in.load(Ordering::Relaxed),
+            }));
+        }
+        next_change(&mut watch, deadline).await;
+    }
 }
 
 /// `GET /v1/debug/state`: the head and the delta log's ranges per origin.
@@ -520,7 +584,7 @@ pub struct PeerReport {
 }
 
 async fn debug_peers(State(state): State<ApiState>) -> Result<Json<PeersReport>, ApiError> {
-    let Json(me) = digest(State(state.clone())).await?;
+    let Json(me) = digest(State(state.clone()), Query(WaitQuery::default())).await?;
     let info = swarm_info(&state).await?;
     let mine = state.replica.state();
     let mut peers: Vec<PeerReport> = info

@@ -3,6 +3,8 @@
 //! on that stream only.
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -15,7 +17,16 @@ use pinmesh_protocol::{Request, Response};
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/pinmesh/sync/1");
 
 #[derive(Debug, Clone, Default)]
-pub struct SyncCodec;
+pub struct SyncCodec {
+    /// Bytes of responses read.
+    bytes_in: Arc<AtomicU64>,
+}
+
+impl SyncCodec {
+    pub fn counting(bytes_in: Arc<AtomicU64>) -> Self {
+        SyncCodec { bytes_in }
+    }
+}
 
 /// Reads the whole stream, refusing more than `max` bytes.
 async fn read_limited<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
@@ -51,7 +62,10 @@ impl request_response::Codec for SyncCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        codec::decode_response(&read_limited(io, MAX_RESPONSE).await?).map_err(invalid)
+        let bytes = read_limited(io, MAX_RESPONSE).await?;
+        self.bytes_in
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        codec::decode_response(&bytes).map_err(invalid)
     }
 
     async fn write_request<T>(

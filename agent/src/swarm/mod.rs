@@ -70,8 +70,14 @@ impl Behaviour {
     }
 }
 
-/// Builds the swarm for `keypair` in the network of `secret`.
-pub fn build(keypair: Keypair, secret: [u8; 32]) -> anyhow::Result<Swarm<Behaviour>> {
+/// Builds the swarm for `keypair` in the network of `secret`; sync answers received are
+/// counted in `flags`.
+pub fn build(
+    keypair: Keypair,
+    secret: [u8; 32],
+    flags: &Flags,
+) -> anyhow::Result<Swarm<Behaviour>> {
+    let codec = SyncCodec::counting(flags.sync_bytes_in.clone());
     let psk = PreSharedKey::new(secret);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -114,7 +120,7 @@ pub fn build(keypair: Keypair, secret: [u8; 32]) -> anyhow::Result<Swarm<Behavio
                 key.public(),
             ));
             let sync = request_response::Behaviour::with_codec(
-                SyncCodec,
+                codec,
                 [(SYNC_PROTOCOL, ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
             );
@@ -185,6 +191,10 @@ pub struct Flags {
     /// Caught up with the peers asked at start (or alone).
     pub synced: AtomicBool,
     pub rejected: AtomicU64,
+    /// Bytes of sync answers received (deltas, snapshot chunks, status), before decoding.
+    pub sync_bytes_in: Arc<AtomicU64>,
+    /// Bytes of gossip messages received.
+    pub gossip_bytes_in: AtomicU64,
 }
 
 /// A sync answer read from the store off the event loop.
@@ -429,6 +439,9 @@ impl EventLoop {
 
     /// Validates one gossip message and hands it on.
     fn on_gossip(&mut self, source: Option<PeerId>, data: &[u8]) -> MessageAcceptance {
+        self.flags
+            .gossip_bytes_in
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         let Some(source) = source else {
             return MessageAcceptance::Reject;
         };

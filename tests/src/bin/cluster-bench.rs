@@ -1,0 +1,496 @@
+//! cluster-bench: agents as separate `pinmesh run` processes on loopback, measured from outside
+//! through their control APIs, beside the same run's floors. Run it with
+//! `scripts/bench-cluster.sh` (release build); `--help` lists the knobs.
+//!
+//! - floors: one gossipsub hop between two in-process swarms (the transport agents use), and
+//!   one durable redb commit;
+//! - latency: N agents; a pin at agent 0 until every other agent has it, p50/p99 over trials;
+//! - ingest: pipelined batch pins at agent 0 while N-1 replicate; acked pins/s and how long after
+//!   the last ack every replica holds them all;
+//! - join: one agent with a large pinset, then a fresh agent: time until it is synced with all
+//!   pins, application bytes it received against the encoded entries, and both agents' RSS.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use pinmesh_agent::api::PinRequest;
+use pinmesh_agent::api::client::Client;
+use pinmesh_protocol::sim::sim_cid;
+use pinmesh_protocol::{ActorId, Dot, PinEntry, PinSpec, Version, codec};
+use tempfile::TempDir;
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmarks a pinmesh cluster of real processes on loopback")]
+struct Args {
+    /// The pinmesh binary.
+    #[arg(long, default_value = "target/release/pinmesh")]
+    bin: PathBuf,
+    /// Agents for the latency and ingest phases.
+    #[arg(long, default_value_t = 10)]
+    agents: usize,
+    /// Single-pin convergence trials.
+    #[arg(long, default_value_t = 200)]
+    trials: usize,
+    /// Pins for the ingest phase.
+    #[arg(long, default_value_t = 200_000)]
+    ingest: u64,
+    /// Pins held by the cluster a fresh agent joins.
+    #[arg(long, default_value_t = 1_000_000)]
+    join_pins: u64,
+    /// Phases to run, comma-separated: floors,latency,ingest,join.
+    #[arg(long, default_value = "floors,latency,ingest,join")]
+    phases: String,
+    /// Print one JSON object with every number instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One `pinmesh run` process.
+struct Agent {
+    child: Child,
+    client: Client,
+    addr: String,
+    _home: PathBuf,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Agent {
+    fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    }
+}
+
+fn start_agent(
+    bin: &Path,
+    home: &Path,
+    secret: &str,
+    bootstrap: Option<&str>,
+) -> anyhow::Result<Agent> {
+    let mut init = Command::new(bin);
+    init.args(["--dir"]).arg(home).args([
+        "init",
+        "--secret",
+        secret,
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--api-listen",
+        "127.0.0.1:0",
+    ]);
+    if let Some(b) = bootstrap {
+        init.args(["--bootstrap", b]);
+    }
+    let out = init.output().context("run pinmesh init")?;
+    if !out.status.success() {
+        bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut child = Command::new(bin)
+        .arg("--dir")
+        .arg(home)
+        .arg("run")
+        .env("PINMESH_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("spawn pinmesh run")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (mut api, mut addr) = (None, None);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        if let Some(a) = line.strip_prefix("listening on ") {
+            addr.get_or_insert_with(|| a.to_string());
+        }
+        if let Some(a) = line.strip_prefix("api: ") {
+            api = Some(a.to_string());
+            break;
+        }
+    }
+    let token = std::fs::read_to_string(home.join("api.token"))?;
+    Ok(Agent {
+        child,
+        client: Client::new(api.context("agent printed no API address")?, token.trim()),
+        addr: addr.context("agent printed no listen address")?,
+        _home: home.to_path_buf(),
+    })
+}
+
+fn secret() -> String {
+    (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn pin(cid: u64, name: &str) -> PinRequest {
+    PinRequest {
+        cid: sim_cid(cid).to_string(),
+        name: name.to_string(),
+        mode: None,
+        replication_min: None,
+        replication_max: None,
+        expire_at: None,
+        metadata: Default::default(),
+        origins: Vec::new(),
+    }
+}
+
+/// Starts `n` agents bootstrapping from the first; waits until all are synced.
+async fn cluster(bin: &Path, root: &Path, n: usize) -> anyhow::Result<Vec<Agent>> {
+    let secret = secret();
+    let first = start_agent(bin, &root.join("agent-0"), &secret, None)?;
+    let bootstrap = first.addr.clone();
+    let mut agents = vec![first];
+    for i in 1..n {
+        agents.push(start_agent(
+            bin,
+            &root.join(format!("agent-{i}")),
+            &secret,
+            Some(&bootstrap),
+        )?);
+    }
+    for a in &agents {
+        a.client
+            .wait_digest(None, Some(true), Duration::from_secs(60))
+            .await?;
+    }
+    Ok(agents)
+}
+
+/// Pins `count` CIDs from `first` at `agent`, `per_request` per request, `parallel` in flight.
+async fn bulk_pin(
+    client: &Client,
+    first: u64,
+    count: u64,
+    per_request: u64,
+    parallel: usize,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut next = first;
+    while next < first + count {
+        while in_flight.len() < parallel && next < first + count {
+            let end = (next + per_request).min(first + count);
+            let requests: Vec<PinRequest> =
+                (next..end).map(|i| pin(i, &format!("p{i:07}"))).collect();
+            let client = client.clone();
+            in_flight.spawn(async move { client.pin_many(&requests).await.map(|_| ()) });
+            next = end;
+        }
+        if let Some(done) = in_flight.join_next().await {
+            done??;
+        }
+    }
+    while let Some(done) = in_flight.join_next().await {
+        done??;
+    }
+    Ok(started.elapsed())
+}
+
+/// Exact encoded size of the entries `bulk_pin` creates, as a snapshot carries them.
+fn encoded_entries(first: u64, count: u64) -> u64 {
+    let actor = ActorId(u64::MAX); // widest encoding of the actor
+    (first..first + count)
+        .map(|i| {
+            let entry = PinEntry {
+                cid: sim_cid(i),
+                versions: vec![Version {
+                    dot: Dot::new(actor, i + 1),
+                    at: 1_800_000_000_000,
+                    spec: PinSpec::named(format!("p{i:07}")),
+                }],
+            };
+            codec::encoded_len(&entry) as u64
+        })
+        .sum()
+}
+
+async fn floor_gossip_hop(trials: usize) -> anyhow::Result<(Duration, Duration)> {
+    use futures::StreamExt;
+    use libp2p::gossipsub;
+    use libp2p::swarm::SwarmEvent;
+    use pinmesh_agent::swarm::{BehaviourEvent, Flags, build, topic};
+    let secret = [7u8; 32];
+    let flags = Flags::default();
+    let mut a = build(
+        libp2p::identity::Keypair::generate_ed25519(),
+        secret,
+        &flags,
+    )?;
+    let mut b = build(
+        libp2p::identity::Keypair::generate_ed25519(),
+        secret,
+        &flags,
+    )?;
+    let t = topic("floor");
+    a.behaviour_mut().gossipsub_mut().subscribe(&t)?;
+    b.behaviour_mut().gossipsub_mut().subscribe(&t)?;
+    b.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = b.select_next_some().await {
+            break address;
+        }
+    };
+    a.dial(addr)?;
+    // Wait until a sees b subscribed.
+    loop {
+        tokio::select! {
+            e = a.select_next_some() => if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { .. })) = e { break },
+            _ = b.select_next_some() => {}
+        }
+    }
+    let mut samples = Vec::with_capacity(trials);
+    for i in 0..trials {
+        let sent = Instant::now();
+        a.behaviour_mut()
+            .gossipsub_mut()
+            .publish(t.clone(), format!("hop {i}").into_bytes())?;
+        loop {
+            tokio::select! {
+                e = b.select_next_some() => if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { message_id, propagation_source, .. })) = e {
+                    samples.push(sent.elapsed());
+                    let _ = b.behaviour_mut().gossipsub_mut().report_message_validation_result(&message_id, &propagation_source, gossipsub::MessageAcceptance::Accept);
+                    break;
+                },
+                _ = a.select_next_some() => {}
+            }
+        }
+    }
+    samples.sort();
+    Ok((percentile(&samples, 0.5), percentile(&samples, 0.99)))
+}
+
+fn floor_redb_commit(dir: &Path, trials: usize) -> anyhow::Result<Duration> {
+    let db = redb::Database::create(dir.join("floor.redb"))?;
+    let table: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("t");
+    let mut samples = Vec::with_capacity(trials);
+    for i in 0..trials as u64 {
+        let started = Instant::now();
+        let txn = db.begin_write()?;
+        txn.open_table(table)?
+            .insert(sim_cid(i).to_bytes().as_slice(), [0u8; 40].as_slice())?;
+        txn.commit()?;
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    Ok(percentile(&samples, 0.5))
+}
+
+/// Records a number, and prints its line unless the output is JSON.
+fn say(
+    report: &mut serde_json::Map<String, serde_json::Value>,
+    json: bool,
+    key: &str,
+    value: serde_json::Value,
+    human: String,
+) {
+    if !json {
+        println!("{human}");
+    }
+    report.insert(key.to_string(), value);
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !args.bin.exists() {
+        bail!(
+            "{} not found: build it first (cargo build --release)",
+            args.bin.display()
+        );
+    }
+    let phases: Vec<&str> = args.phases.split(',').map(str::trim).collect();
+    let root = TempDir::new()?;
+    let mut report = serde_json::Map::new();
+    let json = args.json;
+
+    if phases.contains(&"floors") {
+        let (hop50, hop99) = floor_gossip_hop(500).await?;
+        let commit = floor_redb_commit(root.path(), 500)?;
+        say(
+            &mut report,
+            json,
+            "floor_gossip_hop_p50_ms",
+            ms(hop50).into(),
+            format!(
+                "floor: one gossipsub hop p50 {:.3} ms, p99 {:.3} ms",
+                ms(hop50),
+                ms(hop99)
+            ),
+        );
+        say(
+            &mut report,
+            json,
+            "floor_redb_commit_p50_ms",
+            ms(commit).into(),
+            format!("floor: one durable redb commit p50 {:.3} ms", ms(commit)),
+        );
+    }
+
+    if phases.contains(&"latency") || phases.contains(&"ingest") {
+        let agents = cluster(&args.bin, &root.path().join("latency"), args.agents).await?;
+        if phases.contains(&"latency") {
+            let mut samples = Vec::with_capacity(args.trials);
+            for t in 0..args.trials as u64 {
+                let cid = sim_cid(10_000_000 + t).to_string();
+                let mut waits = tokio::task::JoinSet::new();
+                let started = Instant::now();
+                for a in &agents[1..] {
+                    let (client, cid) = (a.client.clone(), cid.clone());
+                    waits.spawn(async move {
+                        client
+                            .wait_pin(&cid, Duration::from_secs(30))
+                            .await
+                            .map(|_| started.elapsed())
+                    });
+                }
+                agents[0]
+                    .client
+                    .pin(&pin(10_000_000 + t, "latency"))
+                    .await?;
+                let mut slowest = Duration::ZERO;
+                while let Some(done) = waits.join_next().await {
+                    slowest = slowest.max(done??);
+                }
+                samples.push(slowest);
+            }
+            samples.sort();
+            let (p50, p99) = (percentile(&samples, 0.5), percentile(&samples, 0.99));
+            say(
+                &mut report,
+                json,
+                "latency_p50_ms",
+                ms(p50).into(),
+                format!(
+                    "single-pin convergence, {} agents, {} trials: p50 {:.2} ms, p99 {:.2} ms (pin request to every other agent holding it)",
+                    args.agents,
+                    args.trials,
+                    ms(p50),
+                    ms(p99)
+                ),
+            );
+            report.insert("latency_p99_ms".into(), ms(p99).into());
+        }
+        if phases.contains(&"ingest") {
+            let before = agents[0].client.digest().await?.pins;
+            let took = bulk_pin(&agents[0].client, 20_000_000, args.ingest, 1000, 4).await?;
+            let acked = Instant::now();
+            let mut lag = Duration::ZERO;
+            for a in &agents[1..] {
+                let d = a
+                    .client
+                    .wait_digest(Some(before + args.ingest), None, Duration::from_secs(300))
+                    .await?;
+                if d.pins != before + args.ingest {
+                    bail!(
+                        "a replica holds {} pins, not {}",
+                        d.pins,
+                        before + args.ingest
+                    );
+                }
+                lag = lag.max(acked.elapsed());
+            }
+            let rate = args.ingest as f64 / took.as_secs_f64();
+            say(
+                &mut report,
+                json,
+                "ingest_pins_per_s",
+                rate.into(),
+                format!(
+                    "durable ingest at one agent, {} replicating: {:.0} pins/s ({} pins in {:.2} s); every replica caught up {:.0} ms after the last ack",
+                    args.agents - 1,
+                    rate,
+                    args.ingest,
+                    took.as_secs_f64(),
+                    ms(lag)
+                ),
+            );
+            report.insert("ingest_catch_up_ms".into(), ms(lag).into());
+        }
+    }
+
+    if phases.contains(&"join") {
+        let dir = root.path().join("join");
+        let secret = secret();
+        let source = start_agent(&args.bin, &dir.join("source"), &secret, None)?;
+        let took = bulk_pin(&source.client, 0, args.join_pins, 10_000, 2).await?;
+        let started = Instant::now();
+        let fresh = start_agent(&args.bin, &dir.join("fresh"), &secret, Some(&source.addr))?;
+        let d = fresh
+            .client
+            .wait_digest(Some(args.join_pins), Some(true), Duration::from_secs(600))
+            .await?;
+        let synced = started.elapsed();
+        if d.pins != args.join_pins || !d.synced {
+            bail!(
+                "the fresh agent reached {} pins, synced {}",
+                d.pins,
+                d.synced
+            );
+        }
+        let entries = encoded_entries(0, args.join_pins);
+        let received = d.sync_bytes_in + d.gossip_bytes_in;
+        say(
+            &mut report,
+            json,
+            "join_synced_s",
+            synced.as_secs_f64().into(),
+            format!(
+                "fresh agent joining {} pins: synced in {:.2} s (process start to synced), {} snapshot(s); received {:.1} MB = {:.2}x the encoded entries ({:.1} MB)",
+                args.join_pins,
+                synced.as_secs_f64(),
+                d.snapshots_joined,
+                received as f64 / 1e6,
+                received as f64 / entries as f64,
+                entries as f64 / 1e6
+            ),
+        );
+        report.insert(
+            "join_bytes_ratio".into(),
+            (received as f64 / entries as f64).into(),
+        );
+        report.insert("join_source_ingest_s".into(), took.as_secs_f64().into());
+        let (rss_source, rss_fresh) = (
+            source.rss_bytes().unwrap_or(0),
+            fresh.rss_bytes().unwrap_or(0),
+        );
+        say(
+            &mut report,
+            json,
+            "rss_mb_source",
+            (rss_source as f64 / 1e6).into(),
+            format!(
+                "RSS holding {} pins: {:.1} MB (the agent that ingested them), {:.1} MB (the one that joined)",
+                args.join_pins,
+                rss_source as f64 / 1e6,
+                rss_fresh as f64 / 1e6
+            ),
+        );
+        report.insert("rss_mb_fresh".into(), (rss_fresh as f64 / 1e6).into());
+    }
+    if args.json {
+        println!("{}", serde_json::Value::Object(report));
+    }
+    Ok(())
+}
