@@ -35,6 +35,8 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(default)]
     pub sync: SyncConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +76,20 @@ pub struct SyncConfig {
     pub repair_delay: Duration,
     /// Deltas kept per origin in the log, to serve repairs; older ones are served by snapshot.
     pub log_retention: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Memory redb may use to cache database pages, in MiB. The pinset lives on disk; this
+    /// bounds how much of it stays in memory.
+    pub cache_mib: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { cache_mib: 64 }
+    }
 }
 
 fn default_cluster_name() -> String {
@@ -187,6 +203,9 @@ impl Config {
         if self.sync.beacon_interval < Duration::from_millis(10) {
             return Err(invalid("sync.beacon_interval must be at least 10ms".into()));
         }
+        if !(4..=65_536).contains(&self.storage.cache_mib) {
+            return Err(invalid("storage.cache_mib must be within 4..=65536".into()));
+        }
         if self.sync.log_retention == 0 {
             return Err(invalid("sync.log_retention must be at least 1".into()));
         }
@@ -258,6 +277,7 @@ mod tests {
         assert_eq!(config.raw.sync, SyncConfig::default());
         assert_eq!(config.raw.network, NetworkConfig::default());
         assert_eq!(config.raw.api, ApiConfig::default());
+        assert_eq!(config.raw.storage, StorageConfig::default());
     }
 
     #[test]

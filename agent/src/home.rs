@@ -122,7 +122,9 @@ pub struct Initialized {
 /// Creates the home: validated config, identity and API token, all owner-only. Validates
 /// everything before writing anything, and refuses to overwrite without `force`.
 pub fn init(home: &Home, options: InitOptions) -> anyhow::Result<Initialized> {
-    use crate::config::{ApiConfig, ClusterConfig, Config, NetworkConfig, SyncConfig};
+    use crate::config::{
+        ApiConfig, ClusterConfig, Config, NetworkConfig, StorageConfig, SyncConfig,
+    };
     if home.config().exists() && !options.force {
         bail!(
             "{} already exists; pass --force to overwrite it (the agent gets a new identity)",
@@ -147,6 +149,7 @@ pub fn init(home: &Home, options: InitOptions) -> anyhow::Result<Initialized> {
             listen: options.api_listen,
         },
         sync: SyncConfig::default(),
+        storage: StorageConfig::default(),
     };
     let validated = config.clone().validate("the given options")?;
     fs::create_dir_all(&home.dir)

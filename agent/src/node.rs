@@ -58,7 +58,8 @@ impl Node {
         let peer_id = keypair.public().to_peer_id();
         let span = info_span!("node", peer = %short(&peer_id));
 
-        let (store, persisted) = Store::open(&home.database())
+        let cache = config.raw.storage.cache_mib as usize * 1024 * 1024;
+        let (store, persisted) = Store::open(&home.database(), cache)
             .with_context(|| format!("cannot open {}", home.database().display()))?;
         let signer = NodeSigner(
             keypair

@@ -6,6 +6,8 @@
 //!   removals and new pins made on one side). Target ≤ 0.5 s.
 //! - `batch_decode_verify`: decode and verify a signed batch of 256 pins (per batch).
 
+mod common;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -17,20 +19,7 @@ use pinmesh_protocol::{ActorId, Delta, DeltaBatch, Dot, Gossip, MemPinset, Op, P
 const PINS: u64 = 1_000_000;
 
 fn base_state() -> MemPinset {
-    let mut state = MemPinset::new();
-    let actor = ActorId(1);
-    for i in 0..PINS {
-        let spec = PinSpec::named(format!("pin-{i:06}"));
-        state.local(
-            Dot::new(actor, i + 1),
-            sim_cid(i),
-            Op::Pin {
-                at: 1_764_000_000_000 + i,
-                spec,
-            },
-        );
-    }
-    state
+    common::state_of(ActorId(1), PINS)
 }
 
 /// `n` deltas from actor 2, each updating a distinct existing pin of `state` (as a replica

@@ -7,11 +7,13 @@
 // A counting global allocator is the one place unsafe is needed: it forwards to `System`.
 #![allow(unsafe_code)]
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pinmesh_protocol::sim::sim_cid;
-use pinmesh_protocol::{ActorId, Dot, MemPinset, Op, PinEntry, PinSpec, Version, codec};
+use pinmesh_protocol::{ActorId, Dot, PinEntry, PinSpec, Version, codec};
 
 struct Counting;
 
@@ -69,18 +71,7 @@ fn main() {
     const PINS: u64 = 1_000_000;
     let heap_before = LIVE.load(Ordering::Relaxed);
     let rss_before = rss_bytes();
-    let mut state = MemPinset::new();
-    for i in 0..PINS {
-        let spec = PinSpec::named(format!("pin-{i:06}"));
-        state.local(
-            Dot::new(actor, i + 1),
-            sim_cid(i),
-            Op::Pin {
-                at: 1_764_000_000_000 + i,
-                spec,
-            },
-        );
-    }
+    let state = common::state_of(actor, PINS);
     let heap = LIVE.load(Ordering::Relaxed) - heap_before;
     println!(
         "memory_per_pin_heap_bytes: {:.1} at {PINS} pins (target <= 130)",

@@ -10,16 +10,7 @@ use pinmesh_tests::{Rogue, TestAgent, TestCluster, converged, random_secret, wai
 const CONVERGE: Duration = Duration::from_secs(60);
 
 fn pin_request(cid: &str, name: &str) -> PinRequest {
-    PinRequest {
-        cid: cid.to_string(),
-        name: name.to_string(),
-        mode: None,
-        replication_min: None,
-        replication_max: None,
-        expire_at: None,
-        metadata: Default::default(),
-        origins: Vec::new(),
-    }
+    PinRequest::new(cid, name)
 }
 
 async fn listed(agent: &TestAgent) -> BTreeSet<(String, String)> {

@@ -127,6 +127,8 @@ fn init_refuses_to_overwrite_and_a_broken_config_stops_run() {
 struct Agent {
     child: Child,
     api: String,
+    /// Its first listen address, with /p2p/.
+    addr: String,
 }
 
 impl Agent {
@@ -141,9 +143,12 @@ impl Agent {
             .spawn()
             .expect("spawn pinmesh run");
         let out = child.stdout.take().expect("stdout");
-        let mut api = None;
+        let (mut api, mut addr) = (None, None);
         for line in BufReader::new(out).lines() {
             let line = line.expect("read stdout");
+            if let Some(rest) = line.strip_prefix("listening on ") {
+                addr.get_or_insert_with(|| rest.to_string());
+            }
             if let Some(rest) = line.strip_prefix("api: ") {
                 api = Some(rest.to_string());
                 break;
@@ -152,6 +157,7 @@ impl Agent {
         Agent {
             child,
             api: api.expect("agent printed its API address"),
+            addr: addr.expect("agent printed a listen address"),
         }
     }
 
@@ -230,4 +236,93 @@ fn acknowledged_pins_survive_kill_9() {
     let out = pinmesh_in(dir.path(), &["debug", "peers"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).lines().last(), Some("CONVERGED"));
+}
+
+fn init_loopback(dir: &Path, extra: &[&str]) {
+    let mut args = vec![
+        "init",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--api-listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let out = pinmesh_in(dir, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn client_of(dir: &Path, agent: &Agent) -> pinmesh_agent::api::client::Client {
+    let token = std::fs::read_to_string(dir.join("api.token")).expect("token");
+    pinmesh_agent::api::client::Client::new(agent.api.clone(), token.trim())
+}
+
+#[test]
+fn an_agent_killed_mid_load_loses_nothing_it_acknowledged_and_catches_up() {
+    use pinmesh_agent::api::PinRequest;
+    let (a_dir, b_dir) = (TempDir::new().expect("dir"), TempDir::new().expect("dir"));
+    let secret: String = "5e".repeat(32);
+    init_loopback(a_dir.path(), &["--secret", &secret]);
+    let a = Agent::start(a_dir.path());
+    init_loopback(b_dir.path(), &["--secret", &secret, "--bootstrap", &a.addr]);
+    let b = Agent::start(b_dir.path());
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+
+    // A writer pins at A without pause; A is killed after its 300th acknowledgement.
+    let a_client = client_of(a_dir.path(), &a);
+    let (acked_tx, acked_rx) = std::sync::mpsc::channel::<String>();
+    let writer = runtime.spawn(async move {
+        for n in 0.. {
+            let cid = sim_cid(n).to_string();
+            match a_client
+                .pin(&PinRequest::new(&cid, format!("load-{n}")))
+                .await
+            {
+                Ok(_) => {
+                    if acked_tx.send(cid).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return, // A is gone
+            }
+        }
+    });
+    let mut acked: Vec<String> = acked_rx.iter().take(300).collect();
+    a.kill9();
+    runtime.block_on(writer).expect("writer");
+    acked.extend(acked_rx.try_iter());
+
+    // B keeps working while A is down.
+    let b_client = client_of(b_dir.path(), &b);
+    runtime
+        .block_on(b_client.pin(&PinRequest::new(sim_cid(1_000_000), "while A was down")))
+        .expect("pin at B");
+
+    let a = Agent::start(a_dir.path());
+    let a_client = client_of(a_dir.path(), &a);
+    let mut listed = std::collections::BTreeSet::new();
+    runtime
+        .block_on(a_client.list(|p| {
+            listed.insert(p.cid);
+            Ok(())
+        }))
+        .expect("pin ls");
+    let lost: Vec<&String> = acked.iter().filter(|c| !listed.contains(*c)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged pins lost, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
+
+    // A catches up with B (and B with whatever A committed but never published).
+    let out = pinmesh_in(a_dir.path(), &["debug", "converge", "--timeout", "60s"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let shown = runtime
+        .block_on(a_client.wait_pin(
+            &sim_cid(1_000_000).to_string(),
+            std::time::Duration::from_secs(30),
+        ))
+        .expect("A has B's pin");
+    assert_eq!(shown.name, "while A was down");
+    drop(b);
 }

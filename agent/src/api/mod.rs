@@ -115,6 +115,22 @@ pub struct PinRequest {
     pub origins: Vec<String>,
 }
 
+impl PinRequest {
+    /// A request for `cid` with a name and every other option at its default.
+    pub fn new(cid: impl ToString, name: impl Into<String>) -> Self {
+        PinRequest {
+            cid: cid.to_string(),
+            name: name.into(),
+            mode: None,
+            replication_min: None,
+            replication_max: None,
+            expire_at: None,
+            metadata: BTreeMap::new(),
+            origins: Vec::new(),
+        }
+    }
+}
+
 /// The answer to a pin or unpin: durable locally once returned.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OpReceipt {

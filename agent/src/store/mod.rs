@@ -92,10 +92,12 @@ fn read_u64(bytes: &[u8]) -> Option<u64> {
 }
 
 impl Store {
-    /// Opens (or creates) the database at `path`, creating every table and, for a new
-    /// database, a fresh incarnation.
-    pub fn open(path: &Path) -> Result<(Store, Persisted), StoreError> {
-        let db = Database::create(path)?;
+    /// Opens (or creates) the database at `path` with a page cache of `cache_bytes`, creating
+    /// every table and, for a new database, a fresh incarnation.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<(Store, Persisted), StoreError> {
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(path)?;
         let txn = db.begin_write()?;
         let persisted = {
             for def in [PINS, STAGE] {

@@ -144,16 +144,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn pin(cid: u64, name: &str) -> PinRequest {
-    PinRequest {
-        cid: sim_cid(cid).to_string(),
-        name: name.to_string(),
-        mode: None,
-        replication_min: None,
-        replication_max: None,
-        expire_at: None,
-        metadata: Default::default(),
-        origins: Vec::new(),
-    }
+    PinRequest::new(sim_cid(cid), name)
 }
 
 /// Starts `n` agents bootstrapping from the first; waits until all are synced.
