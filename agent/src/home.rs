@@ -57,7 +57,14 @@ impl Home {
         let path = self.token();
         let token =
             fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        Ok(token.trim().to_string())
+        let token = token.trim();
+        if token.len() < 16 {
+            bail!(
+                "{} holds no usable token (16 characters at least)",
+                path.display()
+            );
+        }
+        Ok(token.to_string())
     }
 }
 

@@ -44,8 +44,10 @@ pub struct NodeHandle {
     pub swarm: mpsc::Sender<SwarmCommand>,
     cancel: CancellationToken,
     tasks: TaskTracker,
-    replica_thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// How long open API requests may hold up a shutdown.
+const API_DRAIN: Duration = Duration::from_secs(5);
 
 pub struct Node;
 
@@ -56,6 +58,11 @@ impl Node {
         let keypair = home.load_identity()?;
         let token = home.load_token()?;
         let peer_id = keypair.public().to_peer_id();
+        // The API port first: a taken port fails the start before anything else is opened.
+        let listener = tokio::net::TcpListener::bind(config.api_listen)
+            .await
+            .with_context(|| format!("cannot bind the API to {}", config.api_listen))?;
+        let api_addr = listener.local_addr()?;
         let span = info_span!("node", peer = %short(&peer_id));
 
         let cache = config.raw.storage.cache_mib as usize * 1024 * 1024;
@@ -113,35 +120,57 @@ impl Node {
 
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
+        // Each critical task that ends, for whatever reason, stops the whole agent.
+        let stop = cancel.clone();
+        let swarm_run = event_loop.run(dial, cancel.child_token());
         tasks.spawn(
-            event_loop
-                .run(dial, cancel.child_token())
-                .instrument(span.clone()),
-        );
-
-        // The listen addresses, once the swarm bound them.
-        let addrs = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                if !listen_rx.borrow().is_empty() {
-                    return listen_rx.borrow().clone();
-                }
-                if listen_rx.changed().await.is_err() {
-                    return Vec::new();
-                }
+            async move {
+                swarm_run.await;
+                stop.cancel();
             }
-        })
-        .await
-        .context("the network did not start listening within 10s")?;
+            .instrument(span.clone()),
+        );
+        let stop = cancel.clone();
+        tasks.spawn_blocking(move || {
+            if replica_thread.join().is_err() {
+                tracing::error!("the replica thread panicked");
+            }
+            stop.cancel();
+        });
+
+        // The listen addresses, once the swarm bound them; then the API address file.
+        let ready = async {
+            let addrs = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    if !listen_rx.borrow().is_empty() {
+                        return listen_rx.borrow().clone();
+                    }
+                    if listen_rx.changed().await.is_err() {
+                        return Vec::new();
+                    }
+                }
+            })
+            .await
+            .context("the network did not start listening within 10s")?;
+            write_private(&home.api_addr(), format!("{api_addr}\n").as_bytes())?;
+            anyhow::Ok(addrs)
+        };
+        let addrs = match ready.await {
+            Ok(addrs) => addrs,
+            Err(err) => {
+                // Stop what was started and wait for it, so the database and ports are free
+                // when this returns.
+                cancel.cancel();
+                drop((replica, swarm_tx, store));
+                tasks.close();
+                tasks.wait().await;
+                return Err(err);
+            }
+        };
         let addrs: Vec<Multiaddr> = addrs
             .into_iter()
             .map(|a| a.with(Protocol::P2p(peer_id)))
             .collect();
-
-        let listener = tokio::net::TcpListener::bind(config.api_listen)
-            .await
-            .with_context(|| format!("cannot bind the API to {}", config.api_listen))?;
-        let api_addr = listener.local_addr()?;
-        write_private(&home.api_addr(), format!("{api_addr}\n").as_bytes())?;
         let router = api::router(ApiState {
             replica: replica.clone(),
             store,
@@ -151,14 +180,23 @@ impl Node {
             cluster: config.raw.cluster.name.clone().into(),
         });
         let api_cancel = cancel.child_token();
+        let stop = cancel.clone();
         tasks.spawn(
             async move {
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { api_cancel.cancelled().await })
-                    .await;
-                if let Err(err) = served {
-                    warn!(error = %err, "API server failed");
+                let serve = axum::serve(listener, router)
+                    .with_graceful_shutdown(api_cancel.clone().cancelled_owned());
+                // Open requests (long waits, slow listings) get a moment, not forever.
+                let cut = async {
+                    api_cancel.cancelled().await;
+                    tokio::time::sleep(API_DRAIN).await;
+                };
+                tokio::select! {
+                    served = serve => if let Err(err) = served {
+                        warn!(error = %err, "API server failed");
+                    },
+                    _ = cut => warn!("API requests still open at shutdown were cut"),
                 }
+                stop.cancel();
             }
             .instrument(span.clone()),
         );
@@ -174,7 +212,6 @@ impl Node {
             swarm: swarm_tx,
             cancel,
             tasks,
-            replica_thread: Some(replica_thread),
         })
     }
 }
@@ -188,23 +225,20 @@ impl NodeHandle {
         ))
     }
 
-    /// Stops the agent: API, swarm, then the replica's final commit. Safe to drop instead, but
-    /// then queued commands may be cut short (never a torn commit).
-    pub async fn shutdown(mut self) {
-        // API and swarm first: nothing new reaches the replica.
+    /// Stops the agent: API and swarm first, so nothing new reaches the replica; the replica
+    /// then drains its queue, makes its last commit and stops once the last handle is gone
+    /// (ours included); the store closes with it. Safe to drop instead, but then queued
+    /// commands may be cut short (never a torn commit).
+    pub async fn shutdown(self) {
         self.cancel.cancel();
-        self.tasks.wait().await;
-        // The replica drains its queue and stops once the last handle is gone.
-        let thread = self.replica_thread.take();
+        let tasks = self.tasks.clone();
         drop(self);
-        if let Some(thread) = thread {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
+        tasks.wait().await;
     }
 
-    /// Resolves when the agent stopped on its own (a critical task ended).
+    /// Resolves when the agent is stopping: asked to, or a critical task ended.
     pub async fn stopped(&self) {
-        self.tasks.wait().await;
+        self.cancel.cancelled().await;
     }
 }
 

@@ -390,3 +390,32 @@ async fn peers_joined_at_runtime_are_dialled_again_after_a_restart() {
         .await
         .expect("c found a again from its peer store");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_start_releases_everything_it_took() {
+    let mut agent = TestAgent::create(&random_secret(), &[]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let config = agent.home.config();
+    let text = std::fs::read_to_string(&config).expect("config");
+    let busy = text.replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    assert_ne!(busy, text, "the API address is in the config");
+    std::fs::write(&config, busy).expect("write config");
+    let err = pinmesh_agent::node::Node::start(agent.home.clone(), Default::default())
+        .await
+        .expect_err("the API port is taken");
+    assert!(err.to_string().contains("cannot bind the API"), "{err:#}");
+
+    // Retrying at once works: the database and the network were released.
+    std::fs::write(&config, text).expect("restore config");
+    agent.start().await;
+    agent
+        .client()
+        .pin(&pin_request(&sim_cid(3).to_string(), "after retry"))
+        .await
+        .expect("pin");
+    agent.stop().await;
+}

@@ -580,9 +580,9 @@ async fn debug_state(State(state): State<ApiState>) -> Result<Json<StateDump>, A
 pub struct PeersReport {
     pub me: DigestInfo,
     pub peers: Vec<PeerReport>,
-    /// Every known peer reported this agent's applied and state digests.
+    /// Every connected peer reported this agent's applied and state digests.
     pub converged: bool,
-    /// Peers that differ or never reported.
+    /// Connected peers that differ or never reported.
     pub diverged: usize,
 }
 
@@ -637,9 +637,10 @@ async fn debug_peers(State(state): State<ApiState>) -> Result<Json<PeersReport>,
         })
         .collect();
     peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+    // Peers that left are listed but do not count: convergence is among connected peers.
     let diverged = peers
         .iter()
-        .filter(|p| !(p.applied_match && p.state_match))
+        .filter(|p| p.connected && !(p.applied_match && p.state_match))
         .count();
     Ok(Json(PeersReport {
         me,

@@ -12,9 +12,10 @@ use crate::api::PeersReport;
 pub enum Command {
     /// This agent's pin count, applied and state digests, and whether it is synced.
     Digest,
-    /// How every known peer compares with this agent; ends with CONVERGED or DIVERGED.
+    /// How every known peer compares with this agent; ends with CONVERGED or DIVERGED (among
+    /// connected peers).
     Peers,
-    /// Wait until every known peer reports this agent's digests.
+    /// Wait until every connected peer reports this agent's digests.
     Converge {
         /// Give up after this long, like "30s".
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]

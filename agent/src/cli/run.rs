@@ -49,12 +49,18 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         }
         println!("api: http://{}", node.api_addr);
         let api_addr_file = ctx.home.api_addr();
-        tokio::select! {
-            _ = shutdown_signal() => tracing::info!("shutting down"),
-            _ = node.stopped() => anyhow::bail!("a critical task stopped"),
-        }
+        let failed = tokio::select! {
+            _ = shutdown_signal() => {
+                tracing::info!("shutting down");
+                false
+            }
+            _ = node.stopped() => true,
+        };
         node.shutdown().await;
         let _ = std::fs::remove_file(api_addr_file);
+        if failed {
+            anyhow::bail!("a critical task of the agent stopped; see the log above");
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -37,7 +37,8 @@ const GROUP_MAX: usize = 512;
 const BATCH_CHANGES: usize = 1024;
 /// Most encoded bytes of changes per published batch: well under the gossip size limit.
 const BATCH_BYTES: usize = 512 << 10;
-/// Remote-only groups commit without fsync, but never more than this after the last durable one.
+/// Remote-only groups commit without fsync; the swarm's timer asks for a durable flush, and any
+/// group this long after the last durable commit is durable itself.
 const DURABLE_EVERY: Duration = Duration::from_millis(200);
 
 /// A local operation requested through the API.
@@ -84,6 +85,8 @@ pub enum Command {
         chunk: SnapshotChunk,
         reply: oneshot::Sender<Result<Progress, String>>,
     },
+    /// Make any non-durable commit durable (sent on a timer).
+    Flush,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +143,11 @@ impl ReplicaHandle {
             .map_err(|_| "the replica has stopped".to_string())?
     }
 
+    /// Asks for pending non-durable commits to be made durable; never waits.
+    pub fn flush(&self) {
+        let _ = self.tx.try_send(Command::Flush);
+    }
+
     /// Queues remote batches without waiting; false if the queue is full or the replica stopped.
     pub fn remote(&self, from: PeerId, batches: Vec<DeltaBatch>) -> bool {
         self.tx.try_send(Command::Remote { from, batches }).is_ok()
@@ -190,6 +198,8 @@ struct Replica {
     /// The snapshot being received, if any.
     stage: Option<SnapshotStage>,
     snapshots_joined: u64,
+    /// A commit without fsync is not yet followed by a durable one.
+    dirty: bool,
 }
 
 /// Starts the replica thread. It stops when every handle is dropped.
@@ -223,6 +233,7 @@ pub fn spawn(
         dropped_outputs: 0,
         stage: None,
         snapshots_joined: 0,
+        dirty: false,
     };
     let thread = std::thread::Builder::new()
         .name("replica".into())
@@ -291,6 +302,10 @@ impl Replica {
     }
 
     fn run_group(&mut self, group: Vec<Command>) {
+        let flush = group.iter().any(|c| matches!(c, Command::Flush));
+        if flush && group.len() == 1 && !self.dirty {
+            return; // nothing to make durable
+        }
         let saved = (self.head.clone(), self.counter);
         let (result, committed) = self.apply_group(group);
         match committed {
@@ -335,6 +350,7 @@ impl Replica {
                                 self.apply_remote(&mut pins, &mut log, from, batch, &mut result)?;
                             }
                         }
+                        Command::Flush => result.local = true, // commit durably
                         Command::Snapshot { chunk, reply } => {
                             result.local = true; // a finished snapshot is worth a durable commit
                             let outcome = self.apply_snapshot(&mut pins, &mut staged, chunk)?;
@@ -365,6 +381,7 @@ impl Replica {
             if durable {
                 self.last_durable = Instant::now();
             }
+            self.dirty = !durable;
             Ok(())
         })();
         result.replies = pending_replies;
@@ -458,8 +475,17 @@ impl Replica {
                     prune_entry(pins, &mut self.head, &cid, &remote.context).map_err(join_error)?;
                 }
                 self.head.absorb(&remote.context, &remote.applied);
+                // Dots of ours the snapshot knows (we were restored from an old backup, or the
+                // sender lies) must never be issued again.
+                let ours = self.head.context.max(self.actor);
+                if ours > self.counter {
+                    warn!(
+                        counter = self.counter,
+                        ours, "snapshot holds dots of ours we had forgotten; skipping past them"
+                    );
+                    self.counter = ours;
+                }
                 staged.0.retain(|_, _| false)?;
-                self.snapshots_joined += 1;
                 Ok(Ok(Progress::Complete))
             }
         }
@@ -509,6 +535,9 @@ impl Replica {
             let _ = reply.send(outcome);
         }
         for (reply, outcome) in result.snapshot_replies {
+            if matches!(outcome, Ok(Progress::Complete)) {
+                self.snapshots_joined += 1;
+            }
             let _ = reply.send(outcome);
         }
         for batch in result.publish {

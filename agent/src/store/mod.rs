@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -212,11 +211,27 @@ impl Store {
 }
 
 /// Snapshots being served: each is one read transaction (a consistent view, MVCC) kept open
-/// across the requests for its chunks, dropped after [`SNAPSHOT_TTL`] of idleness.
+/// across the requests for its chunks, for one peer, and released [`SNAPSHOT_TTL`] after it
+/// began whatever happens (an open read transaction keeps old pages from being reused).
 #[derive(Default)]
 pub struct Snapshots {
-    open: Mutex<HashMap<u64, (ReadTransaction, Instant)>>,
-    next_id: AtomicU64,
+    open: Mutex<HashMap<u64, OpenSnapshot>>,
+}
+
+struct OpenSnapshot {
+    txn: ReadTransaction,
+    peer: String,
+    started: Instant,
+    /// The cursor the next request must continue from.
+    cursor: Option<Vec<u8>>,
+}
+
+impl Snapshots {
+    /// Releases snapshots past their time.
+    pub fn sweep(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.retain(|_, s| s.started.elapsed() < SNAPSHOT_TTL);
+    }
 }
 
 impl std::fmt::Debug for Snapshots {
@@ -225,7 +240,7 @@ impl std::fmt::Debug for Snapshots {
     }
 }
 
-/// An idle snapshot's read transaction is released after this (it pins old pages).
+/// A snapshot's read transaction is released this long after it began (it pins old pages).
 pub const SNAPSHOT_TTL: Duration = Duration::from_secs(300);
 /// Snapshots served at once.
 pub const MAX_OPEN_SNAPSHOTS: usize = 4;
@@ -233,7 +248,7 @@ pub const MAX_OPEN_SNAPSHOTS: usize = 4;
 /// Why a snapshot chunk cannot be served.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("snapshot {0} expired or unknown; start again")]
+    #[error("snapshot {0} expired, unknown or not continued in order; start again")]
     Unknown(u64),
     #[error("serving {MAX_OPEN_SNAPSHOTS} snapshots already; try later")]
     Busy,
@@ -247,28 +262,43 @@ impl Store {
     pub fn snapshot_chunk(
         &self,
         snapshots: &Snapshots,
+        peer: &str,
         id: Option<u64>,
         after: Option<&[u8]>,
         limit: usize,
         budget: usize,
     ) -> Result<SnapshotChunk, ServeError> {
         let mut open = snapshots.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.retain(|_, (_, used)| used.elapsed() < SNAPSHOT_TTL);
+        open.retain(|_, s| s.started.elapsed() < SNAPSHOT_TTL);
         let (id, head) = match id {
             Some(id) => (id, None),
             None => {
+                // A peer restarting its fetch replaces its own snapshot.
+                open.retain(|_, s| s.peer != peer);
                 if open.len() >= MAX_OPEN_SNAPSHOTS {
                     return Err(ServeError::Busy);
                 }
                 let txn = self.db.begin_read().map_err(StoreError::from)?;
                 let head = read_head(&txn)?;
-                let id = snapshots.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-                open.insert(id, (txn, Instant::now()));
+                let id = rand::random::<u64>();
+                open.insert(
+                    id,
+                    OpenSnapshot {
+                        txn,
+                        peer: peer.to_string(),
+                        started: Instant::now(),
+                        cursor: None,
+                    },
+                );
                 (id, Some(head))
             }
         };
-        let (txn, used) = open.get_mut(&id).ok_or(ServeError::Unknown(id))?;
-        *used = Instant::now();
+        // Only the peer that began it may continue it, and only where the last chunk ended.
+        let snapshot = open
+            .get_mut(&id)
+            .filter(|s| s.peer == peer && s.cursor.as_deref() == after)
+            .ok_or(ServeError::Unknown(id))?;
+        let txn = &snapshot.txn;
         let table = txn.open_table(PINS).map_err(StoreError::from)?;
         let start = match after {
             Some(after) => Bound::Excluded(after),
@@ -300,8 +330,11 @@ impl Store {
                 what: "pin entry",
                 source,
             })?;
-        if chunk.next.is_none() {
-            open.remove(&id);
+        match &chunk.next {
+            Some(next) => snapshot.cursor = Some(next.to_vec()),
+            None => {
+                open.remove(&id);
+            }
         }
         Ok(chunk)
     }

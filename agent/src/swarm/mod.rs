@@ -239,6 +239,7 @@ pub struct EventLoop {
     in_flight: HashMap<ActorId, Instant>,
     /// The union of the applied vectors peers reported at start; synced once we hold it.
     sync_target: Option<AppliedVector>,
+    flush_ticks: u64,
 }
 
 /// Everything the event loop needs besides the swarm.
@@ -286,6 +287,7 @@ impl EventLoop {
             repairs: Vec::new(),
             in_flight: HashMap::new(),
             sync_target: None,
+            flush_ticks: 0,
         })
     }
 
@@ -320,7 +322,14 @@ impl EventLoop {
                     }
                 }
                 _ = beacon.tick() => self.send_beacon(),
-                _ = tick.tick() => self.run_repairs(),
+                _ = tick.tick() => {
+                    self.run_repairs();
+                    self.snapshots.sweep();
+                    self.flush_ticks += 1;
+                    if self.flush_ticks.is_multiple_of(4) {
+                        self.replica.flush(); // remote-only commits durable within ~200 ms
+                    }
+                }
                 Ok(()) = state.changed() => self.check_synced(),
             }
         }
@@ -483,7 +492,14 @@ impl EventLoop {
                         .get_or_insert_with(AppliedVector::new)
                         .union(theirs);
                 }
-                let missing = mine.head.applied.missing_from(theirs);
+                let own = mine.summary.actor;
+                let missing: Vec<_> = mine
+                    .head
+                    .applied
+                    .missing_from(theirs)
+                    .into_iter()
+                    .filter(|(origin, _, _)| *origin != own)
+                    .collect();
                 let behind = missing.iter().fold(0u64, |n, (_, s, e)| {
                     n.saturating_add((e - s).saturating_add(1))
                 });
@@ -567,8 +583,17 @@ impl EventLoop {
     /// Sends the repairs that are due and still needed.
     fn run_repairs(&mut self) {
         let now = Instant::now();
-        if self.fetch.is_some() {
-            return; // the snapshot brings it all; what it lacks is asked for after
+        self.in_flight
+            .retain(|_, at| now.duration_since(*at) < REPAIR_PATIENCE);
+        match &self.fetch {
+            Some(f) if f.last_progress.elapsed() < SNAPSHOT_STALL => {
+                return; // the snapshot brings it all; what it lacks is asked for after
+            }
+            Some(f) => {
+                warn!(peer = %f.peer, "snapshot fetch stalled; back to deltas");
+                self.fetch = None;
+            }
+            None => {}
         }
         if self.repairs.iter().all(|(due, ..)| *due > now) {
             return;
@@ -672,7 +697,13 @@ impl EventLoop {
                     let _ = progress.send((peer, outcome)).await;
                 });
             }
-            Response::Refused { reason } => debug!(%peer, %reason, "sync request refused"),
+            Response::Refused { reason } => {
+                debug!(%peer, %reason, "sync request refused");
+                if self.fetch.as_ref().is_some_and(|f| f.peer == peer) {
+                    // Try again later (from whichever peer shows us behind next).
+                    self.fetch = None;
+                }
+            }
         }
     }
 
@@ -727,6 +758,7 @@ impl EventLoop {
                     let limit = limit.clamp(1, SNAPSHOT_CHUNK_ENTRIES) as usize;
                     let chunk = store.snapshot_chunk(
                         &snapshots,
+                        &peer.to_string(),
                         snapshot_id,
                         after.as_deref().map(|a| a.as_slice()),
                         limit,
@@ -819,6 +851,16 @@ impl EventLoop {
     }
 
     fn send_beacon(&mut self) {
+        if !self.flags.synced.load(Ordering::Relaxed) {
+            // Until synced, keep asking: a lost Status answer must not leave us unsynced.
+            let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+            for peer in connected {
+                self.swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_request(&peer, Request::Status);
+            }
+        }
         let mut summary = self.summary(true);
         let mut data = wire::encode_gossip(&Gossip::Beacon(summary.clone()));
         if data.len() > MAX_BEACON {
