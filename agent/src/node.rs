@@ -77,6 +77,7 @@ impl Node {
         let (outputs_tx, outputs_rx) = mpsc::channel(replica::OUTPUT_CAPACITY);
         let (replica, replica_thread) = replica::spawn(
             config.raw.cluster.name.clone(),
+            config.raw.sync.log_retention,
             store.clone(),
             persisted,
             signer,

@@ -419,3 +419,59 @@ async fn a_failed_start_releases_everything_it_took() {
         .expect("pin");
     agent.stop().await;
 }
+
+/// Sets `sync.log_retention` in an agent's config.
+fn set_log_retention(agent: &TestAgent, deltas: u64) {
+    let path = agent.home.config();
+    let text = std::fs::read_to_string(&path).expect("config");
+    let changed = text.replace(
+        "log_retention = 100000",
+        &format!("log_retention = {deltas}"),
+    );
+    assert_ne!(changed, text, "the default retention is in the config");
+    std::fs::write(&path, changed).expect("write config");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_behind_the_retained_log_catches_up_by_snapshot() {
+    let secret = random_secret();
+    let mut a = TestAgent::create(&secret, &[]);
+    set_log_retention(&a, 10);
+    let a_addrs = a.start().await.addrs.clone();
+    let mut c = TestAgent::create(&secret, &a_addrs);
+    c.start().await;
+    for n in 0..5 {
+        a.client()
+            .pin(&pin_request(&sim_cid(n).to_string(), "early"))
+            .await
+            .expect("pin");
+    }
+    converged(&[&a, &c], Some(5), CONVERGE)
+        .await
+        .expect("converged");
+
+    c.stop().await;
+    // One pin per request: 50 batches, of which a keeps the newest 10 deltas.
+    for n in 5..55 {
+        a.client()
+            .pin(&pin_request(&sim_cid(n).to_string(), "while c was away"))
+            .await
+            .expect("pin");
+    }
+    let log = a.client().state().await.expect("state").log;
+    let (first, last, _) = log.values().next().copied().expect("a logs its own deltas");
+    assert_eq!(
+        (first, last),
+        (46, 55),
+        "a keeps exactly its newest 10 deltas"
+    );
+
+    c.start().await;
+    converged(&[&a, &c], Some(55), CONVERGE)
+        .await
+        .expect("c caught up");
+    assert!(
+        c.state().snapshots_joined >= 1,
+        "the deltas c lacked were truncated: snapshot"
+    );
+}

@@ -185,6 +185,9 @@ impl Signer for NodeSigner {
 struct Replica {
     /// Signed into every batch: a batch replayed into another cluster does not verify.
     cluster: String,
+    /// Deltas kept per origin in the log; older batches are deleted (peers further behind
+    /// get `Truncated` and fetch a snapshot).
+    log_retention: u64,
     store: Store,
     signer: NodeSigner,
     actor: ActorId,
@@ -205,6 +208,7 @@ struct Replica {
 /// Starts the replica thread. It stops when every handle is dropped.
 pub fn spawn(
     cluster: String,
+    log_retention: u64,
     store: Store,
     persisted: crate::store::Persisted,
     signer: NodeSigner,
@@ -221,6 +225,7 @@ pub fn spawn(
     let (state_tx, state_rx) = watch::channel(Arc::new(initial));
     let replica = Replica {
         cluster,
+        log_retention,
         store,
         signer,
         actor,
@@ -282,6 +287,8 @@ struct GroupResult {
     snapshot_replies: Vec<(SnapshotReply, Result<Progress, String>)>,
     publish: Vec<DeltaBatch>,
     repairs: Vec<Output>,
+    /// Origins whose log grew in this group.
+    logged: std::collections::BTreeSet<ActorId>,
     local: bool,
     changed: bool,
 }
@@ -366,7 +373,11 @@ impl Replica {
                         (batch.origin.0, batch.first),
                         codec::encode_stored(&batch).as_slice(),
                     )?;
+                    result.logged.insert(batch.origin);
                     result.publish.push(batch);
+                }
+                for origin in std::mem::take(&mut result.logged) {
+                    self.prune_log(&mut log, origin)?;
                 }
                 let mut meta = txn.open_table(META)?;
                 meta.insert(META_COUNTER, self.counter.to_le_bytes().as_slice())?;
@@ -491,6 +502,29 @@ impl Replica {
         }
     }
 
+    /// Deletes `origin`'s batches that lie wholly below its newest `log_retention` deltas.
+    fn prune_log(
+        &self,
+        log: &mut redb::Table<'_, (u64, u64), &[u8]>,
+        origin: ActorId,
+    ) -> Result<(), StoreError> {
+        let newest = self.head.applied.max(origin);
+        let Some(cutoff) = newest.checked_sub(self.log_retention).map(|c| c + 1) else {
+            return Ok(());
+        };
+        // The last batch starting at or below the cutoff may hold kept deltas: it stays, and
+        // every batch before it ends below the cutoff.
+        let straddling = log
+            .range((origin.0, 0)..=(origin.0, cutoff))?
+            .next_back()
+            .transpose()?
+            .map(|(k, _)| k.value().1);
+        if let Some(first_kept) = straddling {
+            log.retain_in((origin.0, 0)..(origin.0, first_kept), |_, _| false)?;
+        }
+        Ok(())
+    }
+
     fn apply_remote(
         &mut self,
         pins: &mut PinsTable<'_>,
@@ -514,6 +548,7 @@ impl Replica {
             let key = (batch.origin.0, batch.first);
             if log.get(key)?.is_none() {
                 log.insert(key, codec::encode_stored(&batch).as_slice())?;
+                result.logged.insert(batch.origin);
             }
             // A hole below this batch: ask the sender (who had it) after the repair delay.
             if let Some(ranges) = self.head.applied.actor(batch.origin) {

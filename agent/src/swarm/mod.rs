@@ -51,6 +51,8 @@ const SNAPSHOT_THRESHOLD: u64 = 10_000;
 /// Entries and bytes per snapshot chunk.
 const SNAPSHOT_CHUNK_ENTRIES: u32 = 20_000;
 const SNAPSHOT_CHUNK_BYTES: usize = 2 << 20;
+/// Sync answers read from the store at once; more are refused as busy. Each may hold a few MiB.
+const MAX_SERVING: usize = 8;
 /// A snapshot fetch with no chunk for this long is abandoned.
 const SNAPSHOT_STALL: Duration = Duration::from_secs(60);
 
@@ -224,9 +226,10 @@ pub struct EventLoop {
     progress_tx: mpsc::Sender<(PeerId, Result<Progress, String>)>,
     progress_rx: mpsc::Receiver<(PeerId, Result<Progress, String>)>,
     snapshots: Arc<Snapshots>,
+    serving: Arc<tokio::sync::Semaphore>,
     fetch: Option<Fetch>,
-    /// Which peer speaks for which origin (from their summaries): the origin itself always
-    /// holds its own deltas, so repairs go there first.
+    /// Which peer is which origin's author (from batches it published, signature checked):
+    /// the origin itself holds all its deltas, so repairs go there first.
     origin_peers: HashMap<ActorId, PeerId>,
     listen_tx: watch::Sender<Vec<Multiaddr>>,
     beacon_interval: Duration,
@@ -277,6 +280,7 @@ impl EventLoop {
             progress_tx,
             progress_rx,
             snapshots: Arc::new(Snapshots::default()),
+            serving: Arc::new(tokio::sync::Semaphore::new(MAX_SERVING)),
             fetch: None,
             origin_peers: HashMap::new(),
             listen_tx: wiring.listen_tx,
@@ -468,6 +472,8 @@ impl EventLoop {
                     warn!(%source, origin = %batch.origin, "batch not signed by its publisher rejected");
                     return MessageAcceptance::Reject;
                 }
+                // Authenticated: this peer is the origin's author, and holds all its deltas.
+                self.origin_peers.insert(batch.origin, source);
                 if !self.replica.remote(source, vec![batch]) {
                     warn!("replica queue full: batch dropped, beacons will repair");
                 }
@@ -484,7 +490,7 @@ impl EventLoop {
     fn on_summary(&mut self, peer_id: PeerId, summary: Summary, is_status: bool) {
         let mine = self.replica.state();
         let differs = summary.applied_digest != mine.summary.applied_digest;
-        self.origin_peers.insert(summary.actor, peer_id);
+
         match &summary.applied {
             Some(theirs) => {
                 if is_status && !self.flags.synced.load(Ordering::Relaxed) {
@@ -714,6 +720,19 @@ impl EventLoop {
         request: Request,
         channel: request_response::ResponseChannel<Response>,
     ) {
+        let permit = match &request {
+            Request::Status => None,
+            _ => match self.serving.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let busy = Response::Refused {
+                        reason: "busy serving other peers; try later".into(),
+                    };
+                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, busy);
+                    return;
+                }
+            },
+        };
         match request {
             Request::Status => {
                 let summary = self.summary(true);
@@ -727,6 +746,7 @@ impl EventLoop {
                 let store = self.store.clone();
                 let served = self.served_tx.clone();
                 tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
                     let response = match store.batches(origin.0, from, to, DELTAS_ANSWER_BYTES) {
                         // The log cannot serve `from` (pruned, or we hold it from a snapshot).
                         Ok((batches, low)) if batches.first().is_none_or(|b| b.first > from) => {
@@ -755,6 +775,7 @@ impl EventLoop {
                 let snapshots = self.snapshots.clone();
                 let served = self.served_tx.clone();
                 tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
                     let limit = limit.clamp(1, SNAPSHOT_CHUNK_ENTRIES) as usize;
                     let chunk = store.snapshot_chunk(
                         &snapshots,
