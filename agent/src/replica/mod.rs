@@ -24,7 +24,9 @@ use redb::{Durability, ReadableTable};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, warn};
 
-use crate::store::{LOG, META, META_COUNTER, META_HEAD, PINS, PinsTable, STAGE, Store, StoreError};
+use crate::store::{
+    LOG, META, META_COUNTER, META_HEAD, PEERS, PINS, PinsTable, STAGE, Store, StoreError,
+};
 
 /// Commands queued to the replica. Capacity: enough for bursts of API calls and gossip; the
 /// swarm uses `try_send` and drops when full (anti-entropy repairs drops).
@@ -87,6 +89,11 @@ pub enum Command {
     },
     /// Make any non-durable commit durable (sent on a timer).
     Flush,
+    /// Remember where a peer can be dialled (written with the next group).
+    RememberPeer {
+        peer: String,
+        record: crate::store::PeerRecord,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +148,11 @@ impl ReplicaHandle {
             .map_err(|_| "the replica has stopped".to_string())?;
         rx.await
             .map_err(|_| "the replica has stopped".to_string())?
+    }
+
+    /// Queues a peer record for the next commit; never waits (dropped if the queue is full).
+    pub fn remember_peer(&self, peer: String, record: crate::store::PeerRecord) {
+        let _ = self.tx.try_send(Command::RememberPeer { peer, record });
     }
 
     /// Asks for pending non-durable commits to be made durable; never waits.
@@ -344,6 +356,7 @@ impl Replica {
                 let mut pins = PinsTable(txn.open_table(PINS)?);
                 let mut staged = PinsTable(txn.open_table(STAGE)?);
                 let mut log = txn.open_table(LOG)?;
+                let mut peers = txn.open_table(PEERS)?;
                 let mut local_deltas: Vec<Delta> = Vec::new();
                 for cmd in group {
                     match cmd {
@@ -358,6 +371,10 @@ impl Replica {
                             }
                         }
                         Command::Flush => result.local = true, // commit durably
+                        Command::RememberPeer { peer, record } => {
+                            peers
+                                .insert(peer.as_str(), codec::encode_stored(&record).as_slice())?;
+                        }
                         Command::Snapshot { chunk, reply } => {
                             result.local = true; // a finished snapshot is worth a durable commit
                             let outcome = self.apply_snapshot(&mut pins, &mut staged, chunk)?;

@@ -199,15 +199,6 @@ impl Store {
         }
         Ok(out)
     }
-
-    /// Remembers `peer` at `addrs`.
-    pub fn remember_peer(&self, peer: &str, record: &PeerRecord) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(PEERS)?
-            .insert(peer, codec::encode_stored(record).as_slice())?;
-        txn.commit()?;
-        Ok(())
-    }
 }
 
 /// Snapshots being served: each is one read transaction (a consistent view, MVCC) kept open

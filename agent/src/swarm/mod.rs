@@ -952,21 +952,22 @@ impl EventLoop {
         }
     }
 
-    /// Stores a peer's addresses so a restart can dial it.
+    /// Stores a peer's addresses (through the replica, the only writer) so a restart can dial
+    /// it. At most 16 addresses are kept per peer.
     fn remember(&self, peer_id: PeerId) {
         let Some(peer) = self.peers.get(&peer_id) else {
             return;
         };
         let record = PeerRecord {
-            addrs: peer.addrs.iter().map(ToString::to_string).collect(),
+            addrs: peer
+                .addrs
+                .iter()
+                .take(16)
+                .map(ToString::to_string)
+                .collect(),
             last_seen: crate::replica::now_ms() / 1000,
         };
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(err) = store.remember_peer(&peer_id.to_string(), &record) {
-                warn!(%peer_id, error = %err, "cannot remember peer");
-            }
-        });
+        self.replica.remember_peer(peer_id.to_string(), record);
     }
 }
 
