@@ -161,6 +161,21 @@ impl RangeSet {
         if start > end {
             return;
         }
+        // Fast path (the usual case: the next counter of an origin): grow the range that
+        // starts at or below `start` in place, when it reaches `start` and the result does
+        // not touch the range above.
+        let touches_next = self
+            .ranges
+            .range(start.saturating_add(1)..)
+            .next()
+            .is_some_and(|(&s, _)| s <= end.saturating_add(1));
+        if !touches_next
+            && let Some((_, e)) = self.ranges.range_mut(..=start).next_back()
+            && e.saturating_add(1) >= start
+        {
+            *e = (*e).max(end);
+            return;
+        }
         let mut new_start = start;
         let mut new_end = end;
         // Every range that overlaps or touches [start, end] starts at or before end + 1.
