@@ -240,8 +240,11 @@ pub struct EventLoop {
     repairs: Vec<(Instant, PeerId, ActorId, RangeSet)>,
     /// Origin -> when we last asked for it.
     in_flight: HashMap<ActorId, Instant>,
-    /// The union of the applied vectors peers reported at start; synced once we hold it.
+    /// The union of the applied vectors peers reported at start; synced once we hold it and
+    /// every connected peer has answered.
     sync_target: Option<AppliedVector>,
+    /// Peers that answered a Status request.
+    answered: HashSet<PeerId>,
     flush_ticks: u64,
 }
 
@@ -291,6 +294,7 @@ impl EventLoop {
             repairs: Vec::new(),
             in_flight: HashMap::new(),
             sync_target: None,
+            answered: HashSet::new(),
             flush_ticks: 0,
         })
     }
@@ -497,6 +501,7 @@ impl EventLoop {
                     self.sync_target
                         .get_or_insert_with(AppliedVector::new)
                         .union(theirs);
+                    self.answered.insert(peer_id);
                 }
                 let own = mine.summary.actor;
                 let missing: Vec<_> = mine
@@ -539,11 +544,19 @@ impl EventLoop {
         if self.flags.synced.load(Ordering::Relaxed) {
             return;
         }
+        // One peer that is itself behind must not make us synced: wait for every connected
+        // peer's answer (each is asked on connecting and again on every beacon).
+        let all_answered = self
+            .swarm
+            .connected_peers()
+            .all(|p| self.answered.contains(p));
         if let Some(target) = &self.sync_target
+            && all_answered
             && self.replica.state().head.applied.is_superset(target)
         {
             info!("synced with the cluster");
             self.flags.synced.store(true, Ordering::Relaxed);
+            self.answered.clear();
             self.send_beacon();
         }
     }
