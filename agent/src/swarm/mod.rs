@@ -564,16 +564,9 @@ impl EventLoop {
     fn on_output(&mut self, output: Output) {
         match output {
             Output::Publish(batch) => {
-                let data = wire::encode_gossip(&Gossip::DeltaBatch(batch));
-                if let Err(err) = self
-                    .swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .publish(self.topic.clone(), data)
-                {
-                    // Stored and logged: peers will pull it after the next beacon.
-                    debug!(error = %err, "batch not published now");
-                }
+                // If it cannot go out now, it is stored and logged: peers pull it after the
+                // next beacon.
+                self.publish(wire::encode_gossip(&Gossip::DeltaBatch(batch)), "batch");
             }
             Output::Repair {
                 peer,
@@ -902,13 +895,15 @@ impl EventLoop {
             summary.applied = None;
             data = wire::encode_gossip(&Gossip::Beacon(summary));
         }
-        if let Err(err) = self
-            .swarm
-            .behaviour_mut()
-            .gossipsub
-            .publish(self.topic.clone(), data)
-        {
-            debug!(error = %err, "beacon not published");
+        self.publish(data, "beacon");
+    }
+
+    /// Publishes on the cluster topic; failing to (no peer subscribed yet, queues full) is
+    /// not an error: anti-entropy covers it.
+    fn publish(&mut self, data: Vec<u8>, what: &str) {
+        let topic = self.topic.clone();
+        if let Err(err) = self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
+            debug!(error = %err, what, "not published now");
         }
     }
 
