@@ -47,6 +47,11 @@ pub struct ClusterConfig {
     pub name: String,
     /// The 32-byte shared secret, 64 hex digits. Peers without it fail the handshake.
     pub secret: String,
+    /// Peer ids allowed to write the pinset. Empty: every member may. When set, batches by
+    /// anyone else are rejected and snapshots are taken only from these peers; an agent not in
+    /// the list replicates read-only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_writers: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,6 +133,8 @@ impl Default for SyncConfig {
 pub struct Validated {
     pub raw: Config,
     pub secret: [u8; 32],
+    /// Empty: every member may write.
+    pub trusted_writers: std::collections::HashSet<libp2p::PeerId>,
     pub listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
     pub api_listen: SocketAddr,
@@ -176,6 +183,16 @@ impl Config {
             message,
         };
         let secret = parse_secret(&self.cluster.secret).map_err(|m| invalid(m.to_string()))?;
+        let trusted_writers = self
+            .cluster
+            .trusted_writers
+            .iter()
+            .map(|p| {
+                p.parse::<libp2p::PeerId>().map_err(|_| {
+                    invalid(format!("cluster.trusted_writers: {p:?} is not a peer id"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
         if self.cluster.name.is_empty() || self.cluster.name.len() > 64 {
             return Err(invalid("cluster.name must be 1 to 64 characters".into()));
         }
@@ -212,6 +229,7 @@ impl Config {
         Ok(Validated {
             raw: self,
             secret,
+            trusted_writers,
             listen,
             bootstrap,
             api_listen,

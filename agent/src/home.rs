@@ -143,6 +143,7 @@ pub fn init(home: &Home, options: InitOptions) -> anyhow::Result<Initialized> {
         cluster: ClusterConfig {
             name: options.cluster,
             secret: options.secret.unwrap_or_else(random_hex32),
+            trusted_writers: Vec::new(),
         },
         network: NetworkConfig {
             listen: if options.listen.is_empty() {

@@ -97,6 +97,7 @@ impl Node {
             swarm,
             Wiring {
                 cluster: config.raw.cluster.name.clone(),
+                trusted_writers: config.trusted_writers.clone(),
                 replica: replica.clone(),
                 store: store.clone(),
                 flags: flags.clone(),
@@ -177,6 +178,7 @@ impl Node {
             store,
             swarm: swarm_tx.clone(),
             flags: flags.clone(),
+            writer: config.trusted_writers.is_empty() || config.trusted_writers.contains(&peer_id),
             token: token.into(),
             cluster: config.raw.cluster.name.clone().into(),
         });

@@ -208,6 +208,8 @@ pub async fn wait_for(
 pub struct Rogue {
     swarm: libp2p::Swarm<pinmesh_agent::swarm::Behaviour>,
     topic: libp2p::gossipsub::IdentTopic,
+    /// Its identity, to sign batches as itself.
+    pub key: libp2p::identity::Keypair,
 }
 
 impl Rogue {
@@ -218,7 +220,8 @@ impl Rogue {
         let secret = pinmesh_agent::config::parse_secret(secret).expect("secret");
         let key = libp2p::identity::Keypair::generate_ed25519();
         let flags = pinmesh_agent::swarm::Flags::default();
-        let mut swarm = pinmesh_agent::swarm::build(key, secret, &flags).expect("rogue swarm");
+        let mut swarm =
+            pinmesh_agent::swarm::build(key.clone(), secret, &flags).expect("rogue swarm");
         let topic = pinmesh_agent::swarm::topic(cluster);
         swarm
             .behaviour_mut()
@@ -243,7 +246,7 @@ impl Rogue {
             subscribed.is_ok(),
             "the agent never subscribed to the rogue"
         );
-        Rogue { swarm, topic }
+        Rogue { swarm, topic, key }
     }
 
     /// Publishes raw bytes on the cluster topic.

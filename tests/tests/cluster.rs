@@ -475,3 +475,85 @@ async fn a_peer_behind_the_retained_log_catches_up_by_snapshot() {
         "the deltas c lacked were truncated: snapshot"
     );
 }
+
+/// Writes `cluster.trusted_writers = [writers]` into an agent's config.
+fn set_trusted_writers(agent: &TestAgent, writers: &[libp2p::PeerId]) {
+    let path = agent.home.config();
+    let text = std::fs::read_to_string(&path).expect("config");
+    let list: Vec<String> = writers.iter().map(|w| format!("\"{w}\"")).collect();
+    let changed = text.replacen(
+        "[cluster]\n",
+        &format!("[cluster]\ntrusted_writers = [{}]\n", list.join(", ")),
+        1,
+    );
+    assert_ne!(changed, text, "config has a [cluster] table");
+    std::fs::write(&path, changed).expect("write config");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_writer_is_refused_and_changes_nothing() {
+    use pinmesh_agent::replica::NodeSigner;
+    use pinmesh_protocol::{ActorId, DeltaBatch, Dot, Gossip, MemPinset, Op, PinSpec, codec};
+
+    let secret = random_secret();
+    let mut a = TestAgent::create(&secret, &[]);
+    let writer = a
+        .home
+        .load_identity()
+        .expect("identity")
+        .public()
+        .to_peer_id();
+    set_trusted_writers(&a, &[writer]);
+    let a_addrs = a.start().await.addrs.clone();
+    let mut b = TestAgent::create(&secret, &a_addrs);
+    set_trusted_writers(&b, &[writer]);
+    b.start().await;
+
+    // b is a member but not a writer: its API says so and nothing changes.
+    let err = b
+        .client()
+        .pin(&pin_request(&sim_cid(1).to_string(), "not allowed"))
+        .await
+        .expect_err("b may not write");
+    assert!(
+        err.to_string().contains("not in cluster.trusted_writers"),
+        "{err}"
+    );
+    a.client()
+        .pin(&pin_request(&sim_cid(2).to_string(), "allowed"))
+        .await
+        .expect("a writes");
+    converged(&[&a, &b], Some(1), CONVERGE)
+        .await
+        .expect("a's write replicates");
+
+    // A member that signs its own batch properly is still not a trusted writer.
+    let mut rogue = Rogue::connect(&secret, "default", &a_addrs[0]).await;
+    let signer = NodeSigner(rogue.key.clone().try_into_ed25519().expect("ed25519"));
+    let actor = ActorId::derive(&signer.0.public().to_bytes(), 1);
+    let mut pins = MemPinset::new();
+    let op = Op::Pin {
+        at: 1,
+        spec: PinSpec::named("untrusted"),
+    };
+    let delta = pins.local(Dot::new(actor, 1), sim_cid(3), op);
+    let batch = DeltaBatch::sign(&signer, "default", 1, &[delta]);
+    assert_eq!(batch.verify("default"), Ok(()), "a well-formed batch");
+    rogue.publish(codec::encode_gossip(&Gossip::DeltaBatch(batch)));
+    let rejected = {
+        let flags = a.node().flags.clone();
+        let agents = [&a];
+        let waiting = wait_for(&agents, CONVERGE, move |_| {
+            flags.rejected.load(std::sync::atomic::Ordering::Relaxed) >= 1
+        });
+        tokio::select! {
+            r = waiting => r,
+            _ = rogue.drive(CONVERGE) => panic!("rogue stopped"),
+        }
+    };
+    assert!(rejected.is_ok(), "the untrusted batch was rejected");
+    assert_eq!(a.state().summary.pins, 1, "and changed nothing");
+    converged(&[&a, &b], Some(1), CONVERGE)
+        .await
+        .expect("still one state");
+}

@@ -39,6 +39,8 @@ pub struct ApiState {
     pub store: Store,
     pub swarm: mpsc::Sender<SwarmCommand>,
     pub flags: Arc<Flags>,
+    /// This agent may write (it is in `cluster.trusted_writers`, or the list is empty).
+    pub writer: bool,
     pub token: Arc<str>,
     pub cluster: Arc<str>,
 }
@@ -53,6 +55,8 @@ pub enum ApiError {
     #[error("missing or wrong API token")]
     Unauthorized,
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
@@ -64,6 +68,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -333,6 +338,7 @@ async fn pin(
     State(state): State<ApiState>,
     Json(req): Json<PinRequest>,
 ) -> Result<Json<OpReceipt>, ApiError> {
+    check_writer(&state)?;
     let op = pin_op(req)?;
     let receipts = state.replica.local(vec![op]).await?;
     Ok(Json(receipt(&receipts)?))
@@ -343,6 +349,7 @@ async fn pin_batch(
     State(state): State<ApiState>,
     Json(reqs): Json<Vec<PinRequest>>,
 ) -> Result<Json<Vec<OpReceipt>>, ApiError> {
+    check_writer(&state)?;
     if reqs.len() > MAX_BATCH_PINS {
         return Err(ApiError::BadRequest(format!(
             "{} pins in one request; the limit is {MAX_BATCH_PINS}",
@@ -362,6 +369,16 @@ async fn pin_batch(
                 dot: r.dot.to_string(),
             })
             .collect(),
+    ))
+}
+
+/// Refuses writes on an agent outside `cluster.trusted_writers`: peers would reject them.
+fn check_writer(state: &ApiState) -> Result<(), ApiError> {
+    if state.writer {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(
+        "this agent is not in cluster.trusted_writers: it replicates read-only".into(),
     ))
 }
 
@@ -403,6 +420,7 @@ async fn unpin(
     State(state): State<ApiState>,
     Path(cid): Path<String>,
 ) -> Result<Json<OpReceipt>, ApiError> {
+    check_writer(&state)?;
     let cid = parse_cid(&cid)?;
     let receipts = state.replica.local(vec![LocalOp::Unpin { cid }]).await?;
     Ok(Json(receipt(&receipts)?))

@@ -214,6 +214,7 @@ struct Fetch {
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
     cluster: String,
+    trusted_writers: HashSet<PeerId>,
     topic: IdentTopic,
     replica: ReplicaHandle,
     store: Store,
@@ -251,6 +252,8 @@ pub struct EventLoop {
 /// Everything the event loop needs besides the swarm.
 pub struct Wiring {
     pub cluster: String,
+    /// Empty: every member may write.
+    pub trusted_writers: HashSet<PeerId>,
     pub replica: ReplicaHandle,
     pub store: Store,
     pub flags: Arc<Flags>,
@@ -271,6 +274,7 @@ impl EventLoop {
         let (progress_tx, progress_rx) = mpsc::channel(4);
         Ok(EventLoop {
             cluster: wiring.cluster.clone(),
+            trusted_writers: wiring.trusted_writers,
             swarm,
             topic,
             replica: wiring.replica,
@@ -476,6 +480,10 @@ impl EventLoop {
                     warn!(%source, origin = %batch.origin, "batch not signed by its publisher rejected");
                     return MessageAcceptance::Reject;
                 }
+                if !self.may_write(source) {
+                    warn!(%source, "batch by an untrusted writer rejected");
+                    return MessageAcceptance::Reject;
+                }
                 // Authenticated: this peer is the origin's author, and holds all its deltas.
                 self.origin_peers.insert(batch.origin, source);
                 if !self.replica.remote(source, vec![batch]) {
@@ -656,7 +664,12 @@ impl EventLoop {
                 let mut valid = Vec::with_capacity(batches.len());
                 let mut origin = None;
                 for batch in batches {
+                    let trusted = author_peer(&batch).is_some_and(|a| self.may_write(a));
                     match batch.verify(&self.cluster) {
+                        Ok(()) if !trusted => {
+                            self.flags.rejected.fetch_add(1, Ordering::Relaxed);
+                            warn!(%peer, origin = %batch.origin, "repair answer holds a batch by an untrusted writer; dropped");
+                        }
                         Ok(()) => {
                             origin = Some(batch.origin);
                             valid.push(batch);
@@ -812,7 +825,18 @@ impl EventLoop {
     }
 
     /// Starts fetching a snapshot from `peer`, unless one is under way.
+    /// Whether `peer` may write the pinset (always, when no list is configured).
+    fn may_write(&self, peer: PeerId) -> bool {
+        self.trusted_writers.is_empty() || self.trusted_writers.contains(&peer)
+    }
+
     fn start_snapshot(&mut self, peer: PeerId) {
+        if !self.may_write(peer) {
+            // A snapshot carries others' writes without their signatures: take it only from
+            // a peer trusted to write.
+            debug!(%peer, "not taking a snapshot from an untrusted peer");
+            return;
+        }
         if self
             .fetch
             .as_ref()
