@@ -368,14 +368,26 @@ async fn peers_joined_at_runtime_are_dialled_again_after_a_restart() {
     // c has no bootstrap peer in its config: it only learns a through `join`.
     let mut c = TestAgent::create(&secret, &[]);
     c.start().await;
-    c.client()
-        .join(&a_addrs[0].to_string())
-        .await
-        .expect("join");
     a.client()
         .pin(&pin_request(&sim_cid(1).to_string(), "one"))
         .await
         .expect("pin");
+    // Alone, c is synced; joining a cluster it must catch up before saying so again.
+    assert!(c.client().digest().await.expect("digest").synced);
+    c.client()
+        .join(&a_addrs[0].to_string())
+        .await
+        .expect("join");
+    // Whenever c next reports synced, it must already hold what a had.
+    let synced = c
+        .client()
+        .wait_digest(None, Some(true), CONVERGE)
+        .await
+        .expect("digest");
+    assert!(
+        synced.synced && synced.pins == 1,
+        "synced before catching up: {synced:?}"
+    );
     converged(&[&a, &c], Some(1), CONVERGE)
         .await
         .expect("converged");

@@ -944,6 +944,12 @@ impl EventLoop {
                 }
                 match self.swarm.dial(addr.clone()) {
                     Ok(()) => {
+                        // Joining a cluster at runtime: synced again only once it answered.
+                        if self.flags.synced.swap(false, Ordering::Relaxed) {
+                            info!(%peer_id, "joining a peer: catching up before reporting synced");
+                            self.sync_target = None;
+                            self.answered.clear();
+                        }
                         self.peers.entry(peer_id).or_default().addrs.insert(addr);
                         self.pending_dials.entry(peer_id).or_default().push(reply);
                     }
