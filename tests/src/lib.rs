@@ -258,6 +258,20 @@ impl Rogue {
             .expect("publish");
     }
 
+    /// Keeps the rogue's connections going until `agent` has rejected `n` gossip messages;
+    /// false if it has not within `timeout`.
+    pub async fn until_rejected(&mut self, agent: &TestAgent, n: u64, timeout: Duration) -> bool {
+        let flags = agent.node().flags.clone();
+        let agents = [agent];
+        let waiting = wait_for(&agents, timeout, move |_| {
+            flags.rejected.load(std::sync::atomic::Ordering::Relaxed) >= n
+        });
+        tokio::select! {
+            r = waiting => r.is_ok(),
+            _ = self.drive(timeout) => false,
+        }
+    }
+
     /// Drives the rogue's connections (call while waiting on the agents).
     pub async fn drive(&mut self, for_at_most: Duration) {
         use futures::StreamExt;

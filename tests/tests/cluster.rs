@@ -335,18 +335,10 @@ async fn malformed_and_forged_gossip_is_rejected_without_harm() {
     tampered.signature.0[0] ^= 1;
     rogue.publish(codec::encode_gossip(&Gossip::DeltaBatch(tampered)));
 
-    let rejected = {
-        let flags = target.node().flags.clone();
-        let agents = [target];
-        let waiting = wait_for(&agents, CONVERGE, move |_| {
-            flags.rejected.load(std::sync::atomic::Ordering::Relaxed) >= 5
-        });
-        tokio::select! {
-            r = waiting => r,
-            _ = rogue.drive(CONVERGE) => panic!("rogue stopped"),
-        }
-    };
-    assert!(rejected.is_ok(), "the agent rejected all five messages");
+    assert!(
+        rogue.until_rejected(target, 5, CONVERGE).await,
+        "the agent rejected all five messages"
+    );
     assert_eq!(target.state().summary.pins, 0, "nothing forged was applied");
     // The agent is unharmed: it still replicates.
     target
@@ -552,18 +544,10 @@ async fn an_untrusted_writer_is_refused_and_changes_nothing() {
     let batch = DeltaBatch::sign(&signer, "default", 1, &[delta]);
     assert_eq!(batch.verify("default"), Ok(()), "a well-formed batch");
     rogue.publish(codec::encode_gossip(&Gossip::DeltaBatch(batch)));
-    let rejected = {
-        let flags = a.node().flags.clone();
-        let agents = [&a];
-        let waiting = wait_for(&agents, CONVERGE, move |_| {
-            flags.rejected.load(std::sync::atomic::Ordering::Relaxed) >= 1
-        });
-        tokio::select! {
-            r = waiting => r,
-            _ = rogue.drive(CONVERGE) => panic!("rogue stopped"),
-        }
-    };
-    assert!(rejected.is_ok(), "the untrusted batch was rejected");
+    assert!(
+        rogue.until_rejected(&a, 1, CONVERGE).await,
+        "the untrusted batch was rejected"
+    );
     assert_eq!(a.state().summary.pins, 1, "and changed nothing");
     converged(&[&a, &b], Some(1), CONVERGE)
         .await

@@ -904,13 +904,7 @@ impl EventLoop {
     fn send_beacon(&mut self) {
         if !self.flags.synced.load(Ordering::Relaxed) {
             // Until synced, keep asking: a lost Status answer must not leave us unsynced.
-            let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
-            for peer in connected {
-                self.swarm
-                    .behaviour_mut()
-                    .sync
-                    .send_request(&peer, Request::Status);
-            }
+            self.ask_status_all();
         }
         let mut summary = self.summary(true);
         let mut data = wire::encode_gossip(&Gossip::Beacon(summary.clone()));
@@ -920,6 +914,17 @@ impl EventLoop {
             data = wire::encode_gossip(&Gossip::Beacon(summary));
         }
         self.publish(data, "beacon");
+    }
+
+    /// Sends `Status` to every connected peer.
+    fn ask_status_all(&mut self) {
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in connected {
+            self.swarm
+                .behaviour_mut()
+                .sync
+                .send_request(&peer, Request::Status);
+        }
     }
 
     /// Publishes on the cluster topic; failing to (no peer subscribed yet, queues full) is
@@ -958,15 +963,7 @@ impl EventLoop {
                     }
                 }
             }
-            SwarmCommand::Refresh => {
-                let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
-                for peer in connected {
-                    self.swarm
-                        .behaviour_mut()
-                        .sync
-                        .send_request(&peer, Request::Status);
-                }
-            }
+            SwarmCommand::Refresh => self.ask_status_all(),
             SwarmCommand::Info { reply } => {
                 let now = Instant::now();
                 let peers = self
