@@ -8,6 +8,10 @@ use super::Ctx;
 use crate::config::parse_peer_addr;
 use crate::node::{Node, StartOptions};
 
+/// Log filter when `PINMESH_LOG` is unset: lifecycle at info; libp2p crates only when
+/// something is wrong (Kademlia complains at every periodic bootstrap of a lone agent).
+const DEFAULT_LOG: &str = "info,libp2p_kad=error,libp2p_swarm=warn,libp2p_gossipsub=warn";
+
 /// Creates the home first (a new cluster) when DIR has no config.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -26,7 +30,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PINMESH_LOG")
-                .unwrap_or_else(|_| "info,libp2p=warn".into()),
+                .unwrap_or_else(|_| DEFAULT_LOG.into()),
         )
         .with_writer(std::io::stderr)
         .init();
