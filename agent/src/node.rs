@@ -111,7 +111,11 @@ impl Node {
 
         let mut dial: Vec<Multiaddr> = config.bootstrap.clone();
         dial.extend(options.bootstrap);
-        for (peer, record) in store.peers().unwrap_or_default() {
+        let known = store.peers().unwrap_or_else(|err| {
+            warn!(error = %err, "cannot read the remembered peers; starting from bootstrap only");
+            Vec::new()
+        });
+        for (peer, record) in known {
             for addr in record.addrs {
                 if let Ok(addr) = addr.parse::<Multiaddr>() {
                     dial.push(with_peer(addr, &peer));

@@ -144,11 +144,6 @@ impl SnapshotStage {
         self.head.as_ref().map(|h| h.pins)
     }
 
-    /// The id of the snapshot being received, once the first chunk arrived.
-    pub fn snapshot_id(&self) -> Option<u64> {
-        self.snapshot_id
-    }
-
     /// Checks one chunk and writes its entries into `store`.
     pub fn accept<S: EntryStore>(
         &mut self,

@@ -22,7 +22,7 @@ use pinmesh_protocol::{
 };
 use redb::{Durability, ReadableTable};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::store::{
     LOG, META, META_COUNTER, META_HEAD, PEERS, PINS, PinsTable, STAGE, Store, StoreError,
@@ -480,7 +480,16 @@ impl Replica {
         match outcome {
             Err(SnapshotError::Store(e)) => Err(StoreError::Db(e.into())),
             Err(e) => Ok(refused(self, staged, e.to_string())?),
-            Ok(progress @ Progress::Continue { .. }) => Ok(Ok(progress)),
+            Ok(progress @ Progress::Continue { .. }) => {
+                if let Some(stage) = &self.stage {
+                    info!(
+                        staged = stage.staged(),
+                        of = stage.expected().unwrap_or(0),
+                        "receiving a snapshot"
+                    );
+                }
+                Ok(Ok(progress))
+            }
             Ok(Progress::Complete) => {
                 let stage = self.stage.take().unwrap_or_default();
                 let remote = match stage.finish::<redb::StorageError>() {

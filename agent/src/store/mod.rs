@@ -193,8 +193,11 @@ impl Store {
         let mut out = Vec::new();
         for item in table.iter()? {
             let (k, v) = item?;
-            if let Ok(record) = codec::decode_stored(v.value()) {
-                out.push((k.value().to_string(), record));
+            match codec::decode_stored(v.value()) {
+                Ok(record) => out.push((k.value().to_string(), record)),
+                Err(err) => {
+                    tracing::warn!(peer = k.value(), error = %err, "unreadable peer record skipped")
+                }
             }
         }
         Ok(out)

@@ -303,10 +303,6 @@ impl EventLoop {
         })
     }
 
-    pub fn swarm_mut(&mut self) -> &mut Swarm<Behaviour> {
-        &mut self.swarm
-    }
-
     /// Runs until `cancel`. Dropping the future drops the swarm and its connections.
     pub async fn run(mut self, dial: Vec<Multiaddr>, cancel: CancellationToken) {
         if dial.is_empty() {
