@@ -190,6 +190,10 @@ impl Node {
         let stop = cancel.clone();
         tasks.spawn(
             async move {
+                // Small answers (acks, long-poll wake-ups) must not wait on Nagle and delayed ACKs.
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 let serve = axum::serve(listener, router)
                     .with_graceful_shutdown(api_cancel.clone().cancelled_owned());
                 // Open requests (long waits, slow listings) get a moment, not forever.

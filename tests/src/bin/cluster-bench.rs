@@ -166,6 +166,32 @@ async fn cluster(bin: &Path, root: &Path, n: usize) -> anyhow::Result<Vec<Agent>
             .wait_digest(None, Some(true), Duration::from_secs(60))
             .await?;
     }
+    // Agents bootstrap from agent 0 and then find and dial each other; measuring during those
+    // handshakes measures the handshakes. Wait (bounded) for the full mesh of connections.
+    let settle = Instant::now() + Duration::from_secs(30);
+    for a in &agents {
+        loop {
+            let connected = a
+                .client
+                .peers()
+                .await?
+                .peers
+                .iter()
+                .filter(|p| p.connected)
+                .count();
+            if connected + 1 >= n {
+                break;
+            }
+            if Instant::now() > settle {
+                eprintln!(
+                    "warning: an agent has {connected} of {} peers connected; measuring anyway",
+                    n - 1
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     Ok(agents)
 }
 
@@ -272,7 +298,7 @@ async fn floor_gossip_hop(trials: usize) -> anyhow::Result<(Duration, Duration)>
     Ok((percentile(&samples, 0.5), percentile(&samples, 0.99)))
 }
 
-fn floor_redb_commit(dir: &Path, trials: usize) -> anyhow::Result<Duration> {
+fn floor_redb_commit(dir: &Path, trials: usize) -> anyhow::Result<(Duration, Duration)> {
     let db = redb::Database::create(dir.join("floor.redb"))?;
     let table: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("t");
     let mut samples = Vec::with_capacity(trials);
@@ -285,7 +311,27 @@ fn floor_redb_commit(dir: &Path, trials: usize) -> anyhow::Result<Duration> {
         samples.push(started.elapsed());
     }
     samples.sort();
-    Ok(percentile(&samples, 0.5))
+    Ok((percentile(&samples, 0.5), percentile(&samples, 0.99)))
+}
+
+/// Random-key inserts (CID-keyed, as agents store pins), `per_commit` to a durable commit,
+/// into a table that grows to `total` keys: keys per second on one core. Every replicating
+/// agent stores every pin, so N agents on C cores cannot ingest faster than C x this / N.
+fn floor_redb_inserts(dir: &Path, total: u64, per_commit: u64) -> anyhow::Result<f64> {
+    let db = redb::Database::create(dir.join("floor-inserts.redb"))?;
+    let table: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("t");
+    let started = Instant::now();
+    for first in (0..total).step_by(per_commit as usize) {
+        let txn = db.begin_write()?;
+        {
+            let mut t = txn.open_table(table)?;
+            for i in first..(first + per_commit).min(total) {
+                t.insert(sim_cid(i).to_bytes().as_slice(), [7u8; 40].as_slice())?;
+            }
+        }
+        txn.commit()?;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Records a number, and prints its line unless the output is JSON.
@@ -318,7 +364,7 @@ async fn main() -> anyhow::Result<()> {
 
     if phases.contains(&"floors") {
         let (hop50, hop99) = floor_gossip_hop(500).await?;
-        let commit = floor_redb_commit(root.path(), 500)?;
+        let (commit, commit99) = floor_redb_commit(root.path(), 500)?;
         say(
             &mut report,
             json,
@@ -335,15 +381,37 @@ async fn main() -> anyhow::Result<()> {
             json,
             "floor_redb_commit_p50_ms",
             ms(commit).into(),
-            format!("floor: one durable redb commit p50 {:.3} ms", ms(commit)),
+            format!(
+                "floor: one durable redb commit p50 {:.3} ms, p99 {:.3} ms",
+                ms(commit),
+                ms(commit99)
+            ),
         );
+        report.insert("floor_redb_commit_p99_ms".into(), ms(commit99).into());
+        let inserts = floor_redb_inserts(root.path(), args.ingest, 1000)?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let ceiling = cores as f64 * inserts / args.agents as f64;
+        say(
+            &mut report,
+            json,
+            "floor_redb_inserts_per_s",
+            inserts.round().into(),
+            format!(
+                "floor: random-key redb inserts, 1000 per durable commit, {} keys: {:.0} keys/s on one core; \
+                 ingest ceiling with {} agents each storing every pin on {} cores: {:.0} pins/s",
+                args.ingest, inserts, args.agents, cores, ceiling
+            ),
+        );
+        report.insert("ingest_ceiling_pins_per_s".into(), ceiling.round().into());
     }
 
     if phases.contains(&"latency") || phases.contains(&"ingest") {
         let agents = cluster(&args.bin, &root.path().join("latency"), args.agents).await?;
         if phases.contains(&"latency") {
             let mut samples = Vec::with_capacity(args.trials);
-            for t in 0..args.trials as u64 {
+            // The first trials run while meshes graft and peers exchange their first beacons.
+            const WARMUP: u64 = 20;
+            for t in 0..WARMUP + args.trials as u64 {
                 let cid = sim_cid(10_000_000 + t).to_string();
                 let mut waits = tokio::task::JoinSet::new();
                 let started = Instant::now();
@@ -364,7 +432,9 @@ async fn main() -> anyhow::Result<()> {
                 while let Some(done) = waits.join_next().await {
                     slowest = slowest.max(done??);
                 }
-                samples.push(slowest);
+                if t >= WARMUP {
+                    samples.push(slowest);
+                }
             }
             samples.sort();
             let (p50, p99) = (percentile(&samples, 0.5), percentile(&samples, 0.99));
