@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: formatting, lints, then every test of the workspace
-# against one debug build. Usage: scripts/test.sh [extra nextest args]
+# The whole test suite, as CI runs it: the test IPFS nodes, formatting, lints, then every test
+# of the workspace against one debug build. Usage: scripts/test.sh [extra nextest args]
+# Needs Node.js >= 18 with npm, python3 and curl for the IPFS nodes (scripts/ipfs-testnet.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+echo "== test IPFS nodes (js-ipfs, pinned by scripts/jsipfs/package-lock.json)"
+# The reconciler's tests drive real IPFS nodes; skipped quickly when already installed.
+scripts/ipfs-testnet.sh install
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

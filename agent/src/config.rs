@@ -37,6 +37,8 @@ pub struct Config {
     pub sync: SyncConfig,
     #[serde(default)]
     pub storage: StorageConfig,
+    #[serde(default)]
+    pub ipfs: IpfsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +91,50 @@ pub struct StorageConfig {
     /// Memory redb may use to cache database pages, in MiB. The pinset lives on disk; this
     /// bounds how much of it stays in memory.
     pub cache_mib: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpfsConfig {
+    /// A Kubo-compatible RPC API (`http://127.0.0.1:5001`) to pin in. Unset: no IPFS node is
+    /// driven (the pinset still replicates).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+    /// `bearer:TOKEN` or `basic:USER:PASSWORD`, when the API requires authorization.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    /// IPFS calls at once.
+    pub concurrency: usize,
+    /// A pin that reports no progress for this long is abandoned and retried.
+    #[serde(with = "humantime_serde")]
+    pub pin_stall_timeout: Duration,
+    /// Longest a pin may take in all (also the node-side `timeout=`).
+    #[serde(with = "humantime_serde")]
+    pub pin_timeout: Duration,
+    /// Limit on every other call.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// How often the node's pins are listed and compared with the pinset in full.
+    #[serde(with = "humantime_serde")]
+    pub relist_interval: Duration,
+    /// Longest wait between retries of a failed pin or unpin (the wait doubles per attempt).
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+impl Default for IpfsConfig {
+    fn default() -> Self {
+        IpfsConfig {
+            api: None,
+            auth: None,
+            concurrency: 10,
+            pin_stall_timeout: Duration::from_secs(120),
+            pin_timeout: Duration::from_secs(24 * 3600),
+            call_timeout: Duration::from_secs(60),
+            relist_interval: Duration::from_secs(600),
+            retry_max: Duration::from_secs(300),
+        }
+    }
 }
 
 impl Default for StorageConfig {
@@ -222,6 +268,29 @@ impl Config {
         }
         if !(4..=65_536).contains(&self.storage.cache_mib) {
             return Err(invalid("storage.cache_mib must be within 4..=65536".into()));
+        }
+        if let Some(api) = &self.ipfs.api {
+            crate::ipfs::kubo::KuboBackend::new(
+                api,
+                self.ipfs.auth.as_deref(),
+                self.ipfs.call_timeout,
+            )
+            .map_err(|m| invalid(format!("ipfs: {m}")))?;
+        }
+        if !(1..=1000).contains(&self.ipfs.concurrency) {
+            return Err(invalid("ipfs.concurrency must be within 1..=1000".into()));
+        }
+        let ipfs = &self.ipfs;
+        for (name, value) in [
+            ("pin_stall_timeout", ipfs.pin_stall_timeout),
+            ("pin_timeout", ipfs.pin_timeout),
+            ("call_timeout", ipfs.call_timeout),
+            ("relist_interval", ipfs.relist_interval),
+            ("retry_max", ipfs.retry_max),
+        ] {
+            if value < Duration::from_millis(100) {
+                return Err(invalid(format!("ipfs.{name} must be at least 100ms")));
+            }
         }
         if self.sync.log_retention == 0 {
             return Err(invalid("sync.log_retention must be at least 1".into()));

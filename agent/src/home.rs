@@ -102,6 +102,8 @@ pub struct InitOptions {
     pub listen: Vec<String>,
     pub api_listen: String,
     pub bootstrap: Vec<String>,
+    /// A Kubo-compatible RPC API to pin in.
+    pub ipfs_api: Option<String>,
     pub force: bool,
 }
 
@@ -113,6 +115,7 @@ impl Default for InitOptions {
             listen: Vec::new(),
             api_listen: crate::config::ApiConfig::default().listen,
             bootstrap: Vec::new(),
+            ipfs_api: None,
             force: false,
         }
     }
@@ -130,7 +133,7 @@ pub struct Initialized {
 /// everything before writing anything, and refuses to overwrite without `force`.
 pub fn init(home: &Home, options: InitOptions) -> anyhow::Result<Initialized> {
     use crate::config::{
-        ApiConfig, ClusterConfig, Config, NetworkConfig, StorageConfig, SyncConfig,
+        ApiConfig, ClusterConfig, Config, IpfsConfig, NetworkConfig, StorageConfig, SyncConfig,
     };
     if home.config().exists() && !options.force {
         bail!(
@@ -158,6 +161,10 @@ pub fn init(home: &Home, options: InitOptions) -> anyhow::Result<Initialized> {
         },
         sync: SyncConfig::default(),
         storage: StorageConfig::default(),
+        ipfs: IpfsConfig {
+            api: options.ipfs_api,
+            ..IpfsConfig::default()
+        },
     };
     let validated = config.clone().validate("the given options")?;
     fs::create_dir_all(&home.dir)

@@ -4,6 +4,8 @@
 //! - [`swarm`]: libp2p transport, behaviours and the event loop that owns the swarm.
 //! - [`replica`]: the only writer of the CRDT state (group commits).
 //! - [`store`]: redb tables.
+//! - [`ipfs`]: the IPFS node the agent drives ([`ipfs::PinBackend`]).
+//! - [`reconcile`]: pins and unpins in that node until it matches the pinset.
 //! - [`api`]: the control API and its client.
 //! - [`config`], [`home`]: configuration and the agent's home directory.
 //! - [`cli`]: the `pinmesh` command line.
@@ -12,7 +14,9 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod home;
+pub mod ipfs;
 pub mod node;
+pub mod reconcile;
 pub mod replica;
 pub mod store;
 pub mod swarm;

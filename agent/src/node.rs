@@ -20,6 +20,9 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::home::{Home, write_private};
+use crate::ipfs::PinLimits;
+use crate::ipfs::kubo::KuboBackend;
+use crate::reconcile;
 use crate::replica::{self, NodeSigner, ReplicaHandle};
 use crate::store::Store;
 use crate::swarm::{self, EventLoop, Flags, SwarmCommand, Wiring};
@@ -75,6 +78,7 @@ impl Node {
                 .map_err(|_| anyhow!("identity must be ed25519"))?,
         );
         let (outputs_tx, outputs_rx) = mpsc::channel(replica::OUTPUT_CAPACITY);
+        let (change_feed, changes) = replica::change_feed();
         let (replica, replica_thread) = replica::spawn(
             config.raw.cluster.name.clone(),
             config.raw.sync.log_retention,
@@ -82,6 +86,7 @@ impl Node {
             persisted,
             signer,
             outputs_tx,
+            change_feed,
         )?;
 
         let flags = Arc::new(Flags::default());
@@ -136,6 +141,45 @@ impl Node {
             }
             .instrument(span.clone()),
         );
+        let reconciler = match &config.raw.ipfs.api {
+            Some(url) => {
+                let ipfs = &config.raw.ipfs;
+                let backend = KuboBackend::new(url, ipfs.auth.as_deref(), ipfs.call_timeout)
+                    .map_err(|m| anyhow!(m))?;
+                let (handle, run) = reconcile::spawn(
+                    store.clone(),
+                    Arc::new(backend),
+                    changes,
+                    flags.clone(),
+                    reconcile::Settings {
+                        cluster: config.raw.cluster.name.clone(),
+                        concurrency: ipfs.concurrency,
+                        limits: PinLimits {
+                            stall: ipfs.pin_stall_timeout,
+                            total: ipfs.pin_timeout,
+                        },
+                        relist_interval: ipfs.relist_interval,
+                        retry_max: ipfs.retry_max,
+                    },
+                    cancel.child_token(),
+                );
+                let stop = cancel.clone();
+                tasks.spawn(
+                    async move {
+                        run.await;
+                        stop.cancel();
+                    }
+                    .instrument(span.clone()),
+                );
+                Some(handle)
+            }
+            None => {
+                span.in_scope(|| {
+                    info!("no IPFS node configured (ipfs.api): replicating the pinset only")
+                });
+                None
+            }
+        };
         let stop = cancel.clone();
         tasks.spawn_blocking(move || {
             if replica_thread.join().is_err() {
@@ -182,9 +226,11 @@ impl Node {
             store,
             swarm: swarm_tx.clone(),
             flags: flags.clone(),
+            reconciler: reconciler.clone(),
             writer: config.trusted_writers.is_empty() || config.trusted_writers.contains(&peer_id),
             token: token.into(),
             cluster: config.raw.cluster.name.clone().into(),
+            peer_id,
         });
         let api_cancel = cancel.child_token();
         let stop = cancel.clone();

@@ -1,5 +1,8 @@
 //! Support for pinmesh's multi-agent and black-box scenarios: real agents on 127.0.0.1 with
-//! temporary homes, waits on conditions with deadlines, and the real `pinmesh` binary.
+//! temporary homes, waits on conditions with deadlines, the real `pinmesh` binary, and real
+//! IPFS nodes ([`ipfs`]).
+
+pub mod ipfs;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -85,6 +88,15 @@ impl TestAgent {
             home,
             _dir: Arc::new(dir),
         }
+    }
+
+    /// Changes the agent's config.toml (before it starts).
+    pub fn configure(&self, change: impl FnOnce(&mut pinmesh_agent::config::Config)) {
+        let mut config = pinmesh_agent::config::Config::load(&self.home.config())
+            .expect("config loads")
+            .raw;
+        change(&mut config);
+        std::fs::write(self.home.config(), config.to_toml()).expect("write config");
     }
 
     pub async fn start(&mut self) -> &NodeHandle {

@@ -6,11 +6,13 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::status::{RecoverReply, RecoverRequest, StatusLine};
 use super::{
     DigestInfo, ErrorBody, IdInfo, JoinRequest, OpReceipt, PeersReport, PinInfo, PinRequest,
     StateDump,
 };
 use crate::home::Home;
+use crate::reconcile::Status;
 use crate::swarm::SwarmInfo;
 
 #[derive(Debug, Clone)]
@@ -156,19 +158,56 @@ impl Client {
     /// Streams every pin to `each`, line by line.
     pub async fn list(
         &self,
-        mut each: impl FnMut(PinInfo) -> anyhow::Result<()>,
+        each: impl FnMut(PinInfo) -> anyhow::Result<()>,
     ) -> anyhow::Result<u64> {
-        let response = self.send::<()>(Method::GET, "/v1/pins", None).await?;
+        self.ndjson("/v1/pins", "pin listing", each).await
+    }
+
+    /// Streams this agent's pin statuses to `each`: the given CIDs, or all; only the given
+    /// statuses, or all.
+    pub async fn status(
+        &self,
+        cids: &[String],
+        filter: &[Status],
+        each: impl FnMut(StatusLine) -> anyhow::Result<()>,
+    ) -> anyhow::Result<u64> {
+        let filter: Vec<String> = filter.iter().map(ToString::to_string).collect();
+        let path = format!(
+            "/v1/status?cids={}&filter={}",
+            cids.join(","),
+            filter.join(",")
+        );
+        self.ndjson(&path, "status listing", each).await
+    }
+
+    /// Retries failed pins and unpins now: one CID, or all. Returns how many were queued.
+    pub async fn recover(&self, cid: Option<&str>) -> anyhow::Result<RecoverReply> {
+        let body = RecoverRequest {
+            cid: cid.map(str::to_string),
+        };
+        self.call(Method::POST, "/v1/recover", Some(&body)).await
+    }
+
+    /// GETs an NDJSON listing and hands each line to `each`.
+    async fn ndjson<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+        mut each: impl FnMut(T) -> anyhow::Result<()>,
+    ) -> anyhow::Result<u64> {
+        let response = self.send::<()>(Method::GET, path, None).await?;
         let mut stream = response.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();
         let mut count = 0;
         while let Some(chunk) = stream.next().await {
-            let chunk =
-                chunk.map_err(|e| anyhow!("pin listing interrupted: {}", root_cause(&e)))?;
+            let chunk = chunk.map_err(|e| anyhow!("{what} interrupted: {}", root_cause(&e)))?;
             buf.extend_from_slice(&chunk);
             while let Some(end) = buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=end).collect();
-                each(serde_json::from_slice(&line).context("malformed pin listing line")?)?;
+                each(
+                    serde_json::from_slice(&line)
+                        .with_context(|| format!("malformed {what} line"))?,
+                )?;
                 count += 1;
             }
         }

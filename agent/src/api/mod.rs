@@ -6,6 +6,7 @@
 //! one read transaction through a bounded channel, never the whole pinset in memory.
 
 pub mod client;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,10 +40,13 @@ pub struct ApiState {
     pub store: Store,
     pub swarm: mpsc::Sender<SwarmCommand>,
     pub flags: Arc<Flags>,
+    /// Absent when no IPFS node is configured.
+    pub reconciler: Option<crate::reconcile::ReconcilerHandle>,
     /// This agent may write (it is in `cluster.trusted_writers`, or the list is empty).
     pub writer: bool,
     pub token: Arc<str>,
     pub cluster: Arc<str>,
+    pub peer_id: libp2p::PeerId,
 }
 
 /// An API failure: its HTTP status and one line for the user.
@@ -252,6 +256,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/pins", post(pin).get(list))
         .route("/v1/pins/batch", post(pin_batch))
         .route("/v1/pins/{cid}", delete(unpin).get(show))
+        .route("/v1/status", get(status::status))
+        .route("/v1/recover", post(status::recover))
         .route("/v1/debug/digest", get(digest))
         .route("/v1/debug/state", get(debug_state))
         .route("/v1/debug/peers", get(debug_peers))

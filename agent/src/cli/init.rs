@@ -27,6 +27,9 @@ pub struct Args {
     /// A member to join at start, ending in /p2p/<peer id>; repeat for several.
     #[arg(long = "bootstrap", value_name = "MULTIADDR")]
     bootstrap: Vec<String>,
+    /// The Kubo-compatible RPC API of the IPFS node to pin in, like http://127.0.0.1:5001.
+    #[arg(long = "ipfs-api", value_name = "URL")]
+    ipfs_api: Option<String>,
     /// Overwrite an existing configuration and identity.
     #[arg(long)]
     force: bool,
@@ -41,6 +44,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
             listen: args.listen,
             api_listen: args.api_listen,
             bootstrap: args.bootstrap,
+            ipfs_api: args.ipfs_api,
             force: args.force,
         },
     )?;

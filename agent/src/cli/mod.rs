@@ -7,6 +7,7 @@ mod peers;
 mod pin;
 mod run;
 mod simulate;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +50,10 @@ pub enum Command {
     /// Add, remove and list pins.
     #[command(subcommand)]
     Pin(pin::Command),
+    /// Where pins stand on the IPFS nodes (`--json`: one object per CID).
+    Status(status::StatusArgs),
+    /// Retry failed pins and unpins now.
+    Recover(status::RecoverArgs),
     /// Inspect replication and convergence.
     #[command(subcommand)]
     Debug(debug::Command),
@@ -86,6 +91,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Peers(cmd) => block_on(peers::run(&ctx, cmd)),
         Command::Pin(cmd) => block_on(pin::run(&ctx, cmd)),
         Command::Debug(cmd) => block_on(debug::run(&ctx, cmd)),
+        Command::Status(args) => block_on(status::status(&ctx, args)),
+        Command::Recover(args) => block_on(status::recover(&ctx, args)),
     }
 }
 

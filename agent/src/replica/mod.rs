@@ -8,9 +8,11 @@
 //!
 //! Emits [`Output`]s to the swarm (batches to publish, holes to repair) with `try_send`: a full
 //! channel drops the message and counts it, and beacons repair the loss. Publishes its
-//! [`ReplicaState`] on a watch channel after each commit.
+//! [`ReplicaState`] on a watch channel after each commit, and the CIDs whose entries changed on
+//! the [`ChangeFeed`] (the reconciler's work list).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use libp2p::PeerId;
@@ -194,6 +196,54 @@ impl Signer for NodeSigner {
     }
 }
 
+/// Batches of changed CIDs in flight to the reconciler. When it falls this far behind, it
+/// compares everything instead.
+pub const CHANGE_CAPACITY: usize = 256;
+
+/// The replica's side of the change feed: after each commit, the CIDs whose entries changed.
+/// Nothing is lost when the feed is full or nobody listens: `rescan` is raised, and the
+/// reconciler compares the whole pinset (as it does at every start).
+#[derive(Debug, Clone)]
+pub struct ChangeFeed {
+    tx: mpsc::Sender<Vec<Cid>>,
+    rescan: Arc<AtomicBool>,
+}
+
+/// The reconciler's side of the change feed.
+#[derive(Debug)]
+pub struct Changes {
+    pub rx: mpsc::Receiver<Vec<Cid>>,
+    /// Set when changes were not itemised (feed full, snapshot joined): compare everything.
+    pub rescan: Arc<AtomicBool>,
+}
+
+pub fn change_feed() -> (ChangeFeed, Changes) {
+    let (tx, rx) = mpsc::channel(CHANGE_CAPACITY);
+    let rescan = Arc::new(AtomicBool::new(false));
+    (
+        ChangeFeed {
+            tx,
+            rescan: rescan.clone(),
+        },
+        Changes { rx, rescan },
+    )
+}
+
+impl ChangeFeed {
+    fn send(&self, cids: Vec<Cid>, everything: bool) {
+        if everything {
+            self.rescan.store(true, Ordering::Release);
+        }
+        if cids.is_empty() && !everything {
+            return;
+        }
+        if self.tx.try_send(cids).is_err() {
+            // Full: the reconciler will see the flag with the next batch it reads.
+            self.rescan.store(true, Ordering::Release);
+        }
+    }
+}
+
 struct Replica {
     /// Signed into every batch: a batch replayed into another cluster does not verify.
     cluster: String,
@@ -215,6 +265,7 @@ struct Replica {
     snapshots_joined: u64,
     /// A commit without fsync is not yet followed by a durable one.
     dirty: bool,
+    changes: ChangeFeed,
 }
 
 /// Starts the replica thread. It stops when every handle is dropped.
@@ -225,6 +276,7 @@ pub fn spawn(
     persisted: crate::store::Persisted,
     signer: NodeSigner,
     outputs: mpsc::Sender<Output>,
+    changes: ChangeFeed,
 ) -> std::io::Result<(ReplicaHandle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
     let actor = ActorId::derive(&signer.public_key(), persisted.incarnation);
@@ -251,6 +303,7 @@ pub fn spawn(
         stage: None,
         snapshots_joined: 0,
         dirty: false,
+        changes,
     };
     let thread = std::thread::Builder::new()
         .name("replica".into())
@@ -303,6 +356,10 @@ struct GroupResult {
     logged: std::collections::BTreeSet<ActorId>,
     local: bool,
     changed: bool,
+    /// CIDs whose entries changed, for the reconciler.
+    touched: Vec<Cid>,
+    /// A snapshot was joined: every entry may have changed.
+    rescan: bool,
 }
 
 impl Replica {
@@ -363,6 +420,9 @@ impl Replica {
                         Command::Local { ops, reply } => {
                             result.local = true;
                             let outcome = self.apply_local(&mut pins, ops, &mut local_deltas)?;
+                            if let Ok(receipts) = &outcome {
+                                result.touched.extend(receipts.iter().map(|r| r.cid));
+                            }
                             pending_replies.push((reply, outcome));
                         }
                         Command::Remote { from, batches } => {
@@ -378,7 +438,9 @@ impl Replica {
                         Command::Snapshot { chunk, reply } => {
                             result.local = true; // a finished snapshot is worth a durable commit
                             let outcome = self.apply_snapshot(&mut pins, &mut staged, chunk)?;
-                            result.changed |= matches!(outcome, Ok(Progress::Complete));
+                            let joined = matches!(outcome, Ok(Progress::Complete));
+                            result.changed |= joined;
+                            result.rescan |= joined;
                             pending_snapshot.push((reply, outcome));
                         }
                     }
@@ -569,6 +631,9 @@ impl Replica {
             let outcome = pinset::apply_delta(pins, &mut self.head, &delta).map_err(join_error)?;
             any_new |= outcome.new;
             result.changed |= outcome.changed;
+            if outcome.changed {
+                result.touched.push(delta.change.cid);
+            }
         }
         if any_new {
             let key = (batch.origin.0, batch.first);
@@ -607,6 +672,7 @@ impl Replica {
         for repair in result.repairs {
             self.emit(repair);
         }
+        self.changes.send(result.touched, result.rescan);
         let mut state = state_of(self.actor, &self.head, self.counter, self.incarnation);
         state.snapshots_joined = self.snapshots_joined;
         self.state.send_replace(Arc::new(state));

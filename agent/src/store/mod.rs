@@ -1,7 +1,8 @@
 //! redb storage: the pinset's entries, its head, the delta log, known peers, snapshot staging.
 //!
-//! The store owns the database file; the replica is its only writer. Readers (sync requests,
-//! `pin ls`, debug dumps) open their own read transactions and see committed state only.
+//! The store owns the database file; the replica is the only writer of the CRDT tables, the
+//! reconciler of `status-1`. Readers (sync requests, `pin ls`, debug dumps) open their own read
+//! transactions and see committed state only.
 //! Every table name carries a layout version; a layout change means a new name and a named
 //! migration function.
 
@@ -27,6 +28,10 @@ pub const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("log-1"
 pub const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers-1");
 /// Snapshot staging, same layout as `PINS`; emptied before and after each snapshot.
 pub const STAGE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("stage-1");
+/// CID bytes (as in `PINS`) -> `reconcile::PinState` (storage encoding): where the CID stands
+/// on this peer's IPFS node, and whether this agent owns its pin there. Written only by the
+/// reconciler.
+pub const STATUS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("status-1");
 
 /// u64 LE: this database's incarnation nonce, drawn at creation. A new database, a new actor.
 pub const META_INCARNATION: &str = "incarnation";

@@ -1,0 +1,254 @@
+//! `GET /v1/status` and `POST /v1/recover`: where pins stand on this agent's IPFS node.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::Response;
+use pinmesh_protocol::{Cid, codec};
+use redb::{ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::{ApiError, ApiState, LIST_BUFFER, parse_cid, tokio_stream_from};
+use crate::reconcile::{PinState, Status, allocated_here};
+use crate::store::{PINS, STATUS, Store, StoreError};
+
+/// One CID's status on one peer: a line of `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusLine {
+    pub cid: String,
+    pub peer_id: String,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub attempts: u32,
+    /// Unix milliseconds of the last change; 0 when the reconciler has not looked yet.
+    pub updated: u64,
+    /// This agent added the pin to its node (and will remove it when unwanted).
+    pub owned: bool,
+}
+
+/// `?cids=A,B&filter=pin_error,queued`.
+#[derive(Debug, Default, Deserialize)]
+pub struct StatusQuery {
+    /// Comma-separated CIDs; all when absent.
+    pub cids: Option<String>,
+    /// Comma-separated statuses to keep; all when absent.
+    pub filter: Option<String>,
+}
+
+impl StatusQuery {
+    fn parse(&self) -> Result<(Vec<Cid>, Vec<Status>), ApiError> {
+        let cids = split(&self.cids).map(parse_cid).collect::<Result<_, _>>()?;
+        let filter = split(&self.filter)
+            .map(|f| {
+                serde_json::from_value(serde_json::Value::String(f.to_string())).map_err(|_| {
+                    ApiError::BadRequest(format!(
+                        "unknown status {f:?}; statuses are queued, pinning, pinned, pin_error, \
+                         unpinning, unpinned, unpin_error, remote, unexpectedly_unpinned"
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((cids, filter))
+    }
+}
+
+fn split(text: &Option<String>) -> impl Iterator<Item = &str> {
+    text.iter()
+        .flat_map(|t| t.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Streams NDJSON [`StatusLine`]s: every pin of the pinset, then CIDs the reconciler still
+/// tracks outside it; or only the CIDs asked for.
+pub async fn status(
+    State(state): State<ApiState>,
+    Query(query): Query<StatusQuery>,
+) -> Result<Response, ApiError> {
+    if state.reconciler.is_none() {
+        return Err(ApiError::Unavailable(
+            "this agent drives no IPFS node: set ipfs.api in its config.toml".into(),
+        ));
+    }
+    let (cids, filter) = query.parse()?;
+    let peer_id = state.peer_id.to_string();
+    let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(LIST_BUFFER);
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut emit = |line: StatusLine| -> bool {
+            if !filter.is_empty() && !filter.contains(&line.status) {
+                return true;
+            }
+            let mut text = serde_json::to_string(&line).unwrap_or_default();
+            text.push('\n');
+            tx.blocking_send(Ok(text)).is_ok()
+        };
+        let result = if cids.is_empty() {
+            scan_all(&store, &peer_id, &mut emit)
+        } else {
+            scan_some(&store, &peer_id, &cids, &mut emit)
+        };
+        if let Err(err) = result {
+            let _ = tx.blocking_send(Err(std::io::Error::other(err.to_string())));
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(tokio_stream_from(rx)))
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// A CID's line from its pinset entry (if any) and its status record (if any).
+fn line_of(
+    cid: &Cid,
+    peer_id: &str,
+    entry: Option<&[u8]>,
+    record: Option<PinState>,
+) -> Result<Option<StatusLine>, StoreError> {
+    let wanted = match entry {
+        Some(bytes) => {
+            let versions = codec::decode_entry(bytes).map_err(|source| StoreError::Corrupt {
+                what: "pin entry",
+                source,
+            })?;
+            pinmesh_protocol::entry::winner(&versions).map(|w| w.spec.clone())
+        }
+        None => None,
+    };
+    let line = |status: Status, record: Option<&PinState>| StatusLine {
+        cid: cid.to_string(),
+        peer_id: peer_id.to_string(),
+        status,
+        error: record.and_then(|r| r.error.clone()),
+        attempts: record.map_or(0, |r| r.attempts),
+        updated: record.map_or(0, |r| r.updated_ms),
+        owned: record.is_some_and(|r| r.owned),
+    };
+    Ok(Some(match (wanted, record) {
+        (Some(spec), _) if !allocated_here(&spec) => line(Status::Remote, None),
+        (_, Some(record)) => line(record.status, Some(&record)),
+        // Wanted, and the reconciler has not looked at it yet.
+        (Some(_), None) => line(Status::Queued, None),
+        (None, None) => line(Status::Unpinned, None),
+    }))
+}
+
+fn scan_all(
+    store: &Store,
+    peer_id: &str,
+    emit: &mut dyn FnMut(StatusLine) -> bool,
+) -> Result<(), StoreError> {
+    let txn = store.db().begin_read()?;
+    let pins = txn.open_table(PINS)?;
+    let statuses = open_status(&txn)?;
+    for item in pins.iter()? {
+        let (key, value) = item?;
+        let Ok(cid) = Cid::try_from(key.value()) else {
+            continue;
+        };
+        let record = read(&statuses, key.value())?;
+        if let Some(line) = line_of(&cid, peer_id, Some(value.value()), record)?
+            && !emit(line)
+        {
+            return Ok(()); // the client went away
+        }
+    }
+    if let Some(statuses) = &statuses {
+        for item in statuses.iter()? {
+            let (key, value) = item?;
+            if pins.get(key.value())?.is_some() {
+                continue;
+            }
+            let Ok(cid) = Cid::try_from(key.value()) else {
+                continue;
+            };
+            let record = Some(decode(value.value())?);
+            if let Some(line) = line_of(&cid, peer_id, None, record)?
+                && !emit(line)
+            {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn scan_some(
+    store: &Store,
+    peer_id: &str,
+    cids: &[Cid],
+    emit: &mut dyn FnMut(StatusLine) -> bool,
+) -> Result<(), StoreError> {
+    let txn = store.db().begin_read()?;
+    let pins = txn.open_table(PINS)?;
+    let statuses = open_status(&txn)?;
+    for cid in cids {
+        let key = cid.to_bytes();
+        let entry = pins.get(key.as_slice())?;
+        let record = read(&statuses, &key)?;
+        if let Some(line) = line_of(cid, peer_id, entry.as_ref().map(|e| e.value()), record)?
+            && !emit(line)
+        {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+type StatusTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+fn open_status(txn: &redb::ReadTransaction) -> Result<Option<StatusTable>, StoreError> {
+    match txn.open_table(STATUS) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn read(table: &Option<StatusTable>, key: &[u8]) -> Result<Option<PinState>, StoreError> {
+    match table {
+        Some(t) => t.get(key)?.map(|v| decode(v.value())).transpose(),
+        None => Ok(None),
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<PinState, StoreError> {
+    codec::decode_stored(bytes).map_err(|source| StoreError::Corrupt {
+        what: "pin status",
+        source,
+    })
+}
+
+/// `POST /v1/recover` body.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct RecoverRequest {
+    /// One CID; every CID in an error status when absent.
+    #[serde(default)]
+    pub cid: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RecoverReply {
+    /// CIDs queued for a new attempt.
+    pub queued: usize,
+}
+
+pub async fn recover(
+    State(state): State<ApiState>,
+    Json(request): Json<RecoverRequest>,
+) -> Result<Json<RecoverReply>, ApiError> {
+    let Some(reconciler) = &state.reconciler else {
+        return Err(ApiError::Unavailable(
+            "this agent drives no IPFS node: set ipfs.api in its config.toml".into(),
+        ));
+    };
+    let cid = request.cid.as_deref().map(parse_cid).transpose()?;
+    let queued = reconciler
+        .recover(cid)
+        .await
+        .ok_or_else(|| ApiError::Unavailable("the reconciler has stopped".into()))?;
+    Ok(Json(RecoverReply { queued }))
+}

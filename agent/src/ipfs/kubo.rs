@@ -1,0 +1,522 @@
+//! [`PinBackend`] over Kubo's HTTP RPC API (`POST /api/v0/<command>`).
+//!
+//! Written against Kubo's documented semantics and checked against js-ipfs, an independent
+//! implementation of the same API, so it tolerates where real nodes differ: numbers sent as
+//! JSON strings, CIDs printed in another base or version, progress lines that never come,
+//! `name` ignored. Every request carries the node-side `timeout=` and a client-side limit: a
+//! node keeps fetching a pin's blocks after its client gives up, so the node must be told too.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cid::Cid;
+use futures::StreamExt;
+use pinmesh_protocol::PinMode;
+use serde::Deserialize;
+
+use super::{IpfsError, NodeInfo, PinBackend, PinLimits, RepoStat, same_content};
+
+/// Node-side limit on a full listing (the client side is a no-data timeout per chunk).
+const LIST_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Longest line a listing or a pin may send; a node sending more is misbehaving.
+const MAX_LINE: usize = 64 << 10;
+
+/// A Kubo-compatible RPC endpoint.
+#[derive(Debug, Clone)]
+pub struct KuboBackend {
+    /// `http://host:port`, without `/api/v0`.
+    base: String,
+    http: reqwest::Client,
+    /// `Authorization` header value, when the node wants one.
+    auth: Option<String>,
+    /// Limit on every call but pins and listings.
+    call_timeout: Duration,
+}
+
+impl KuboBackend {
+    /// `url` is the node's API address (`http://127.0.0.1:5001`, a trailing `/api/v0` is
+    /// accepted); `auth` is Kubo's `API.Authorizations` syntax: `bearer:TOKEN` or
+    /// `basic:USER:PASSWORD`.
+    pub fn new(url: &str, auth: Option<&str>, call_timeout: Duration) -> Result<Self, String> {
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| format!("IPFS API {url:?} is not a URL: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return Err(format!(
+                "IPFS API {url:?} must be an http(s) URL like http://127.0.0.1:5001"
+            ));
+        }
+        let base = url
+            .trim_end_matches('/')
+            .trim_end_matches("/api/v0")
+            .to_string();
+        let auth = auth.map(parse_auth).transpose()?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(KuboBackend {
+            base,
+            http,
+            auth,
+            call_timeout,
+        })
+    }
+
+    /// Sends one command. Non-2xx answers become [`IpfsError::Refused`] with the node's message.
+    async fn post(
+        &self,
+        call: &'static str,
+        query: &[(&str, String)],
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, IpfsError> {
+        let url = format!("{}/api/v0/{call}", self.base);
+        let mut request = self.http.post(&url).query(query);
+        if let Some(auth) = &self.auth {
+            request = request.header(reqwest::header::AUTHORIZATION, auth);
+        }
+        if let Some(limit) = timeout {
+            request = request.timeout(limit);
+        }
+        let response = request.send().await.map_err(|e| self.transport(call, e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<ErrorBody>(&body)
+            .map(|e| e.message)
+            .unwrap_or_else(|_| {
+                let text = body.trim();
+                if text.is_empty() {
+                    format!("HTTP {status}")
+                } else {
+                    format!("HTTP {status}: {}", truncate(text, 200))
+                }
+            });
+        Err(IpfsError::Refused { call, message })
+    }
+
+    /// One command answered by one JSON object.
+    async fn call<T: for<'de> Deserialize<'de>>(
+        &self,
+        call: &'static str,
+        query: &[(&str, String)],
+    ) -> Result<T, IpfsError> {
+        let mut query = query.to_vec();
+        query.push(("timeout", go_duration(self.call_timeout)));
+        let response = self.post(call, &query, Some(self.call_timeout)).await?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport(call, e))?;
+        serde_json::from_slice(&body).map_err(|e| IpfsError::Protocol {
+            call,
+            message: format!("{e} in {}", truncate(&String::from_utf8_lossy(&body), 200)),
+        })
+    }
+
+    fn transport(&self, call: &'static str, err: reqwest::Error) -> IpfsError {
+        if err.is_timeout() {
+            IpfsError::Timeout {
+                call,
+                after: self.call_timeout,
+            }
+        } else {
+            IpfsError::Unreachable {
+                url: self.base.clone(),
+                reason: root_cause(&err),
+            }
+        }
+    }
+
+    /// Reads an NDJSON body line by line. `on_line` returns `Some` to stop early. Waiting longer
+    /// than `idle` for the next bytes fails with `on_idle`.
+    async fn lines<R>(
+        &self,
+        call: &'static str,
+        response: reqwest::Response,
+        idle: Duration,
+        on_idle: impl Fn() -> IpfsError,
+        mut on_line: impl FnMut(&[u8]) -> Result<Option<R>, IpfsError>,
+    ) -> Result<Option<R>, IpfsError> {
+        let mut body = response.bytes_stream();
+        let mut buffer: Vec<u8> = Vec::new();
+        loop {
+            let chunk = match tokio::time::timeout(idle, body.next()).await {
+                Err(_) => return Err(on_idle()),
+                Ok(None) => break,
+                Ok(Some(chunk)) => chunk.map_err(|e| self.transport(call, e))?,
+            };
+            buffer.extend_from_slice(&chunk);
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                let line = line.trim_ascii();
+                if !line.is_empty()
+                    && let Some(done) = on_line(line)?
+                {
+                    return Ok(Some(done));
+                }
+            }
+            if buffer.len() > MAX_LINE {
+                return Err(IpfsError::Protocol {
+                    call,
+                    message: format!("a line longer than {MAX_LINE} bytes"),
+                });
+            }
+        }
+        let rest = buffer.trim_ascii();
+        if rest.is_empty() {
+            Ok(None)
+        } else {
+            on_line(rest)
+        }
+    }
+}
+
+#[async_trait]
+impl PinBackend for KuboBackend {
+    fn describe(&self) -> String {
+        format!("IPFS RPC API at {}", self.base)
+    }
+
+    async fn id(&self) -> Result<NodeInfo, IpfsError> {
+        let id: IdBody = self.call("id", &[]).await?;
+        Ok(NodeInfo {
+            id: id.id,
+            addresses: id.addresses.unwrap_or_default(),
+            agent_version: id.agent_version.unwrap_or_default(),
+        })
+    }
+
+    async fn pin(
+        &self,
+        cid: &Cid,
+        mode: PinMode,
+        name: &str,
+        limits: PinLimits,
+    ) -> Result<(), IpfsError> {
+        const CALL: &str = "pin/add";
+        let query = [
+            ("arg", cid.to_string()),
+            ("recursive", (mode == PinMode::Recursive).to_string()),
+            ("progress", "true".into()),
+            ("name", name.to_string()),
+            ("timeout", go_duration(limits.total)),
+        ];
+        let work = async {
+            let response = self.post(CALL, &query, None).await?;
+            self.lines(
+                CALL,
+                response,
+                limits.stall,
+                || IpfsError::Stalled(limits.stall),
+                |line| {
+                    let answer: PinAddLine =
+                        serde_json::from_slice(line).map_err(|e| IpfsError::Protocol {
+                            call: CALL,
+                            message: e.to_string(),
+                        })?;
+                    if let Some(message) = answer.message {
+                        // An error reported in the stream after the 200.
+                        return Err(IpfsError::Refused {
+                            call: CALL,
+                            message,
+                        });
+                    }
+                    let confirmed = answer
+                        .pins
+                        .iter()
+                        .flatten()
+                        .filter_map(|p| p.parse::<Cid>().ok())
+                        .any(|p| same_content(&p, cid));
+                    Ok(confirmed.then_some(()))
+                },
+            )
+            .await?
+            .ok_or_else(|| IpfsError::Protocol {
+                call: CALL,
+                message: format!("the answer ended without confirming {cid}"),
+            })
+        };
+        // The node was told `limits.total`; give it a moment to say so itself.
+        let limit = limits.total + Duration::from_secs(5);
+        tokio::time::timeout(limit, work)
+            .await
+            .map_err(|_| IpfsError::Timeout {
+                call: CALL,
+                after: limits.total,
+            })?
+    }
+
+    async fn pinned(&self, cid: &Cid) -> Result<Option<PinMode>, IpfsError> {
+        // One type at a time: `type=all` would also look for the CID inside every DAG.
+        for (mode, kind) in [
+            (PinMode::Recursive, "recursive"),
+            (PinMode::Direct, "direct"),
+        ] {
+            let query = [("arg", cid.to_string()), ("type", kind.to_string())];
+            match self.call::<serde_json::Value>("pin/ls", &query).await {
+                Ok(_) => return Ok(Some(mode)),
+                Err(IpfsError::Refused { message, .. })
+                    if message.to_ascii_lowercase().contains("not pinned") => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(None)
+    }
+
+    async fn unpin(&self, cid: &Cid) -> Result<(), IpfsError> {
+        // `recursive=true` removes a recursive or a direct pin.
+        let query = [("arg", cid.to_string()), ("recursive", "true".into())];
+        match self.call::<serde_json::Value>("pin/rm", &query).await {
+            Ok(_) => Ok(()),
+            Err(IpfsError::Refused { message, .. })
+                if message.to_ascii_lowercase().contains("not pinned") =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn list(
+        &self,
+        mode: PinMode,
+        sink: &mut (dyn FnMut(Cid) + Send),
+    ) -> Result<u64, IpfsError> {
+        const CALL: &str = "pin/ls";
+        let kind = match mode {
+            PinMode::Recursive => "recursive",
+            PinMode::Direct => "direct",
+        };
+        let query = [
+            ("type", kind.to_string()),
+            ("stream", "true".into()),
+            ("timeout", go_duration(LIST_TIMEOUT)),
+        ];
+        let response = self.post(CALL, &query, None).await?;
+        let mut count = 0u64;
+        let idle = self.call_timeout;
+        self.lines::<()>(
+            CALL,
+            response,
+            idle,
+            || IpfsError::Timeout {
+                call: CALL,
+                after: idle,
+            },
+            |line| {
+                let protocol = |message: String| IpfsError::Protocol {
+                    call: CALL,
+                    message,
+                };
+                let item: PinLsLine =
+                    serde_json::from_slice(line).map_err(|e| protocol(e.to_string()))?;
+                if let Some(message) = item.message {
+                    return Err(IpfsError::Refused {
+                        call: CALL,
+                        message,
+                    });
+                }
+                // Streamed: one `{"Cid","Type"}` per line. Older nodes answer one `{"Keys"}`.
+                let cids = item.cid.into_iter().chain(item.keys.into_keys());
+                for text in cids {
+                    let cid = text
+                        .parse::<Cid>()
+                        .map_err(|e| protocol(format!("listed CID {text:?}: {e}")))?;
+                    sink(cid);
+                    count += 1;
+                }
+                Ok(None)
+            },
+        )
+        .await?;
+        Ok(count)
+    }
+
+    async fn repo_stat(&self) -> Result<RepoStat, IpfsError> {
+        let stat: RepoStatBody = self
+            .call("repo/stat", &[("size-only", "true".into())])
+            .await?;
+        Ok(RepoStat {
+            repo_size: stat.repo_size.0,
+            storage_max: stat.storage_max.0,
+        })
+    }
+
+    async fn connect(&self, addr: &str) -> Result<(), IpfsError> {
+        self.call::<serde_json::Value>("swarm/connect", &[("arg", addr.to_string())])
+            .await
+            .map(|_| ())
+    }
+}
+
+/// `bearer:TOKEN` or `basic:USER:PASSWORD` (Kubo's `API.Authorizations` syntax) to a header.
+fn parse_auth(text: &str) -> Result<String, String> {
+    use base64::Engine;
+    match text.split_once(':') {
+        Some(("bearer", token)) if !token.is_empty() => Ok(format!("Bearer {token}")),
+        Some(("basic", userpass)) if userpass.contains(':') => Ok(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(userpass)
+        )),
+        _ => Err("ipfs.auth must be \"bearer:TOKEN\" or \"basic:USER:PASSWORD\"".into()),
+    }
+}
+
+/// A duration in Go's syntax, which Kubo's `timeout=` parses.
+fn go_duration(d: Duration) -> String {
+    format!("{}ms", d.as_millis().max(1))
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => &text[..i],
+        None => text,
+    }
+}
+
+/// The innermost error's text: reqwest's own wording says only "error sending request".
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(rename = "Message")]
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct IdBody {
+    #[serde(rename = "ID")]
+    id: String,
+    #[serde(rename = "Addresses")]
+    addresses: Option<Vec<String>>,
+    #[serde(rename = "AgentVersion")]
+    agent_version: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PinAddLine {
+    #[serde(rename = "Pins")]
+    pins: Option<Vec<String>>,
+    #[serde(rename = "Message")]
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PinLsLine {
+    #[serde(rename = "Cid")]
+    cid: Option<String>,
+    #[serde(rename = "Keys", default)]
+    keys: std::collections::BTreeMap<String, serde_json::Value>,
+    #[serde(rename = "Message")]
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RepoStatBody {
+    #[serde(rename = "RepoSize")]
+    repo_size: Flex,
+    #[serde(rename = "StorageMax")]
+    storage_max: Flex,
+}
+
+/// A u64 sent as a JSON number or as a string of digits (nodes differ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Flex(u64);
+
+impl<'de> Deserialize<'de> for Flex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Number(u64),
+            Text(String),
+        }
+        match Either::deserialize(d)? {
+            Either::Number(n) => Ok(Flex(n)),
+            Either::Text(t) => t
+                .trim()
+                .parse()
+                .map(Flex)
+                .map_err(|_| serde::de::Error::custom(format!("{t:?} is not a number"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_read_as_numbers_or_strings() {
+        let kubo: RepoStatBody =
+            serde_json::from_str(r#"{"RepoSize":1354,"StorageMax":10000000000}"#).expect("kubo");
+        let js: RepoStatBody = serde_json::from_str(
+            r#"{"NumObjects":"2","RepoSize":"1354","StorageMax":"9007199254740991"}"#,
+        )
+        .expect("js-ipfs");
+        assert_eq!(kubo.repo_size, Flex(1354));
+        assert_eq!(js.repo_size, Flex(1354));
+        assert_eq!(js.storage_max, Flex(9007199254740991));
+        assert!(
+            serde_json::from_str::<RepoStatBody>(r#"{"RepoSize":"lots","StorageMax":1}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn listings_are_read_streamed_or_whole() {
+        let streamed: PinLsLine =
+            serde_json::from_str(r#"{"Cid":"QmeCaRmZ3KyqZQkMnpybyCMqwyrCZhBmzyUkJv3xNxaA9T","Type":"recursive","Name":""}"#)
+                .expect("line");
+        assert!(streamed.cid.is_some() && streamed.keys.is_empty());
+        let whole: PinLsLine = serde_json::from_str(
+            r#"{"Keys":{"zb2rhXq8rmxEJnpVC8T1PXdyaaodvWhcvsLYGeKEdeLFaSpyD":{"Type":"recursive"}}}"#,
+        )
+        .expect("whole");
+        assert_eq!(whole.keys.len(), 1);
+    }
+
+    #[test]
+    fn auth_follows_kubo_syntax_and_urls_are_checked() {
+        assert_eq!(parse_auth("bearer:abc").as_deref(), Ok("Bearer abc"));
+        assert_eq!(
+            parse_auth("basic:user:pw").as_deref(),
+            Ok("Basic dXNlcjpwdw==")
+        );
+        assert!(parse_auth("token abc").is_err());
+        assert!(parse_auth("bearer:").is_err());
+        assert!(KuboBackend::new("127.0.0.1:5001", None, Duration::from_secs(1)).is_err());
+        assert!(KuboBackend::new("ftp://x", None, Duration::from_secs(1)).is_err());
+        let ok = KuboBackend::new(
+            "http://127.0.0.1:5001/api/v0/",
+            None,
+            Duration::from_secs(1),
+        )
+        .expect("url");
+        assert_eq!(ok.base, "http://127.0.0.1:5001");
+    }
+
+    #[tokio::test]
+    async fn a_node_that_is_down_is_unreachable_not_refused() {
+        // A port nothing listens on: bind one, then drop it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let kubo = KuboBackend::new(
+            &format!("http://127.0.0.1:{port}"),
+            None,
+            Duration::from_secs(2),
+        )
+        .expect("url");
+        let err = kubo.id().await.expect_err("nothing listens");
+        assert!(err.node_down(), "{err:?}");
+    }
+}

@@ -1,0 +1,894 @@
+//! The reconciler: drives the IPFS node until its pins match what the pinset wants here.
+//!
+//! Owns the `status-1` table and its view of the node's pins. Receives the CIDs whose entries
+//! changed from the replica's [`Changes`] feed, `recover` commands from the API, and the
+//! results of its workers; emits calls to the [`PinBackend`] and status records.
+//!
+//! - **Desired**: pinned in the pinset, not expired, allocated to this peer
+//!   ([`allocated_here`]; every peer holds every pin for now).
+//! - **Actual**: one streamed listing of the node's recursive and direct pins per cycle (at
+//!   start, every `ipfs.relist_interval`, when the node comes back, when the change feed
+//!   overflowed or a snapshot was joined), then updated from its own calls.
+//! - **Ownership**: a pin this agent adds to the node is recorded as its own (durably, before
+//!   the call) and named `pinmesh:<cluster>` where the node keeps names. It removes its own pins
+//!   that the pinset no longer wants, never anyone else's, and removes nothing before the agent
+//!   is `synced` (a stale replica must not unpin what the cluster still wants).
+//! - **Pace**: at most `ipfs.concurrency` calls at once, new pins ahead of retries, exponential
+//!   backoff per CID, one call per second after ten failures in a row, and when the node is
+//!   down nothing but a health check every [`PROBE_INTERVAL`] until it answers.
+//!
+//! Every status survives restarts; a status that was in flight (`pinning`, `unpinning`) is
+//! settled by the first listing after the restart.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use pinmesh_protocol::entry::winner;
+use pinmesh_protocol::{Cid, PinMode, codec};
+use redb::{Durability, ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::ipfs::{IpfsError, PinBackend, PinLimits, content_key};
+use crate::replica::{Changes, now_ms};
+use crate::store::{PINS, STATUS, Store, StoreError};
+use crate::swarm::Flags;
+
+/// How often a node that is down is asked whether it is back.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// Recover requests in flight from the API.
+const COMMAND_CAPACITY: usize = 64;
+/// First retry delay; doubles per attempt up to `retry_max`.
+const RETRY_BASE: Duration = Duration::from_secs(1);
+/// Failures in a row after which calls are paced to one per second.
+const FAILURES_BEFORE_PACING: u32 = 10;
+
+/// Where a CID stands on this peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[clap(rename_all = "snake_case")]
+pub enum Status {
+    /// Wanted here, waiting for a worker.
+    Queued,
+    /// `pin/add` in progress.
+    Pinning,
+    /// The node holds the pin.
+    Pinned,
+    /// The last `pin/add` failed; retried with backoff.
+    PinError,
+    /// `pin/rm` in progress.
+    Unpinning,
+    /// Not wanted any more, and not pinned by this agent.
+    Unpinned,
+    /// The last `pin/rm` failed; retried with backoff.
+    UnpinError,
+    /// Wanted in the cluster, but allocated to other peers.
+    Remote,
+    /// Was pinned, and a listing found it gone: someone unpinned it behind the agent's back.
+    /// Pinned again.
+    UnexpectedlyUnpinned,
+}
+
+impl Status {
+    pub fn is_error(self) -> bool {
+        matches!(self, Status::PinError | Status::UnpinError)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = serde_json::to_value(self).ok();
+        f.write_str(text.as_ref().and_then(|v| v.as_str()).unwrap_or("?"))
+    }
+}
+
+/// One CID's record in `status-1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinState {
+    pub status: Status,
+    /// This agent added the pin to the node, so it may remove it.
+    pub owned: bool,
+    /// Failed attempts since the last success.
+    pub attempts: u32,
+    pub error: Option<String>,
+    /// Unix milliseconds of the last change.
+    pub updated_ms: u64,
+}
+
+impl PinState {
+    fn new(status: Status, owned: bool) -> Self {
+        PinState {
+            status,
+            owned,
+            attempts: 0,
+            error: None,
+            updated_ms: now_ms(),
+        }
+    }
+}
+
+/// Reads one CID's status.
+pub fn read_status(store: &Store, cid: &Cid) -> Result<Option<PinState>, StoreError> {
+    let txn = store.db().begin_read()?;
+    let table = match txn.open_table(STATUS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    table
+        .get(cid.to_bytes().as_slice())?
+        .map(|v| decode_state(v.value()))
+        .transpose()
+}
+
+fn decode_state(bytes: &[u8]) -> Result<PinState, StoreError> {
+    codec::decode_stored(bytes).map_err(|source| StoreError::Corrupt {
+        what: "pin status",
+        source,
+    })
+}
+
+/// Whether this peer should hold a pin. Every peer holds every pin for now; replication
+/// factors and allocations will decide here.
+pub fn allocated_here(_spec: &pinmesh_protocol::PinSpec) -> bool {
+    true
+}
+
+/// How the reconciler paces itself; from `[ipfs]` in the config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub cluster: String,
+    pub concurrency: usize,
+    pub limits: PinLimits,
+    pub relist_interval: Duration,
+    pub retry_max: Duration,
+}
+
+/// Commands from the API.
+#[derive(Debug)]
+enum Command {
+    /// Retry errors now: one CID, or every CID in an error status. Answers how many.
+    Recover {
+        cid: Option<Cid>,
+        reply: oneshot::Sender<usize>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct ReconcilerHandle {
+    tx: mpsc::Sender<Command>,
+    pub backend: String,
+}
+
+impl ReconcilerHandle {
+    /// Retries errors now. Returns how many CIDs were queued.
+    pub async fn recover(&self, cid: Option<Cid>) -> Option<usize> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Recover { cid, reply }).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+/// What the pinset wants of one CID here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Wanted {
+    mode: PinMode,
+    origins: Vec<String>,
+}
+
+/// What to do about one CID, decided when a worker is free.
+#[derive(Debug, Clone)]
+enum Job {
+    /// `owned`: the pin is already this agent's (a retry, a mode change).
+    Pin {
+        wanted: Wanted,
+        owned: bool,
+    },
+    Unpin,
+}
+
+/// A worker about to add a pin the node does not have: the reconciler records ownership
+/// durably, then answers whether the worker may go on.
+type Claim = (Cid, oneshot::Sender<bool>);
+/// Claims waiting for the reconciler; at most one per worker.
+const CLAIM_CAPACITY: usize = 64;
+
+/// One call to the node, run on a worker. Returns whether the pin is this agent's.
+///
+/// The node is asked first whether it already holds the pin: the reconciler's view may be
+/// older than a pin made by hand, and a pin that was there before the agent asked is not the
+/// agent's to remove.
+async fn work(
+    backend: Arc<dyn PinBackend>,
+    cid: Cid,
+    job: Job,
+    name: String,
+    limits: PinLimits,
+    claims: mpsc::Sender<Claim>,
+) -> Result<bool, IpfsError> {
+    let (wanted, mut owned) = match job {
+        Job::Unpin => return backend.unpin(&cid).await.map(|()| false),
+        Job::Pin { wanted, owned } => (wanted, owned),
+    };
+    if !owned {
+        let have = backend.pinned(&cid).await?;
+        if satisfies(have, wanted.mode) {
+            return Ok(false);
+        }
+        if have.is_none() {
+            let (reply, granted) = oneshot::channel();
+            let recorded =
+                claims.send((cid, reply)).await.is_ok() && granted.await.unwrap_or(false);
+            if !recorded {
+                return Err(IpfsError::Refused {
+                    call: "pin/add",
+                    message: "not attempted: ownership could not be recorded".into(),
+                });
+            }
+            owned = true;
+        }
+        // Else someone else's direct pin, made recursive by us: still theirs.
+    }
+    for origin in wanted.origins.iter().take(10) {
+        // Best effort: the content may be reachable without it.
+        if let Err(err) = backend.connect(origin).await {
+            debug!(%origin, error = %err, "cannot connect to a pin origin");
+        }
+    }
+    backend.pin(&cid, wanted.mode, &name, limits).await?;
+    Ok(owned)
+}
+
+pub fn spawn(
+    store: Store,
+    backend: Arc<dyn PinBackend>,
+    changes: Changes,
+    flags: Arc<Flags>,
+    settings: Settings,
+    cancel: CancellationToken,
+) -> (ReconcilerHandle, impl Future<Output = ()> + Send + 'static) {
+    let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
+    let (claims_tx, claims) = mpsc::channel(CLAIM_CAPACITY);
+    let handle = ReconcilerHandle {
+        tx,
+        backend: backend.describe(),
+    };
+    let reconciler = Reconciler {
+        store,
+        backend,
+        flags,
+        settings,
+        actual: HashMap::new(),
+        listed: false,
+        priority: VecDeque::new(),
+        normal: VecDeque::new(),
+        queued: HashSet::new(),
+        retry: BTreeMap::new(),
+        retry_seq: 0,
+        running: HashSet::new(),
+        rerun: HashSet::new(),
+        workers: JoinSet::new(),
+        node_down: false,
+        failures: 0,
+        paced_until: Instant::now(),
+        pending: HashMap::new(),
+        durable: false,
+        relist_at: Instant::now(),
+        waiting_for_sync: false,
+        claims_tx,
+    };
+    (handle, reconciler.run(changes, rx, claims, cancel))
+}
+
+struct Reconciler {
+    store: Store,
+    backend: Arc<dyn PinBackend>,
+    flags: Arc<Flags>,
+    settings: Settings,
+    /// The node's pins by content (see [`content_key`]): the last listing plus our own calls.
+    actual: HashMap<Cid, PinMode>,
+    /// `actual` holds at least one complete listing.
+    listed: bool,
+    /// New work from the change feed and recover.
+    priority: VecDeque<Cid>,
+    /// Work from listings and retries.
+    normal: VecDeque<Cid>,
+    queued: HashSet<Cid>,
+    /// Retries by due time (a sequence number keeps equal times apart).
+    retry: BTreeMap<(Instant, u64), Cid>,
+    retry_seq: u64,
+    running: HashSet<Cid>,
+    /// Changed while running: decide again when the worker ends.
+    rerun: HashSet<Cid>,
+    workers: JoinSet<(Cid, Job, Result<bool, IpfsError>)>,
+    node_down: bool,
+    /// Failed calls in a row.
+    failures: u32,
+    paced_until: Instant,
+    /// Status records to write with the next flush.
+    pending: HashMap<Cid, PinState>,
+    /// The next flush must be durable (it records ownership before a pin).
+    durable: bool,
+    relist_at: Instant,
+    /// An unpin waits for the agent to be synced.
+    waiting_for_sync: bool,
+    /// Handed to workers.
+    claims_tx: mpsc::Sender<Claim>,
+}
+
+impl Reconciler {
+    /// Runs until cancelled. Dropping it abandons running calls (the node finishes or times
+    /// them out itself; the next start settles their statuses from a listing).
+    async fn run(
+        mut self,
+        mut changes: Changes,
+        mut commands: mpsc::Receiver<Command>,
+        mut claims: mpsc::Receiver<Claim>,
+        cancel: CancellationToken,
+    ) {
+        info!(backend = %self.backend.describe(), "reconciler started");
+        loop {
+            if Instant::now() >= self.relist_at && !self.node_down {
+                self.full_cycle().await;
+            }
+            self.promote_due_retries();
+            self.dispatch();
+            if let Err(err) = self.flush() {
+                warn!(error = %err, "cannot record pin statuses; retrying");
+            }
+            let wake = self.next_wake();
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                batch = changes.rx.recv() => {
+                    let Some(batch) = batch else { break };
+                    if changes.rescan.swap(false, Ordering::AcqRel) {
+                        self.relist_at = Instant::now();
+                    }
+                    for cid in batch {
+                        self.enqueue(cid, true);
+                    }
+                }
+                Some(command) = commands.recv() => self.on_command(command),
+                Some((cid, reply)) = claims.recv() => {
+                    let _ = reply.send(self.claim(cid));
+                }
+                Some(done) = self.workers.join_next(), if !self.workers.is_empty() => {
+                    match done {
+                        Ok((cid, job, result)) => self.on_done(cid, job, result),
+                        Err(err) => warn!(error = %err, "a reconciler worker failed"),
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    if self.node_down {
+                        self.probe().await;
+                    }
+                }
+            }
+        }
+        if let Err(err) = self.flush() {
+            warn!(error = %err, "cannot record pin statuses at shutdown");
+        }
+        debug!("reconciler stopped");
+    }
+
+    fn next_wake(&self) -> Instant {
+        let mut wake = self.relist_at;
+        if self.node_down {
+            return Instant::now() + PROBE_INTERVAL;
+        }
+        if let Some(((at, _), _)) = self.retry.first_key_value() {
+            wake = wake.min(*at);
+        }
+        if self.has_queued() && self.running.len() < self.settings.concurrency {
+            wake = wake.min(self.paced_until);
+        }
+        if self.waiting_for_sync {
+            wake = wake.min(Instant::now() + Duration::from_millis(500));
+        }
+        wake
+    }
+
+    fn has_queued(&self) -> bool {
+        !self.priority.is_empty() || !self.normal.is_empty()
+    }
+
+    fn enqueue(&mut self, cid: Cid, priority: bool) {
+        if self.running.contains(&cid) {
+            self.rerun.insert(cid);
+            return;
+        }
+        if !self.queued.insert(cid) {
+            return;
+        }
+        if priority {
+            self.priority.push_back(cid);
+        } else {
+            self.normal.push_back(cid);
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Recover { cid, reply } => {
+                let cids = match cid {
+                    Some(cid) => vec![cid],
+                    None => self.errored().unwrap_or_else(|err| {
+                        warn!(error = %err, "cannot read pin statuses");
+                        Vec::new()
+                    }),
+                };
+                self.retry.retain(|_, c| !cids.contains(c));
+                for cid in &cids {
+                    self.enqueue(*cid, true);
+                }
+                // An operator asking is reason enough to look at the node again.
+                self.node_down = false;
+                self.failures = 0;
+                self.paced_until = Instant::now();
+                let _ = reply.send(cids.len());
+            }
+        }
+    }
+
+    /// Every CID in an error status.
+    fn errored(&self) -> Result<Vec<Cid>, StoreError> {
+        let txn = self.store.db().begin_read()?;
+        let table = match txn.open_table(STATUS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            if decode_state(v.value())?.status.is_error()
+                && let Ok(cid) = Cid::try_from(k.value())
+            {
+                out.push(cid);
+            }
+        }
+        Ok(out)
+    }
+
+    fn promote_due_retries(&mut self) {
+        let now = Instant::now();
+        while let Some(entry) = self.retry.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let cid = entry.remove();
+            self.enqueue(cid, false);
+        }
+    }
+
+    /// Lists the node, then compares the whole pinset and every status with it.
+    async fn full_cycle(&mut self) {
+        self.relist_at = Instant::now() + self.settings.relist_interval;
+        let started = Instant::now();
+        let mut actual = HashMap::new();
+        for mode in [PinMode::Direct, PinMode::Recursive] {
+            let mut sink = |cid: Cid| {
+                // A recursive pin covers a direct one on the same CID.
+                actual.insert(content_key(&cid), mode);
+            };
+            if let Err(err) = self.backend.list(mode, &mut sink).await {
+                warn!(error = %err, "cannot list the IPFS node's pins; will retry");
+                self.relist_at = Instant::now() + PROBE_INTERVAL;
+                if err.node_down() {
+                    self.node_down = true;
+                }
+                return;
+            }
+        }
+        let listed = started.elapsed();
+        self.actual = actual;
+        self.listed = true;
+        let store = self.store.clone();
+        let actual = std::mem::take(&mut self.actual);
+        let scanned = tokio::task::spawn_blocking(move || {
+            let found = compare(&store, &actual);
+            (actual, found)
+        })
+        .await;
+        let (actual, found) = match scanned {
+            Ok(result) => result,
+            Err(err) => {
+                warn!(error = %err, "the pinset comparison failed");
+                return;
+            }
+        };
+        self.actual = actual;
+        match found {
+            Ok(cids) => {
+                info!(
+                    node_pins = self.actual.len(),
+                    to_check = cids.len(),
+                    listed_ms = listed.as_millis() as u64,
+                    compared_ms = (started.elapsed() - listed).as_millis() as u64,
+                    "compared the pinset with the IPFS node"
+                );
+                for cid in cids {
+                    self.enqueue(cid, false);
+                }
+            }
+            Err(err) => warn!(error = %err, "cannot read the pinset to compare it"),
+        }
+    }
+
+    /// Starts queued work while workers are free.
+    fn dispatch(&mut self) {
+        if self.node_down || !self.listed {
+            return;
+        }
+        self.waiting_for_sync = false;
+        let mut started = Vec::new();
+        while self.running.len() + started.len() < self.settings.concurrency {
+            if Instant::now() < self.paced_until {
+                break;
+            }
+            let Some(cid) = self
+                .priority
+                .pop_front()
+                .or_else(|| self.normal.pop_front())
+            else {
+                break;
+            };
+            self.queued.remove(&cid);
+            match self.decide(&cid) {
+                Ok(Some(job)) => {
+                    if self.failures >= FAILURES_BEFORE_PACING {
+                        self.paced_until = Instant::now() + Duration::from_secs(1);
+                    }
+                    started.push((cid, job));
+                }
+                Ok(None) => {}
+                Err(err) => warn!(%cid, error = %err, "cannot decide what to do"),
+            }
+        }
+        if started.is_empty() {
+            return;
+        }
+        // Ownership is on disk before the node is asked: a crash between the two must not
+        // leave a pin nobody will ever remove.
+        if let Err(err) = self.flush() {
+            warn!(error = %err, "cannot record pin statuses; not starting calls");
+            for (cid, _) in started {
+                self.enqueue(cid, false);
+            }
+            return;
+        }
+        for (cid, job) in started {
+            self.running.insert(cid);
+            let work = work(
+                self.backend.clone(),
+                cid,
+                job.clone(),
+                format!("pinmesh:{}", self.settings.cluster),
+                self.settings.limits,
+                self.claims_tx.clone(),
+            );
+            self.workers.spawn(async move { (cid, job, work.await) });
+        }
+    }
+
+    /// Records that `cid`'s pin is about to be this agent's, durably. False if it could not.
+    fn claim(&mut self, cid: Cid) -> bool {
+        let mut state = match self.state(&cid) {
+            Ok(state) => state.unwrap_or_else(|| PinState::new(Status::Pinning, true)),
+            Err(err) => {
+                warn!(%cid, error = %err, "cannot read a pin status");
+                return false;
+            }
+        };
+        state.owned = true;
+        self.record(cid, state);
+        self.durable = true;
+        match self.flush() {
+            Ok(()) => true,
+            Err(err) => {
+                warn!(%cid, error = %err, "cannot record pin ownership; not pinning");
+                false
+            }
+        }
+    }
+
+    /// Decides one CID against the pinset, its status and the node's pins; records status
+    /// changes that need no call, and returns the call to make, if any.
+    fn decide(&mut self, cid: &Cid) -> Result<Option<Job>, StoreError> {
+        let wanted = self.wanted(cid)?;
+        let state = self.state(cid)?;
+        let have = self.actual.get(&content_key(cid)).copied();
+        let owned = state.as_ref().is_some_and(|s| s.owned);
+        match wanted {
+            Some(wanted) => {
+                if satisfies(have, wanted.mode) {
+                    if state.as_ref().map(|s| s.status) != Some(Status::Pinned) {
+                        self.record(*cid, PinState::new(Status::Pinned, owned));
+                    }
+                    return Ok(None);
+                }
+                if state.as_ref().map(|s| s.status) == Some(Status::Pinned) {
+                    warn!(%cid, "pin disappeared from the IPFS node; pinning it again");
+                }
+                // Ownership is claimed by the worker, once the node says the pin is not there.
+                let mut next = state.unwrap_or_else(|| PinState::new(Status::Queued, owned));
+                next.status = Status::Pinning;
+                next.updated_ms = now_ms();
+                self.record(*cid, next);
+                Ok(Some(Job::Pin { wanted, owned }))
+            }
+            None => {
+                let Some(mut state) = state else {
+                    return Ok(None);
+                };
+                if owned && have.is_some() {
+                    if !self.flags.synced.load(Ordering::Relaxed) {
+                        // Not caught up: the cluster may still want it. Look again soon.
+                        self.waiting_for_sync = true;
+                        self.normal.push_back(*cid);
+                        self.queued.insert(*cid);
+                        return Ok(None);
+                    }
+                    state.status = Status::Unpinning;
+                    state.updated_ms = now_ms();
+                    self.record(*cid, state);
+                    return Ok(Some(Job::Unpin));
+                }
+                if state.status != Status::Unpinned || state.owned {
+                    self.record(*cid, PinState::new(Status::Unpinned, false));
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn on_done(&mut self, cid: Cid, job: Job, result: Result<bool, IpfsError>) {
+        self.running.remove(&cid);
+        let mut state = match self.state(&cid) {
+            Ok(Some(s)) => s,
+            Ok(None) => PinState::new(Status::Queued, false),
+            Err(err) => {
+                warn!(%cid, error = %err, "cannot read a pin status");
+                PinState::new(Status::Queued, false)
+            }
+        };
+        state.updated_ms = now_ms();
+        match result {
+            Ok(owned) => {
+                self.failures = 0;
+                state.attempts = 0;
+                state.error = None;
+                match job {
+                    Job::Pin { wanted, .. } => {
+                        let key = content_key(&cid);
+                        let mode = match self.actual.get(&key) {
+                            Some(PinMode::Recursive) => PinMode::Recursive,
+                            _ => wanted.mode,
+                        };
+                        self.actual.insert(key, mode);
+                        state.status = Status::Pinned;
+                        state.owned = owned;
+                        debug!(%cid, "pinned");
+                    }
+                    Job::Unpin => {
+                        self.actual.remove(&content_key(&cid));
+                        state.status = Status::Unpinned;
+                        state.owned = false;
+                        debug!(%cid, "unpinned");
+                    }
+                }
+            }
+            Err(err) => {
+                self.failures += 1;
+                state.attempts += 1;
+                state.error = Some(err.to_string());
+                state.status = match job {
+                    Job::Pin { .. } => Status::PinError,
+                    Job::Unpin => Status::UnpinError,
+                };
+                warn!(%cid, attempts = state.attempts, error = %err, "IPFS call failed");
+                if err.node_down() && !self.node_down {
+                    warn!(backend = %self.backend.describe(), "IPFS node is down; waiting for it");
+                    self.node_down = true;
+                }
+                let delay = backoff(state.attempts, self.settings.retry_max);
+                self.retry_seq += 1;
+                self.retry
+                    .insert((Instant::now() + delay, self.retry_seq), cid);
+            }
+        }
+        self.record(cid, state);
+        if self.rerun.remove(&cid) {
+            self.enqueue(cid, true);
+        }
+    }
+
+    /// Asks a node that was down whether it is back; if so, retries everything waiting.
+    async fn probe(&mut self) {
+        match self.backend.id().await {
+            Ok(_) => {
+                info!(backend = %self.backend.describe(), "IPFS node is back");
+                self.node_down = false;
+                self.failures = 0;
+                self.paced_until = Instant::now();
+                let waiting: Vec<Cid> = std::mem::take(&mut self.retry).into_values().collect();
+                for cid in waiting {
+                    self.enqueue(cid, false);
+                }
+                // It may have lost or gained pins while away.
+                self.relist_at = Instant::now();
+            }
+            Err(err) => debug!(error = %err, "IPFS node still down"),
+        }
+    }
+
+    fn wanted(&self, cid: &Cid) -> Result<Option<Wanted>, StoreError> {
+        let txn = self.store.db().begin_read()?;
+        let table = txn.open_table(PINS)?;
+        let Some(value) = table.get(cid.to_bytes().as_slice())? else {
+            return Ok(None);
+        };
+        let versions =
+            codec::decode_entry(value.value()).map_err(|source| StoreError::Corrupt {
+                what: "pin entry",
+                source,
+            })?;
+        Ok(wanted_of(&versions, now_ms() / 1000))
+    }
+
+    /// The status to build on: a pending write, else the stored one.
+    fn state(&self, cid: &Cid) -> Result<Option<PinState>, StoreError> {
+        match self.pending.get(cid) {
+            Some(pending) => Ok(Some(pending.clone())),
+            None => read_status(&self.store, cid),
+        }
+    }
+
+    fn record(&mut self, cid: Cid, state: PinState) {
+        self.pending.insert(cid, state);
+    }
+
+    /// Writes pending status records in one transaction.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut txn = self.store.db().begin_write()?;
+        if !std::mem::take(&mut self.durable) {
+            txn.set_durability(Durability::None)
+                .map_err(|e| StoreError::Db(redb::Error::from(e)))?;
+        }
+        {
+            let mut table = txn.open_table(STATUS)?;
+            for (cid, state) in self.pending.drain() {
+                let key = cid.to_bytes();
+                table.insert(key.as_slice(), codec::encode_stored(&state).as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+/// What the newest version of a CID's entry wants here; `None` when nothing (unpinned,
+/// expired, allocated elsewhere).
+fn wanted_of(versions: &[pinmesh_protocol::Version], now_secs: u64) -> Option<Wanted> {
+    let w = winner(versions)?;
+    if w.spec.expire_at.is_some_and(|at| at <= now_secs) || !allocated_here(&w.spec) {
+        return None;
+    }
+    Some(Wanted {
+        mode: w.spec.mode,
+        origins: w.spec.origins.clone(),
+    })
+}
+
+/// Whether what the node has (`have`) is what is wanted: a recursive pin covers a direct one.
+fn satisfies(have: Option<PinMode>, want: PinMode) -> bool {
+    match (have, want) {
+        (None, _) => false,
+        (Some(PinMode::Recursive), _) => true,
+        (Some(PinMode::Direct), want) => want == PinMode::Direct,
+    }
+}
+
+fn backoff(attempts: u32, max: Duration) -> Duration {
+    let factor = 1u32 << attempts.saturating_sub(1).min(20);
+    (RETRY_BASE * factor).min(max)
+}
+
+/// The CIDs whose status may not match the pinset and the node: the whole pinset and every
+/// status record compared against `actual`. Runs on a blocking thread.
+fn compare(store: &Store, actual: &HashMap<Cid, PinMode>) -> Result<Vec<Cid>, StoreError> {
+    let txn = store.db().begin_read()?;
+    let pins = txn.open_table(PINS)?;
+    let statuses = match txn.open_table(STATUS) {
+        Ok(t) => Some(t),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let status_of = |key: &[u8]| -> Result<Option<PinState>, StoreError> {
+        match &statuses {
+            Some(t) => t.get(key)?.map(|v| decode_state(v.value())).transpose(),
+            None => Ok(None),
+        }
+    };
+    let now = now_ms() / 1000;
+    let mut out = Vec::new();
+    for item in pins.iter()? {
+        let (key, value) = item?;
+        let Ok(cid) = Cid::try_from(key.value()) else {
+            continue;
+        };
+        let versions =
+            codec::decode_entry(value.value()).map_err(|source| StoreError::Corrupt {
+                what: "pin entry",
+                source,
+            })?;
+        let have = actual.get(&content_key(&cid)).copied();
+        let state = status_of(key.value())?;
+        let settled = match wanted_of(&versions, now) {
+            Some(w) => satisfies(have, w.mode) && state.is_some_and(|s| s.status == Status::Pinned),
+            None => state.is_none_or(|s| !s.owned && s.status == Status::Unpinned),
+        };
+        if !settled {
+            out.push(cid);
+        }
+    }
+    if let Some(statuses) = &statuses {
+        for item in statuses.iter()? {
+            let (key, value) = item?;
+            if pins.get(key.value())?.is_some() {
+                continue; // compared above
+            }
+            let state = decode_state(value.value())?;
+            if (state.owned || state.status != Status::Unpinned)
+                && let Ok(cid) = Cid::try_from(key.value())
+            {
+                out.push(cid);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recursive_pin_covers_a_direct_one_but_not_the_reverse() {
+        assert!(satisfies(Some(PinMode::Recursive), PinMode::Direct));
+        assert!(satisfies(Some(PinMode::Recursive), PinMode::Recursive));
+        assert!(satisfies(Some(PinMode::Direct), PinMode::Direct));
+        assert!(!satisfies(Some(PinMode::Direct), PinMode::Recursive));
+        assert!(!satisfies(None, PinMode::Direct));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let max = Duration::from_secs(60);
+        assert_eq!(backoff(1, max), Duration::from_secs(1));
+        assert_eq!(backoff(2, max), Duration::from_secs(2));
+        assert_eq!(backoff(4, max), Duration::from_secs(8));
+        assert_eq!(backoff(30, max), max);
+    }
+
+    #[test]
+    fn status_names_are_the_documented_ones() {
+        assert_eq!(
+            Status::UnexpectedlyUnpinned.to_string(),
+            "unexpectedly_unpinned"
+        );
+        assert_eq!(Status::PinError.to_string(), "pin_error");
+        let state = PinState::new(Status::Pinned, true);
+        let back: PinState = codec::decode_stored(&codec::encode_stored(&state)).expect("decode");
+        assert_eq!(back, state);
+    }
+}

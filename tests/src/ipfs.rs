@@ -1,0 +1,175 @@
+//! Real IPFS nodes for tests: js-ipfs daemons (or Kubo, with `KUBO_BIN`) started by
+//! `scripts/ipfs-testnet.sh`, and the few RPC calls tests make on them directly.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use pinmesh_protocol::Cid;
+use tempfile::TempDir;
+
+/// `scripts/ipfs-testnet.sh` in this checkout.
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts/ipfs-testnet.sh")
+        .canonicalize()
+        .expect("scripts/ipfs-testnet.sh exists")
+}
+
+fn run_script(args: &[&str]) -> String {
+    let out = Command::new(script())
+        .args(args)
+        .output()
+        .expect("run scripts/ipfs-testnet.sh");
+    assert!(
+        out.status.success(),
+        "scripts/ipfs-testnet.sh {} failed (install the test nodes with \
+         `scripts/ipfs-testnet.sh install`):\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// IPFS nodes on loopback, connected to each other; stopped when dropped.
+#[derive(Debug)]
+pub struct IpfsNet {
+    dir: TempDir,
+    /// RPC API base URLs, `http://127.0.0.1:PORT`.
+    pub apis: Vec<String>,
+}
+
+impl IpfsNet {
+    pub fn start(n: usize) -> IpfsNet {
+        let dir = TempDir::new().expect("temp dir");
+        let path = dir.path().to_string_lossy().into_owned();
+        run_script(&["start", &path, &n.to_string()]);
+        let env = std::fs::read_to_string(dir.path().join("nodes.env")).expect("nodes.env");
+        let vars: BTreeMap<&str, &str> = env.lines().filter_map(|l| l.split_once('=')).collect();
+        let apis = (0..n)
+            .map(|i| vars[format!("IPFS_API_{i}").as_str()].to_string())
+            .collect();
+        IpfsNet { dir, apis }
+    }
+
+    fn path(&self) -> String {
+        self.dir.path().to_string_lossy().into_owned()
+    }
+
+    /// Stops node `i` (its repo and ports are kept).
+    pub fn stop_node(&self, i: usize) {
+        run_script(&["stop-node", &self.path(), &i.to_string()]);
+    }
+
+    /// Starts node `i` again and reconnects it to the others.
+    pub fn start_node(&self, i: usize) {
+        run_script(&["start-node", &self.path(), &i.to_string()]);
+    }
+
+    pub fn node(&self, i: usize) -> IpfsNode {
+        IpfsNode {
+            api: self.apis[i].clone(),
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+impl Drop for IpfsNet {
+    fn drop(&mut self) {
+        let _ = Command::new(script()).args(["stop", &self.path()]).output();
+    }
+}
+
+/// Direct RPC calls on one node, as an operator would make them by hand.
+#[derive(Debug, Clone)]
+pub struct IpfsNode {
+    pub api: String,
+    http: reqwest::Client,
+}
+
+impl IpfsNode {
+    async fn post(&self, path: &str) -> Result<reqwest::Response, String> {
+        let response = self
+            .http
+            .post(format!("{}/api/v0/{path}", self.api))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            Err(response.text().await.unwrap_or_default())
+        }
+    }
+
+    /// Adds `bytes` as a file (CIDv1) and returns its CID; `pin` as `add`'s own option.
+    pub async fn add(&self, bytes: &[u8], pin: bool) -> Cid {
+        self.add_with(bytes, &format!("pin={pin}")).await
+    }
+
+    /// The CID `bytes` would get, without storing them anywhere.
+    pub async fn hash_only(&self, bytes: &[u8]) -> Cid {
+        self.add_with(bytes, "only-hash=true&pin=false").await
+    }
+
+    async fn add_with(&self, bytes: &[u8], options: &str) -> Cid {
+        let boundary = format!("pinmesh{:016x}", rand::random::<u64>());
+        let mut body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"data\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let response = self
+            .http
+            .post(format!("{}/api/v0/add?cid-version=1&{options}", self.api))
+            .header(
+                "Content-Type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(body)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .expect("add");
+        assert!(response.status().is_success(), "add failed");
+        let text = response.text().await.expect("add answer");
+        let last = text.lines().last().expect("add answered");
+        let line: serde_json::Value = serde_json::from_str(last).expect("add json");
+        line["Hash"].as_str().expect("Hash").parse().expect("cid")
+    }
+
+    /// Pins by hand, outside any agent.
+    pub async fn pin(&self, cid: &Cid) {
+        self.post(&format!("pin/add?arg={cid}&timeout=20s"))
+            .await
+            .expect("pin/add");
+    }
+
+    /// Whether the node holds a recursive or direct pin on `cid`.
+    pub async fn is_pinned(&self, cid: &Cid) -> Result<bool, String> {
+        for kind in ["recursive", "direct"] {
+            match self.post(&format!("pin/ls?arg={cid}&type={kind}")).await {
+                Ok(_) => return Ok(true),
+                Err(message) if message.contains("not pinned") => {}
+                Err(message) => return Err(message),
+            }
+        }
+        Ok(false)
+    }
+
+    /// The bytes of a file.
+    pub async fn cat(&self, cid: &Cid) -> Vec<u8> {
+        self.post(&format!("cat?arg={cid}&timeout=20s"))
+            .await
+            .expect("cat")
+            .bytes()
+            .await
+            .expect("cat body")
+            .to_vec()
+    }
+}

@@ -1,0 +1,265 @@
+//! The reconciler against real IPFS nodes (js-ipfs daemons from `scripts/ipfs-testnet.sh`, or
+//! Kubo with `KUBO_BIN`): pins reach every node, unpins remove only the agents' own pins, a node
+//! that goes away turns statuses to errors and back, and a restart keeps statuses and ownership.
+
+use std::time::Duration;
+
+use pinmesh_agent::api::PinRequest;
+use pinmesh_agent::api::status::StatusLine;
+use pinmesh_agent::reconcile::Status;
+use pinmesh_protocol::Cid;
+use pinmesh_tests::ipfs::IpfsNet;
+use pinmesh_tests::{TestAgent, converged, random_secret};
+use tokio::time::Instant;
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// One agent per IPFS node of `net`, in one cluster, retrying failures within a second.
+async fn agents_on(net: &IpfsNet) -> Vec<TestAgent> {
+    let secret = random_secret();
+    let mut agents = Vec::new();
+    let mut bootstrap = Vec::new();
+    for api in &net.apis {
+        let mut agent = TestAgent::create(&secret, &bootstrap);
+        agent.configure(|c| {
+            c.ipfs.api = Some(api.clone());
+            c.ipfs.retry_max = Duration::from_secs(1);
+            c.ipfs.pin_stall_timeout = Duration::from_secs(30);
+            c.ipfs.pin_timeout = Duration::from_secs(30);
+        });
+        let node = agent.start().await;
+        if bootstrap.is_empty() {
+            bootstrap = node.addrs.clone();
+        }
+        agents.push(agent);
+    }
+    agents
+}
+
+fn request(cid: &Cid, name: &str) -> PinRequest {
+    PinRequest {
+        cid: cid.to_string(),
+        name: name.into(),
+        mode: None,
+        replication_min: None,
+        replication_max: None,
+        expire_at: None,
+        metadata: Default::default(),
+        origins: Vec::new(),
+    }
+}
+
+async fn status_of(agent: &TestAgent, cid: &Cid) -> StatusLine {
+    let mut found = None;
+    agent
+        .client()
+        .status(&[cid.to_string()], &[], |line| {
+            found = Some(line);
+            Ok(())
+        })
+        .await
+        .expect("status");
+    found.expect("a status line for the CID asked")
+}
+
+/// Waits until `agent` reports `cid` in a status `check` accepts; the last line on timeout.
+async fn wait_status(
+    agent: &TestAgent,
+    cid: &Cid,
+    check: impl Fn(&StatusLine) -> bool,
+) -> Result<StatusLine, StatusLine> {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let line = status_of(agent, cid).await;
+        if check(&line) {
+            return Ok(line);
+        }
+        if Instant::now() >= deadline {
+            return Err(line);
+        }
+        // Statuses change on the node's schedule, not on an event the test can await.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_all(agents: &[TestAgent], cid: &Cid, want: Status) {
+    for (i, agent) in agents.iter().enumerate() {
+        let line = wait_status(agent, cid, |l| l.status == want).await;
+        assert!(
+            line.is_ok(),
+            "agent {i}: {cid} never became {want}: {line:?}"
+        );
+    }
+}
+
+fn content(label: &str) -> Vec<u8> {
+    let mut bytes = format!("pinmesh test content {label} ").into_bytes();
+    bytes.extend((0..40_000).map(|_| rand::random::<u8>()));
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pins_reach_every_node_and_unpins_remove_only_the_agents_own() {
+    let net = IpfsNet::start(3);
+    let agents = agents_on(&net).await;
+    let nodes: Vec<_> = (0..3).map(|i| net.node(i)).collect();
+
+    // Content added on node 0 only; a pin made by hand on node 1, outside the cluster; and a
+    // CID node 1 pinned by hand that the cluster pins too.
+    let data = content("cluster");
+    let cid = nodes[0].add(&data, false).await;
+    let hand = nodes[1].add(&content("by hand"), true).await;
+    let shared_data = content("shared");
+    let shared = nodes[0].add(&shared_data, false).await;
+    nodes[1].pin(&shared).await;
+
+    agents[1]
+        .client()
+        .pin(&request(&cid, "cluster"))
+        .await
+        .expect("pin");
+    agents[1]
+        .client()
+        .pin(&request(&shared, "shared"))
+        .await
+        .expect("pin");
+    wait_all(&agents, &cid, Status::Pinned).await;
+    wait_all(&agents, &shared, Status::Pinned).await;
+    for (i, node) in nodes.iter().enumerate() {
+        assert_eq!(
+            node.is_pinned(&cid).await,
+            Ok(true),
+            "node {i} holds the pin"
+        );
+        assert!(
+            node.cat(&cid).await == data,
+            "node {i} serves the same bytes"
+        );
+    }
+    // Node 1 had `shared` before the cluster asked: that pin is not agent 1's to remove.
+    assert!(!status_of(&agents[1], &shared).await.owned);
+    assert!(status_of(&agents[0], &shared).await.owned);
+
+    agents[0]
+        .client()
+        .unpin(&cid.to_string())
+        .await
+        .expect("unpin");
+    agents[0]
+        .client()
+        .unpin(&shared.to_string())
+        .await
+        .expect("unpin");
+    wait_all(&agents, &cid, Status::Unpinned).await;
+    wait_all(&agents, &shared, Status::Unpinned).await;
+    for (i, node) in nodes.iter().enumerate() {
+        assert_eq!(
+            node.is_pinned(&cid).await,
+            Ok(false),
+            "node {i} dropped the pin"
+        );
+        assert_eq!(
+            node.is_pinned(&shared).await,
+            Ok(i == 1),
+            "node {i}: only the hand-made pin on `shared` remains"
+        );
+    }
+    assert_eq!(
+        nodes[1].is_pinned(&hand).await,
+        Ok(true),
+        "the hand pin is untouched"
+    );
+    let untouched = status_of(&agents[1], &hand).await;
+    assert_eq!(
+        untouched.status,
+        Status::Unpinned,
+        "not the cluster's: {untouched:?}"
+    );
+    assert!(!untouched.owned);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipfs_node_that_goes_away_turns_statuses_to_errors_then_back_to_pinned() {
+    let net = IpfsNet::start(2);
+    let agents = agents_on(&net).await;
+    net.stop_node(1);
+
+    let data = content("outage");
+    let cid = net.node(0).add(&data, false).await;
+    agents[0]
+        .client()
+        .pin(&request(&cid, "outage"))
+        .await
+        .expect("pin");
+    wait_all(&agents[..1], &cid, Status::Pinned).await;
+    let failed = wait_status(&agents[1], &cid, |l| l.status == Status::PinError).await;
+    let failed = failed.expect("the agent without its node reports an error");
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("unreachable")),
+        "{failed:?}"
+    );
+    // Replication does not depend on IPFS.
+    let running: Vec<&TestAgent> = agents.iter().collect();
+    converged(&running, Some(1), SETTLE)
+        .await
+        .expect("pinsets converge");
+
+    net.start_node(1);
+    wait_all(&agents, &cid, Status::Pinned).await;
+    assert_eq!(net.node(1).is_pinned(&cid).await, Ok(true));
+    assert!(net.node(1).cat(&cid).await == data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_pinning_keeps_statuses_and_ownership() {
+    let net = IpfsNet::start(2);
+    let mut agents = agents_on(&net).await;
+    let node0 = net.node(0);
+
+    let ready = node0.add(&content("ready"), false).await;
+    // Content nobody has yet: its pin waits on the network.
+    let later = content("later");
+    let missing = node0.hash_only(&later).await;
+    let client = agents[1].client();
+    client.pin(&request(&ready, "ready")).await.expect("pin");
+    client
+        .pin(&request(&missing, "missing"))
+        .await
+        .expect("pin");
+    let pinned = wait_status(&agents[1], &ready, |l| l.status == Status::Pinned)
+        .await
+        .expect("the available CID is pinned");
+    let pinning = wait_status(&agents[1], &missing, |l| l.status == Status::Pinning)
+        .await
+        .expect("the missing CID is being pinned");
+    assert!(pinning.owned, "ownership is recorded before the call");
+
+    agents[1].stop().await;
+    agents[1].start().await;
+    // Right after the restart: the records are there as they were.
+    let after = status_of(&agents[1], &ready).await;
+    assert_eq!(after.status, Status::Pinned);
+    assert!(after.owned);
+    let resumed = status_of(&agents[1], &missing).await;
+    assert!(resumed.owned, "{resumed:?}");
+    assert!(
+        matches!(
+            resumed.status,
+            Status::Pinning | Status::Queued | Status::PinError
+        ),
+        "{resumed:?}"
+    );
+
+    // The content appears; the pin completes without anyone asking again.
+    assert_eq!(node0.add(&later, false).await, missing);
+    wait_status(&agents[1], &missing, |l| l.status == Status::Pinned)
+        .await
+        .expect("the resumed pin completes");
+    // The pin that was done before the restart was not made again.
+    let settled = status_of(&agents[1], &ready).await;
+    assert_eq!(settled.updated, pinned.updated, "{settled:?}");
+    assert_eq!(net.node(1).is_pinned(&missing).await, Ok(true));
+}
