@@ -111,6 +111,7 @@ impl Node {
                 listen_tx,
                 beacon_interval: config.raw.sync.beacon_interval,
                 repair_delay: config.raw.sync.repair_delay,
+                ipfs: config.raw.ipfs.api.is_some(),
             },
         )?;
 

@@ -20,8 +20,9 @@ pub const WIRE_VERSION: u64 = 1;
 pub const MAX_DELTA_BATCH: usize = 1 << 20;
 /// Largest beacon.
 pub const MAX_BEACON: usize = 64 << 10;
-/// Largest request.
-pub const MAX_REQUEST: usize = 4 << 10;
+/// Largest request: a `PinStatus` of [`MAX_STATUS_CIDS`](crate::message::MAX_STATUS_CIDS)
+/// CIDs of up to 64 bytes each.
+pub const MAX_REQUEST: usize = 68 << 10;
 /// Largest response (a snapshot chunk or a run of batches); senders cut chunks well below it.
 pub const MAX_RESPONSE: usize = 8 << 20;
 

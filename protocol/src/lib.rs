@@ -32,8 +32,8 @@ pub use digest::Digest;
 pub use dot::{ActorId, AppliedVector, CausalContext, Comparison, Dot, DotSet, RangeSet};
 pub use entry::{Version, winner};
 pub use message::{
-    BatchError, DeltaBatch, Gossip, Key, PinEntry, Request, Response, Sig, Signer, SnapshotChunk,
-    SnapshotHead, Summary,
+    BatchError, DeltaBatch, Gossip, Key, PinEntry, PinStatusEntry, Request, Response, Sig, Signer,
+    SnapshotChunk, SnapshotHead, Summary,
 };
 pub use pinset::{EntryStore, Head, JoinError, MemPinset, Outcome};
 pub use spec::{PinMode, PinSpec, SpecError};

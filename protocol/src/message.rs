@@ -3,7 +3,8 @@
 //!
 //! - gossip ([`Gossip`]): signed [`DeltaBatch`]es and periodic [`Beacon`]s on the cluster topic;
 //! - request-response ([`Request`] / [`Response`]): `Status`, `GetDeltas` (answered `Deltas` or
-//!   `Truncated` below the retained log) and `Snapshot` chunks.
+//!   `Truncated` below the retained log), `Snapshot` chunks, and `PinStatus` (where CIDs stand
+//!   on the peer's IPFS node).
 //!
 //! A [`DeltaBatch`] carries an application-level ed25519 signature by its author, so any peer
 //! can serve it again during repair and the receiver still knows who wrote it.
@@ -223,7 +224,35 @@ pub enum Request {
         after: Option<ByteBuf>,
         limit: u32,
     },
+    /// Ask where these CIDs stand on the peer's IPFS node; at most [`MAX_STATUS_CIDS`].
+    PinStatus { cids: Vec<Cid> },
 }
+
+/// Most CIDs one `PinStatus` request may ask about.
+pub const MAX_STATUS_CIDS: usize = 1000;
+/// Longest error text a `PinStatus` answer carries per CID; longer ones are cut.
+pub const MAX_STATUS_ERROR: usize = 256;
+
+/// One CID's status on the answering peer's IPFS node. `status` is one of the agent's status
+/// names (`pinned`, `pin_error`, ...); a name the receiver does not know is shown as it is.
+/// Encoded as `[cid, status, error, attempts, updated_ms]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinStatusEntry {
+    pub cid: Cid,
+    pub status: String,
+    pub error: Option<String>,
+    pub attempts: u32,
+    /// Unix milliseconds of the last change; 0 when not looked at yet.
+    pub updated_ms: u64,
+}
+
+crate::serde_as_tuple!(PinStatusEntry {
+    cid: Cid,
+    status: String,
+    error: Option<String>,
+    attempts: u32,
+    updated_ms: u64,
+});
 
 /// One CID and its versions, as a snapshot carries it. Encoded as `[cid, versions]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,5 +302,9 @@ pub enum Response {
     /// The request was understood and declined (busy, snapshot expired, limit exceeded).
     Refused {
         reason: String,
+    },
+    /// The answer to `PinStatus`: one entry per CID asked, in the order asked.
+    PinStatus {
+        entries: Vec<PinStatusEntry>,
     },
 }

@@ -9,7 +9,7 @@ use pinmesh_protocol::codec::{self, encode_entry};
 use pinmesh_protocol::message::{Key, Sig};
 use pinmesh_protocol::{
     ActorId, Cid, Delta, DeltaBatch, Digest, Dot, DotSet, Gossip, MemPinset, Op, PinEntry, PinMode,
-    PinSpec, Request, Response, SnapshotChunk, SnapshotHead, Summary, Version,
+    PinSpec, PinStatusEntry, Request, Response, SnapshotChunk, SnapshotHead, Summary, Version,
 };
 use serde_bytes::ByteBuf;
 
@@ -140,6 +140,12 @@ fn requests() {
         &codec::encode_request(&snap),
         GOLDEN_REQ_SNAPSHOT,
     );
+    let status = Request::PinStatus { cids: vec![cid()] };
+    check(
+        "pin status",
+        &codec::encode_request(&status),
+        GOLDEN_REQ_PIN_STATUS,
+    );
 }
 
 #[test]
@@ -192,6 +198,20 @@ fn responses() {
         "refused",
         &codec::encode_response(&refused),
         GOLDEN_RESP_REFUSED,
+    );
+    let status = Response::PinStatus {
+        entries: vec![PinStatusEntry {
+            cid: cid(),
+            status: "pin_error".into(),
+            error: Some("timeout".into()),
+            attempts: 3,
+            updated_ms: 1_700_000_000_000,
+        }],
+    };
+    check(
+        "pin status",
+        &codec::encode_response(&status),
+        GOLDEN_RESP_PIN_STATUS,
     );
 }
 
@@ -307,4 +327,7 @@ const GOLDEN_RESP_DELTAS: &str = "8201a101a10081861bb172c71a2cdccc785820ea4a6c63
 const GOLDEN_RESP_TRUNCATED: &str = "8201a102a2001bb172c71a2cdccc78011864";
 const GOLDEN_RESP_CHUNK: &str = "8201a16d536e617073686f744368756e6ba4000701a400a205818209091bb172c71a2cdccc788182010301a205818209091bb172c71a2cdccc78818201030201035820010101010101010101010101010101010101010101010101010101010101010102818258240155122066abd4905977cfa452df36339ceb13b89fd1eb4b06d6fcc2b952ffdb8b29f31c8183821bb172c71a2cdccc78011b0000019ab697e800a1006a70696e2d31323334353603f6";
 const GOLDEN_RESP_REFUSED: &str = "8201a104a1006462757379";
+const GOLDEN_REQ_PIN_STATUS: &str =
+    "8201a103a1008158240155122066abd4905977cfa452df36339ceb13b89fd1eb4b06d6fcc2b952ffdb8b29f31c";
+const GOLDEN_RESP_PIN_STATUS: &str = "8201a105a100818558240155122066abd4905977cfa452df36339ceb13b89fd1eb4b06d6fcc2b952ffdb8b29f31c6970696e5f6572726f726774696d656f7574031b0000018bcfe56800";
 const GOLDEN_ENTRY: &str = "8183821bb172c71a2cdccc78011b0000019ab697e800a1006a70696e2d313233343536";

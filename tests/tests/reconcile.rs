@@ -9,7 +9,7 @@ use pinmesh_agent::api::status::StatusLine;
 use pinmesh_agent::reconcile::Status;
 use pinmesh_protocol::Cid;
 use pinmesh_tests::ipfs::IpfsNet;
-use pinmesh_tests::{TestAgent, converged, random_secret};
+use pinmesh_tests::{TestAgent, converged, pinmesh_in, random_secret};
 use tokio::time::Instant;
 
 const SETTLE: Duration = Duration::from_secs(60);
@@ -92,6 +92,18 @@ async fn wait_all(agents: &[TestAgent], cid: &Cid, want: Status) {
     }
 }
 
+/// Runs the real `pinmesh` binary against `agent`.
+async fn cli(agent: &TestAgent, args: &[&str]) -> std::process::Output {
+    let dir = agent.home.dir.clone();
+    let args: Vec<String> = args.iter().map(ToString::to_string).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        pinmesh_in(&dir, &args)
+    })
+    .await
+    .expect("cli")
+}
+
 fn content(label: &str) -> Vec<u8> {
     let mut bytes = format!("pinmesh test content {label} ").into_bytes();
     bytes.extend((0..40_000).map(|_| rand::random::<u8>()));
@@ -113,18 +125,46 @@ async fn pins_reach_every_node_and_unpins_remove_only_the_agents_own() {
     let shared = nodes[0].add(&shared_data, false).await;
     nodes[1].pin(&shared).await;
 
-    agents[1]
-        .client()
-        .pin(&request(&cid, "cluster"))
-        .await
-        .expect("pin");
+    // `--wait` returns only once every node holds the pin: check the nodes right after.
+    let out = cli(
+        &agents[1],
+        &[
+            "pin",
+            "add",
+            &cid.to_string(),
+            "--name",
+            "cluster",
+            "--wait",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pinned on all 3 peers"));
     agents[1]
         .client()
         .pin(&request(&shared, "shared"))
         .await
         .expect("pin");
-    wait_all(&agents, &cid, Status::Pinned).await;
     wait_all(&agents, &shared, Status::Pinned).await;
+    let mut everywhere = None;
+    agents[2]
+        .client()
+        .cluster_status(&[cid.to_string()], &[], |line| {
+            everywhere = Some(line);
+            Ok(())
+        })
+        .await
+        .expect("cluster status");
+    let everywhere = everywhere.expect("one line");
+    assert_eq!(everywhere.peers.len(), 3, "{everywhere:?}");
+    assert!(
+        everywhere.peers.values().all(|p| p.status == "pinned"),
+        "{everywhere:?}"
+    );
     for (i, node) in nodes.iter().enumerate() {
         assert_eq!(
             node.is_pinned(&cid).await,
@@ -140,17 +180,17 @@ async fn pins_reach_every_node_and_unpins_remove_only_the_agents_own() {
     assert!(!status_of(&agents[1], &shared).await.owned);
     assert!(status_of(&agents[0], &shared).await.owned);
 
-    agents[0]
-        .client()
-        .unpin(&cid.to_string())
-        .await
-        .expect("unpin");
+    let out = cli(&agents[0], &["pin", "rm", &cid.to_string(), "--wait"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     agents[0]
         .client()
         .unpin(&shared.to_string())
         .await
         .expect("unpin");
-    wait_all(&agents, &cid, Status::Unpinned).await;
     wait_all(&agents, &shared, Status::Unpinned).await;
     for (i, node) in nodes.iter().enumerate() {
         assert_eq!(
@@ -251,6 +291,26 @@ async fn a_restart_mid_pinning_keeps_statuses_and_ownership() {
             Status::Pinning | Status::Queued | Status::PinError
         ),
         "{resumed:?}"
+    );
+
+    // Waiting on a pin that cannot complete ends with a clear message, not forever.
+    let out = cli(
+        &agents[1],
+        &[
+            "pin",
+            "add",
+            &missing.to_string(),
+            "--wait",
+            "--wait-timeout",
+            "1s",
+        ],
+    )
+    .await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not pinned everywhere after 1s"),
+        "{stderr}"
     );
 
     // The content appears; the pin completes without anyone asking again.

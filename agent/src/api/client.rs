@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::status::{RecoverReply, RecoverRequest, StatusLine};
+use super::status::{ClusterStatusLine, RecoverReply, RecoverRequest, StatusLine};
 use super::{
     DigestInfo, ErrorBody, IdInfo, JoinRequest, OpReceipt, PeersReport, PinInfo, PinRequest,
     StateDump,
@@ -178,6 +178,22 @@ impl Client {
             filter.join(",")
         );
         self.ndjson(&path, "status listing", each).await
+    }
+
+    /// Streams the cluster's pin statuses to `each`: every peer's, per CID.
+    pub async fn cluster_status(
+        &self,
+        cids: &[String],
+        filter: &[Status],
+        each: impl FnMut(ClusterStatusLine) -> anyhow::Result<()>,
+    ) -> anyhow::Result<u64> {
+        let filter: Vec<String> = filter.iter().map(ToString::to_string).collect();
+        let path = format!(
+            "/v1/status/cluster?cids={}&filter={}",
+            cids.join(","),
+            filter.join(",")
+        );
+        self.ndjson(&path, "cluster status listing", each).await
     }
 
     /// Retries failed pins and unpins now: one CID, or all. Returns how many were queued.

@@ -257,6 +257,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/pins/batch", post(pin_batch))
         .route("/v1/pins/{cid}", delete(unpin).get(show))
         .route("/v1/status", get(status::status))
+        .route("/v1/status/cluster", get(status::cluster_status))
         .route("/v1/recover", post(status::recover))
         .route("/v1/debug/digest", get(digest))
         .route("/v1/debug/state", get(debug_state))

@@ -1,18 +1,26 @@
-//! `GET /v1/status` and `POST /v1/recover`: where pins stand on this agent's IPFS node.
+//! `GET /v1/status` (this agent's IPFS node), `GET /v1/status/cluster` (every peer's, asked
+//! over the sync protocol) and `POST /v1/recover`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::Response;
-use pinmesh_protocol::{Cid, codec};
+use libp2p::PeerId;
+use pinmesh_protocol::message::{MAX_STATUS_CIDS, MAX_STATUS_ERROR};
+use pinmesh_protocol::{Cid, PinStatusEntry, codec};
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
 
 use super::{ApiError, ApiState, LIST_BUFFER, parse_cid, tokio_stream_from};
 use crate::reconcile::{PinState, Status, allocated_here};
 use crate::store::{PINS, STATUS, Store, StoreError};
+use crate::swarm::SwarmCommand;
 
 /// One CID's status on one peer: a line of `GET /v1/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +184,43 @@ fn scan_all(
     Ok(())
 }
 
+/// This agent's lines for `cids`, in order (answers a peer's `PinStatus`).
+pub fn lines_for(
+    store: &Store,
+    peer_id: &str,
+    cids: &[Cid],
+) -> Result<Vec<StatusLine>, StoreError> {
+    let mut lines = Vec::with_capacity(cids.len());
+    scan_some(store, peer_id, cids, &mut |line| {
+        lines.push(line);
+        true
+    })?;
+    Ok(lines)
+}
+
+impl StatusLine {
+    /// The wire form, error text cut to [`MAX_STATUS_ERROR`].
+    pub fn into_entry(self) -> PinStatusEntry {
+        let error = self.error.map(|mut e| {
+            if e.len() > MAX_STATUS_ERROR {
+                let mut cut = MAX_STATUS_ERROR;
+                while !e.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                e.truncate(cut);
+            }
+            e
+        });
+        PinStatusEntry {
+            cid: self.cid.parse().unwrap_or_default(),
+            status: self.status.to_string(),
+            error,
+            attempts: self.attempts,
+            updated_ms: self.updated,
+        }
+    }
+}
+
 fn scan_some(
     store: &Store,
     peer_id: &str,
@@ -251,4 +296,192 @@ pub async fn recover(
         .await
         .ok_or_else(|| ApiError::Unavailable("the reconciler has stopped".into()))?;
     Ok(Json(RecoverReply { queued }))
+}
+
+/// One peer's status for one CID, in a [`ClusterStatusLine`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerPinStatus {
+    /// A status name (`pinned`, `pin_error`, ...), as the peer reported it.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub attempts: u32,
+    /// Unix milliseconds of the peer's last change for the CID.
+    pub updated: u64,
+}
+
+/// One CID across the cluster: a line of `GET /v1/status/cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatusLine {
+    pub cid: String,
+    /// Every peer that answered and drives an IPFS node (this agent included, if it does).
+    pub peers: BTreeMap<String, PeerPinStatus>,
+}
+
+/// CIDs per round of questions to the peers.
+const CLUSTER_CHUNK: usize = MAX_STATUS_CIDS;
+/// How long a peer may take to answer one round.
+const PEER_ANSWER: Duration = Duration::from_secs(30);
+
+/// Streams NDJSON [`ClusterStatusLine`]s: the CIDs asked, or every pin of the pinset, asking
+/// every connected peer in rounds of [`CLUSTER_CHUNK`] CIDs. Peers that drive no IPFS node or
+/// do not answer are left out (and logged).
+pub async fn cluster_status(
+    State(state): State<ApiState>,
+    Query(query): Query<StatusQuery>,
+) -> Result<Response, ApiError> {
+    let (cids, filter) = query.parse()?;
+    let filter: Vec<String> = filter.iter().map(ToString::to_string).collect();
+    let info = super::swarm_info(&state).await?;
+    let peers: Vec<PeerId> = info
+        .peers
+        .iter()
+        .filter(|p| p.connected)
+        .filter_map(|p| p.peer_id.parse().ok())
+        .collect();
+    let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(LIST_BUFFER);
+    tokio::spawn(async move {
+        let mut after: Option<Vec<u8>> = None;
+        let mut given = cids.chunks(CLUSTER_CHUNK);
+        loop {
+            let chunk: Vec<Cid> = if cids.is_empty() {
+                let store = state.store.clone();
+                let from = after.take();
+                match tokio::task::spawn_blocking(move || pinset_chunk(&store, from, CLUSTER_CHUNK))
+                    .await
+                {
+                    Ok(Ok(chunk)) => chunk,
+                    Ok(Err(err)) => {
+                        let _ = tx.send(Err(std::io::Error::other(err.to_string()))).await;
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            } else {
+                match given.next() {
+                    Some(chunk) => chunk.to_vec(),
+                    None => return,
+                }
+            };
+            let Some(last) = chunk.last() else { return };
+            after = Some(last.to_bytes());
+            match round(&state, &peers, &chunk).await {
+                Ok(lines) => {
+                    for line in lines {
+                        let keep = filter.is_empty()
+                            || line.peers.values().any(|p| filter.contains(&p.status));
+                        if !keep {
+                            continue;
+                        }
+                        let mut text = serde_json::to_string(&line).unwrap_or_default();
+                        text.push('\n');
+                        if tx.send(Ok(text)).await.is_err() {
+                            return; // the client went away
+                        }
+                    }
+                }
+                Err(err) => {
+                    let _ = tx.send(Err(std::io::Error::other(err))).await;
+                    return;
+                }
+            }
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(tokio_stream_from(rx)))
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Asks this agent and every peer about `chunk`; one line per CID, in order.
+async fn round(
+    state: &ApiState,
+    peers: &[PeerId],
+    chunk: &[Cid],
+) -> Result<Vec<ClusterStatusLine>, String> {
+    let mut lines: Vec<ClusterStatusLine> = chunk
+        .iter()
+        .map(|cid| ClusterStatusLine {
+            cid: cid.to_string(),
+            peers: BTreeMap::new(),
+        })
+        .collect();
+    let asks = peers.iter().map(|peer| async move {
+        let (reply, rx) = oneshot::channel();
+        let command = SwarmCommand::PinStatus {
+            peer: *peer,
+            cids: chunk.to_vec(),
+            reply,
+        };
+        if state.swarm.send(command).await.is_err() {
+            return (*peer, Err("the network has stopped".to_string()));
+        }
+        let answer = match tokio::time::timeout(PEER_ANSWER, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err("the network has stopped".into()),
+            Err(_) => Err(format!("no answer within {}s", PEER_ANSWER.as_secs())),
+        };
+        (*peer, answer)
+    });
+    for (peer, answer) in futures::future::join_all(asks).await {
+        match answer {
+            Ok(entries) => {
+                for (line, entry) in lines.iter_mut().zip(entries) {
+                    line.peers.insert(
+                        peer.to_string(),
+                        PeerPinStatus {
+                            status: entry.status,
+                            error: entry.error,
+                            attempts: entry.attempts,
+                            updated: entry.updated_ms,
+                        },
+                    );
+                }
+            }
+            Err(reason) => debug!(%peer, %reason, "peer left out of the cluster status"),
+        }
+    }
+    if state.reconciler.is_some() {
+        let store = state.store.clone();
+        let me = state.peer_id.to_string();
+        let cids = chunk.to_vec();
+        let local = tokio::task::spawn_blocking(move || lines_for(&store, &me, &cids))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        for (line, own) in lines.iter_mut().zip(local) {
+            line.peers.insert(
+                own.peer_id,
+                PeerPinStatus {
+                    status: own.status.to_string(),
+                    error: own.error,
+                    attempts: own.attempts,
+                    updated: own.updated,
+                },
+            );
+        }
+    }
+    Ok(lines)
+}
+
+/// Up to `n` CIDs of the pinset after the key `after`, in key order.
+fn pinset_chunk(store: &Store, after: Option<Vec<u8>>, n: usize) -> Result<Vec<Cid>, StoreError> {
+    use std::ops::Bound;
+    let txn = store.db().begin_read()?;
+    let pins = txn.open_table(PINS)?;
+    let lower = match &after {
+        Some(key) => Bound::Excluded(key.as_slice()),
+        None => Bound::Unbounded,
+    };
+    let mut out = Vec::with_capacity(n);
+    for item in pins.range::<&[u8]>((lower, Bound::Unbounded))? {
+        let (key, _) = item?;
+        if let Ok(cid) = Cid::try_from(key.value()) {
+            out.push(cid);
+        }
+        if out.len() == n {
+            break;
+        }
+    }
+    Ok(out)
 }

@@ -10,18 +10,35 @@ use pinmesh_protocol::{Cid, PinMode};
 
 use super::{Ctx, print_json};
 use crate::api::PinRequest;
+use crate::api::client::Client;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Pin a CID in the cluster (or update its options).
     Add(AddArgs),
     /// Unpin a CID from the cluster.
-    Rm {
-        #[arg(value_parser = parse_cid)]
-        cid: Cid,
-    },
+    Rm(RmArgs),
     /// List the cluster's pins (`--json`: one object per line).
     Ls,
+}
+
+/// `--wait` and its limit, shared by `pin add` and `pin rm`.
+#[derive(Debug, clap::Args)]
+pub struct WaitArgs {
+    /// Return once every peer driving an IPFS node holds the pin (`pin rm`: has dropped it).
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this long (exit 1, naming the peers not there yet).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    wait_timeout: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RmArgs {
+    #[arg(value_parser = parse_cid)]
+    cid: Cid,
+    #[command(flatten)]
+    wait: WaitArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -45,6 +62,8 @@ pub struct AddArgs {
     /// Metadata, K=V; repeat for several.
     #[arg(long = "meta", value_parser = parse_meta)]
     meta: Vec<(String, String)>,
+    #[command(flatten)]
+    wait: WaitArgs,
 }
 
 fn parse_cid(text: &str) -> Result<Cid, String> {
@@ -66,12 +85,16 @@ fn parse_meta(text: &str) -> Result<(String, String), String> {
 pub async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Add(args) => add(ctx, args).await,
-        Command::Rm { cid } => {
-            let receipt = ctx.client()?.unpin(&cid.to_string()).await?;
+        Command::Rm(args) => {
+            let client = ctx.client()?;
+            let receipt = client.unpin(&args.cid.to_string()).await?;
             if ctx.json {
                 print_json(&receipt)?;
             } else {
                 println!("unpinned {} ({})", receipt.cid, receipt.dot);
+            }
+            if args.wait.wait {
+                return wait_for(ctx, &client, &args.cid, "unpinned", args.wait.wait_timeout).await;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -127,11 +150,84 @@ async fn add(ctx: &Ctx, args: AddArgs) -> anyhow::Result<ExitCode> {
         metadata: args.meta.into_iter().collect::<BTreeMap<_, _>>(),
         origins: Vec::new(),
     };
-    let receipt = ctx.client()?.pin(&request).await?;
+    let client = ctx.client()?;
+    let receipt = client.pin(&request).await?;
     if ctx.json {
         print_json(&receipt)?;
     } else {
         println!("pinned {} ({})", receipt.cid, receipt.dot);
     }
+    if args.wait.wait {
+        return wait_for(ctx, &client, &args.cid, "pinned", args.wait.wait_timeout).await;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Polls the cluster status of `cid` until every peer that drives an IPFS node reports `want`
+/// (or `remote`: not allocated there), or `timeout` passes.
+async fn wait_for(
+    ctx: &Ctx,
+    client: &Client,
+    cid: &Cid,
+    want: &str,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let started = tokio::time::Instant::now();
+    let mut last_progress = String::new();
+    loop {
+        let mut peers = BTreeMap::new();
+        client
+            .cluster_status(&[cid.to_string()], &[], |line| {
+                peers = line.peers;
+                Ok(())
+            })
+            .await?;
+        if peers.is_empty() {
+            bail!("no peer drives an IPFS node (ipfs.api): there is nothing to wait for");
+        }
+        let behind: Vec<String> = peers
+            .iter()
+            .filter(|(_, p)| p.status != want && p.status != "remote")
+            .map(|(peer, p)| match &p.error {
+                Some(error) => format!("{peer} ({}: {error})", p.status),
+                None => format!("{peer} ({})", p.status),
+            })
+            .collect();
+        let took = started.elapsed();
+        if behind.is_empty() {
+            if ctx.json {
+                print_json(&serde_json::json!({
+                    "cid": cid.to_string(),
+                    "status": want,
+                    "peers": peers.len(),
+                    "waited_ms": took.as_millis() as u64,
+                }))?;
+            } else {
+                println!(
+                    "{want} on all {} peers in {:.1}s",
+                    peers.len(),
+                    took.as_secs_f64()
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        if took >= timeout {
+            bail!(
+                "not {want} everywhere after {}: {}",
+                humantime::format_duration(timeout),
+                behind.join(", ")
+            );
+        }
+        let progress = format!(
+            "{want} on {}/{} peers",
+            peers.len() - behind.len(),
+            peers.len()
+        );
+        if progress != last_progress && !ctx.json {
+            eprintln!("{progress}");
+            last_progress = progress;
+        }
+        // The reconcilers report on their own schedule; ask again shortly.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

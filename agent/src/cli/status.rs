@@ -36,9 +36,7 @@ fn parse_cid(text: &str) -> Result<Cid, String> {
 
 pub async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<ExitCode> {
     if !args.local {
-        anyhow::bail!(
-            "cluster-wide status is not available in this version; pass --local for this agent's node"
-        );
+        return cluster(ctx, args).await;
     }
     let client = ctx.client()?;
     let cids: Vec<String> = args.cids.iter().map(ToString::to_string).collect();
@@ -52,6 +50,43 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<ExitCode> {
         .await?;
     if !json {
         eprintln!("{count} CIDs, {errors} in error");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every peer's status per CID.
+async fn cluster(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let client = ctx.client()?;
+    let cids: Vec<String> = args.cids.iter().map(ToString::to_string).collect();
+    let json = ctx.json;
+    let mut errors = 0u64;
+    let count = client
+        .cluster_status(&cids, &args.filter, |line| {
+            let failed = line
+                .peers
+                .values()
+                .filter(|p| p.status.ends_with("error"))
+                .count();
+            errors += u64::from(failed > 0);
+            if json {
+                return super::print_json(&line);
+            }
+            println!("{}", line.cid);
+            for (peer, p) in &line.peers {
+                let mut text = format!("  {peer}  {}", p.status);
+                if p.attempts > 0 {
+                    text.push_str(&format!("  (attempt {})", p.attempts));
+                }
+                if let Some(error) = &p.error {
+                    text.push_str(&format!("  {error}"));
+                }
+                println!("{text}");
+            }
+            Ok(())
+        })
+        .await?;
+    if !json {
+        eprintln!("{count} CIDs, {errors} with errors");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -21,14 +21,16 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity
 use libp2p::identity::{Keypair, ed25519};
 use libp2p::multiaddr::Protocol;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
-use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, Transport, identify, kad, noise, ping, tcp, yamux,
 };
 use pinmesh_protocol::codec::{self as wire, MAX_BEACON};
+use pinmesh_protocol::message::MAX_STATUS_CIDS;
 use pinmesh_protocol::{
-    ActorId, AppliedVector, DeltaBatch, Gossip, RangeSet, Request, Response, Summary,
+    ActorId, AppliedVector, Cid, DeltaBatch, Gossip, PinStatusEntry, RangeSet, Request, Response,
+    Summary,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -36,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use self::codec::{SYNC_PROTOCOL, SyncCodec};
+use crate::api::status::StatusLine;
 use crate::replica::{Output, ReplicaHandle};
 use crate::store::{PeerRecord, ServeError, Snapshots, Store};
 use pinmesh_protocol::snapshot::Progress;
@@ -164,6 +167,12 @@ pub enum SwarmCommand {
     },
     /// Ask every connected peer for a fresh status (for `debug converge`).
     Refresh,
+    /// Ask `peer` where `cids` stand on its IPFS node.
+    PinStatus {
+        peer: PeerId,
+        cids: Vec<Cid>,
+        reply: oneshot::Sender<Result<Vec<PinStatusEntry>, String>>,
+    },
 }
 
 /// A snapshot of the swarm for `id`, `peers` and `debug`.
@@ -254,7 +263,12 @@ pub struct EventLoop {
     /// Peers that answered a Status request.
     answered: HashSet<PeerId>,
     flush_ticks: u64,
+    ipfs: bool,
+    /// `PinStatus` requests made for the API, by request id.
+    pending_status: HashMap<OutboundRequestId, StatusReply>,
 }
+
+type StatusReply = oneshot::Sender<Result<Vec<PinStatusEntry>, String>>;
 
 /// Everything the event loop needs besides the swarm.
 pub struct Wiring {
@@ -269,6 +283,8 @@ pub struct Wiring {
     pub listen_tx: watch::Sender<Vec<Multiaddr>>,
     pub beacon_interval: Duration,
     pub repair_delay: Duration,
+    /// This agent drives an IPFS node, so it can answer `PinStatus`.
+    pub ipfs: bool,
 }
 
 impl EventLoop {
@@ -307,6 +323,8 @@ impl EventLoop {
             sync_target: None,
             answered: HashSet::new(),
             flush_ticks: 0,
+            ipfs: wiring.ipfs,
+            pending_status: HashMap::new(),
         })
     }
 
@@ -438,15 +456,31 @@ impl EventLoop {
                     request_response::Message::Request {
                         request, channel, ..
                     } => self.serve(peer, request, channel),
-                    request_response::Message::Response { response, .. } => {
-                        self.on_response(peer, response)
-                    }
+                    request_response::Message::Response {
+                        response,
+                        request_id,
+                    } => match self.pending_status.remove(&request_id) {
+                        Some(reply) => {
+                            let _ = reply.send(match response {
+                                Response::PinStatus { entries } => Ok(entries),
+                                Response::Refused { reason } => Err(reason),
+                                _ => Err("answered something else".into()),
+                            });
+                        }
+                        None => self.on_response(peer, response),
+                    },
                 }
             }
             BehaviourEvent::Sync(request_response::Event::OutboundFailure {
-                peer, error, ..
+                peer,
+                error,
+                request_id,
+                ..
             }) => {
                 debug!(%peer, error = %error, "sync request failed");
+                if let Some(reply) = self.pending_status.remove(&request_id) {
+                    let _ = reply.send(Err(error.to_string()));
+                }
                 if self.fetch.as_ref().is_some_and(|f| f.peer == peer) {
                     warn!(%peer, error = %error, "snapshot fetch failed; will retry");
                     self.fetch = None;
@@ -732,6 +766,9 @@ impl EventLoop {
                     self.fetch = None;
                 }
             }
+            Response::PinStatus { .. } => {
+                debug!(%peer, "pin status answer nobody waits for any more");
+            }
         }
     }
 
@@ -816,6 +853,42 @@ impl EventLoop {
                         }
                         Err(ServeError::Store(err)) => {
                             warn!(%peer, error = %err, "cannot read a snapshot");
+                            Response::Refused {
+                                reason: "storage error".into(),
+                            }
+                        }
+                    };
+                    let _ = served.blocking_send(Served { channel, response });
+                });
+            }
+            Request::PinStatus { cids } => {
+                let refuse = if !self.ipfs {
+                    Some("this agent drives no IPFS node".to_string())
+                } else if cids.len() > MAX_STATUS_CIDS {
+                    Some(format!("at most {MAX_STATUS_CIDS} CIDs per request"))
+                } else {
+                    None
+                };
+                if let Some(reason) = refuse {
+                    let refused = Response::Refused { reason };
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_response(channel, refused);
+                    return;
+                }
+                let store = self.store.clone();
+                let served = self.served_tx.clone();
+                let me = self.swarm.local_peer_id().to_string();
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    let response = match crate::api::status::lines_for(&store, &me, &cids) {
+                        Ok(lines) => Response::PinStatus {
+                            entries: lines.into_iter().map(StatusLine::into_entry).collect(),
+                        },
+                        Err(err) => {
+                            warn!(%peer, error = %err, "cannot read pin statuses");
                             Response::Refused {
                                 reason: "storage error".into(),
                             }
@@ -967,6 +1040,18 @@ impl EventLoop {
                 }
             }
             SwarmCommand::Refresh => self.ask_status_all(),
+            SwarmCommand::PinStatus { peer, cids, reply } => {
+                if !self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Err("not connected".into()));
+                    return;
+                }
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_request(&peer, Request::PinStatus { cids });
+                self.pending_status.insert(id, reply);
+            }
             SwarmCommand::Info { reply } => {
                 let now = Instant::now();
                 let peers = self
