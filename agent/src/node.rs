@@ -20,8 +20,8 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::home::{Home, write_private};
-use crate::ipfs::PinLimits;
 use crate::ipfs::kubo::KuboBackend;
+use crate::ipfs::{PinBackend, PinLimits};
 use crate::reconcile;
 use crate::replica::{self, NodeSigner, ReplicaHandle};
 use crate::store::Store;
@@ -142,14 +142,21 @@ impl Node {
             }
             .instrument(span.clone()),
         );
-        let reconciler = match &config.raw.ipfs.api {
+        let backend: Option<Arc<dyn PinBackend>> = match &config.raw.ipfs.api {
             Some(url) => {
                 let ipfs = &config.raw.ipfs;
                 let backend = KuboBackend::new(url, ipfs.auth.as_deref(), ipfs.call_timeout)
                     .map_err(|m| anyhow!(m))?;
+                Some(Arc::new(backend))
+            }
+            None => None,
+        };
+        let reconciler = match &backend {
+            Some(backend) => {
+                let ipfs = &config.raw.ipfs;
                 let (handle, run) = reconcile::spawn(
                     store.clone(),
-                    Arc::new(backend),
+                    backend.clone(),
                     changes,
                     flags.clone(),
                     reconcile::Settings {
@@ -228,6 +235,8 @@ impl Node {
             swarm: swarm_tx.clone(),
             flags: flags.clone(),
             reconciler: reconciler.clone(),
+            ipfs: backend,
+            add_timeout: config.raw.ipfs.pin_timeout,
             writer: config.trusted_writers.is_empty() || config.trusted_writers.contains(&peer_id),
             token: token.into(),
             cluster: config.raw.cluster.name.clone().into(),

@@ -323,3 +323,71 @@ async fn a_restart_mid_pinning_keeps_statuses_and_ownership() {
     assert_eq!(settled.updated, pinned.updated, "{settled:?}");
     assert_eq!(net.node(1).is_pinned(&missing).await, Ok(true));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_stores_a_directory_and_pins_its_root_on_every_node() {
+    let net = IpfsNet::start(2);
+    let agents = agents_on(&net).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let top = dir.path().join("album");
+    std::fs::create_dir_all(top.join("raw")).expect("dirs");
+    // Bigger than any default request-body limit, and several chunks.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(top.join("raw/big.bin"), &big).expect("big");
+    std::fs::write(top.join("notes.txt"), b"three photos").expect("notes");
+
+    let path = top.to_string_lossy().into_owned();
+    let out = cli(&agents[0], &["add", &path, "--wait", "--json"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let names: Vec<&str> = lines
+        .iter()
+        .map(|l| l["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(
+        names.last(),
+        Some(&"album"),
+        "the root comes last: {names:?}"
+    );
+    assert!(names.contains(&"album/raw/big.bin"), "{names:?}");
+    let cid_of = |name: &str| -> Cid {
+        let line = lines.iter().find(|l| l["name"] == name).expect("listed");
+        line["cid"].as_str().expect("cid").parse().expect("a CID")
+    };
+    let root = cid_of("album");
+    let file = cid_of("album/raw/big.bin");
+    let big_line = lines
+        .iter()
+        .find(|l| l["name"] == "album/raw/big.bin")
+        .expect("listed");
+    assert!(big_line["size"].as_u64().expect("size") >= big.len() as u64);
+
+    // `--wait` returned: both nodes hold the root pin, and the other node serves the bytes.
+    for i in 0..2 {
+        assert_eq!(net.node(i).is_pinned(&root).await, Ok(true), "node {i}");
+    }
+    assert!(net.node(1).cat(&file).await == big);
+    let pin = agents[1]
+        .client()
+        .show(&root.to_string())
+        .await
+        .expect("in the pinset");
+    assert_eq!(pin.name, "album", "named after the path by default");
+
+    // A path that does not exist: one clear line, nothing added.
+    let out = cli(&agents[0], &["add", "/nonexistent/pinmesh"]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot read /nonexistent/pinmesh"),
+        "{stderr}"
+    );
+}

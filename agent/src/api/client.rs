@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::status::{ClusterStatusLine, RecoverReply, RecoverRequest, StatusLine};
+use super::status::{AddedLine, ClusterStatusLine, RecoverReply, RecoverRequest, StatusLine};
 use super::{
     DigestInfo, ErrorBody, IdInfo, JoinRequest, OpReceipt, PeersReport, PinInfo, PinRequest,
     StateDump,
@@ -202,6 +202,40 @@ impl Client {
             cid: cid.map(str::to_string),
         };
         self.call(Method::POST, "/v1/recover", Some(&body)).await
+    }
+
+    /// Streams a multipart body (Kubo's `add` layout) to the agent's IPFS node.
+    pub async fn add(
+        &self,
+        content_type: &str,
+        body: reqwest::Body,
+        wrap: bool,
+    ) -> anyhow::Result<Vec<AddedLine>> {
+        let url = format!("{}/v1/add?wrap={wrap}", self.base);
+        let response = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot reach the agent at {}: {}",
+                    self.base,
+                    root_cause(&e)
+                )
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<ErrorBody>(&text)
+                .map(|b| b.error)
+                .unwrap_or(text);
+            return Err(anyhow!(ApiFailure { status, message }));
+        }
+        Ok(response.json().await?)
     }
 
     /// GETs an NDJSON listing and hands each line to `each`.

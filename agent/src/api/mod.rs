@@ -42,6 +42,10 @@ pub struct ApiState {
     pub flags: Arc<Flags>,
     /// Absent when no IPFS node is configured.
     pub reconciler: Option<crate::reconcile::ReconcilerHandle>,
+    /// The node `add` stores content in; absent when none is configured.
+    pub ipfs: Option<Arc<dyn crate::ipfs::PinBackend>>,
+    /// Longest an `add` may take.
+    pub add_timeout: std::time::Duration,
     /// This agent may write (it is in `cluster.trusted_writers`, or the list is empty).
     pub writer: bool,
     pub token: Arc<str>,
@@ -259,6 +263,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status", get(status::status))
         .route("/v1/status/cluster", get(status::cluster_status))
         .route("/v1/recover", post(status::recover))
+        .route("/v1/add", post(status::add))
         .route("/v1/debug/digest", get(digest))
         .route("/v1/debug/state", get(debug_state))
         .route("/v1/debug/peers", get(debug_peers))

@@ -485,3 +485,63 @@ fn pinset_chunk(store: &Store, after: Option<Vec<u8>>, n: usize) -> Result<Vec<C
     }
     Ok(out)
 }
+
+/// `POST /v1/add?wrap=BOOL` answer: what the node stored, the root last.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddedLine {
+    pub name: String,
+    pub cid: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct AddQuery {
+    #[serde(default)]
+    pub wrap: bool,
+}
+
+/// Streams a `multipart/form-data` body (Kubo's `add` layout) to this agent's IPFS node. The
+/// content is not pinned here: the caller pins the root in the cluster, and the reconciler
+/// pins it on every node (this one's own, at once: the blocks are local).
+pub async fn add(
+    State(state): State<ApiState>,
+    Query(query): Query<AddQuery>,
+    request: axum::extract::Request,
+) -> Result<Json<Vec<AddedLine>>, ApiError> {
+    use futures::TryStreamExt;
+    let Some(ipfs) = &state.ipfs else {
+        return Err(ApiError::Unavailable(
+            "this agent drives no IPFS node: set ipfs.api in its config.toml".into(),
+        ));
+    };
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.starts_with("multipart/form-data"))
+        .ok_or_else(|| ApiError::BadRequest("add needs a multipart/form-data body".into()))?
+        .to_string();
+    let body = request
+        .into_body()
+        .into_data_stream()
+        .map_err(std::io::Error::other);
+    let input = crate::ipfs::AddInput {
+        content_type,
+        body: Box::pin(body),
+        wrap: query.wrap,
+    };
+    let added = ipfs
+        .add(input, state.add_timeout)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(Json(
+        added
+            .into_iter()
+            .map(|a| AddedLine {
+                name: a.name,
+                cid: a.cid.to_string(),
+                size: a.size,
+            })
+            .collect(),
+    ))
+}

@@ -1,6 +1,7 @@
 //! The command line: global flags, one file per command group. Domain values (CIDs,
 //! multiaddrs, durations) are parsed here, so bad input fails before any request is made.
 
+mod add;
 mod debug;
 mod init;
 mod peers;
@@ -50,6 +51,9 @@ pub enum Command {
     /// Add, remove and list pins.
     #[command(subcommand)]
     Pin(pin::Command),
+    /// Add files or directories to this agent's IPFS node and pin the root in the cluster
+    /// (`--json`: one object per line with name, cid, size, the root last, then the pin).
+    Add(add::Args),
     /// Where pins stand on the IPFS nodes (`--json`: one object per CID).
     Status(status::StatusArgs),
     /// Retry failed pins and unpins now.
@@ -91,6 +95,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Peers(cmd) => block_on(peers::run(&ctx, cmd)),
         Command::Pin(cmd) => block_on(pin::run(&ctx, cmd)),
         Command::Debug(cmd) => block_on(debug::run(&ctx, cmd)),
+        Command::Add(args) => block_on(add::run(&ctx, args)),
         Command::Status(args) => block_on(status::status(&ctx, args)),
         Command::Recover(args) => block_on(status::recover(&ctx, args)),
     }

@@ -27,10 +27,10 @@ pub enum Command {
 pub struct WaitArgs {
     /// Return once every peer driving an IPFS node holds the pin (`pin rm`: has dropped it).
     #[arg(long)]
-    wait: bool,
+    pub wait: bool,
     /// Give up waiting after this long (exit 1, naming the peers not there yet).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
-    wait_timeout: Duration,
+    pub wait_timeout: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -45,8 +45,15 @@ pub struct RmArgs {
 pub struct AddArgs {
     #[arg(value_parser = parse_cid)]
     cid: Cid,
-    #[arg(long, default_value = "")]
-    name: String,
+    #[command(flatten)]
+    options: PinOptions,
+}
+
+/// The pin's options, shared by `pin add` and `add`.
+#[derive(Debug, clap::Args)]
+pub struct PinOptions {
+    #[arg(long)]
+    name: Option<String>,
     /// Peers that should hold it (sets min and max); -1 = every peer.
     #[arg(long, conflicts_with_all = ["rmin", "rmax"], allow_negative_numbers = true)]
     replication: Option<i32>,
@@ -63,7 +70,7 @@ pub struct AddArgs {
     #[arg(long = "meta", value_parser = parse_meta)]
     meta: Vec<(String, String)>,
     #[command(flatten)]
-    wait: WaitArgs,
+    pub wait: WaitArgs,
 }
 
 fn parse_cid(text: &str) -> Result<Cid, String> {
@@ -94,7 +101,8 @@ pub async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
                 println!("unpinned {} ({})", receipt.cid, receipt.dot);
             }
             if args.wait.wait {
-                return wait_for(ctx, &client, &args.cid, "unpinned", args.wait.wait_timeout).await;
+                let timeout = args.wait.wait_timeout;
+                return wait_for(ctx, &client, &args.cid, "unpinned", timeout, false).await;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -126,6 +134,19 @@ pub async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
 }
 
 async fn add(ctx: &Ctx, args: AddArgs) -> anyhow::Result<ExitCode> {
+    pin_with(ctx, &args.cid, &args.options, "", true).await
+}
+
+/// Pins `cid` in the cluster with `options` (`default_name` when none is given), then waits
+/// if asked. `report`: print the receipt and the wait's outcome also with `--json`.
+pub async fn pin_with(
+    ctx: &Ctx,
+    cid: &Cid,
+    options: &PinOptions,
+    default_name: &str,
+    report: bool,
+) -> anyhow::Result<ExitCode> {
+    let args = options;
     let (rmin, rmax) = match (args.replication, args.rmin, args.rmax) {
         (Some(n), _, _) => (Some(n), Some(n)),
         (None, min, max) => (min, max),
@@ -141,24 +162,28 @@ async fn add(ctx: &Ctx, args: AddArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let request = PinRequest {
-        cid: args.cid.to_string(),
-        name: args.name,
+        cid: cid.to_string(),
+        name: args
+            .name
+            .clone()
+            .unwrap_or_else(|| default_name.to_string()),
         mode: args.mode,
         replication_min: rmin,
         replication_max: rmax,
         expire_at,
-        metadata: args.meta.into_iter().collect::<BTreeMap<_, _>>(),
+        metadata: args.meta.iter().cloned().collect::<BTreeMap<_, _>>(),
         origins: Vec::new(),
     };
     let client = ctx.client()?;
     let receipt = client.pin(&request).await?;
-    if ctx.json {
-        print_json(&receipt)?;
-    } else {
+    if !ctx.json {
         println!("pinned {} ({})", receipt.cid, receipt.dot);
+    } else if report {
+        print_json(&receipt)?;
     }
     if args.wait.wait {
-        return wait_for(ctx, &client, &args.cid, "pinned", args.wait.wait_timeout).await;
+        let quiet = ctx.json && !report;
+        return wait_for(ctx, &client, cid, "pinned", args.wait.wait_timeout, quiet).await;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -171,6 +196,7 @@ async fn wait_for(
     cid: &Cid,
     want: &str,
     timeout: Duration,
+    quiet: bool,
 ) -> anyhow::Result<ExitCode> {
     let started = tokio::time::Instant::now();
     let mut last_progress = String::new();
@@ -195,7 +221,9 @@ async fn wait_for(
             .collect();
         let took = started.elapsed();
         if behind.is_empty() {
-            if ctx.json {
+            if quiet {
+                // The caller's output is the listing alone.
+            } else if ctx.json {
                 print_json(&serde_json::json!({
                     "cid": cid.to_string(),
                     "status": want,

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use pinmesh_protocol::PinMode;
 use serde::Deserialize;
 
-use super::{IpfsError, NodeInfo, PinBackend, PinLimits, RepoStat, same_content};
+use super::{AddInput, Added, IpfsError, NodeInfo, PinBackend, PinLimits, RepoStat, same_content};
 
 /// Node-side limit on a full listing (the client side is a no-data timeout per chunk).
 const LIST_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -344,6 +344,91 @@ impl PinBackend for KuboBackend {
         })
     }
 
+    async fn add(&self, input: AddInput, limit: Duration) -> Result<Vec<Added>, IpfsError> {
+        const CALL: &str = "add";
+        let url = format!("{}/api/v0/{CALL}", self.base);
+        let query = [
+            ("cid-version", "1".to_string()),
+            ("pin", "false".into()),
+            ("wrap-with-directory", input.wrap.to_string()),
+            ("timeout", go_duration(limit)),
+        ];
+        let mut request = self
+            .http
+            .post(&url)
+            .query(&query)
+            .header(reqwest::header::CONTENT_TYPE, input.content_type)
+            .body(reqwest::Body::wrap_stream(input.body));
+        if let Some(auth) = &self.auth {
+            request = request.header(reqwest::header::AUTHORIZATION, auth);
+        }
+        let work = async {
+            let response = request.send().await.map_err(|e| self.transport(CALL, e))?;
+            let status = response.status();
+            if !status.is_success() {
+                let body = response.text().await.unwrap_or_default();
+                let message = serde_json::from_str::<ErrorBody>(&body)
+                    .map(|e| e.message)
+                    .unwrap_or_else(|_| format!("HTTP {status}: {}", truncate(body.trim(), 200)));
+                return Err(IpfsError::Refused {
+                    call: CALL,
+                    message,
+                });
+            }
+            let mut added = Vec::new();
+            let idle = self.call_timeout;
+            self.lines::<()>(
+                CALL,
+                response,
+                idle,
+                || IpfsError::Timeout {
+                    call: CALL,
+                    after: idle,
+                },
+                |line| {
+                    let protocol = |message: String| IpfsError::Protocol {
+                        call: CALL,
+                        message,
+                    };
+                    let item: AddLine =
+                        serde_json::from_slice(line).map_err(|e| protocol(e.to_string()))?;
+                    if let Some(message) = item.message {
+                        return Err(IpfsError::Refused {
+                            call: CALL,
+                            message,
+                        });
+                    }
+                    // Progress lines carry no hash.
+                    if let Some(hash) = item.hash {
+                        let cid = hash
+                            .parse::<Cid>()
+                            .map_err(|e| protocol(format!("added CID {hash:?}: {e}")))?;
+                        added.push(Added {
+                            name: item.name.unwrap_or_default(),
+                            cid,
+                            size: item.size.map_or(0, |s| s.0),
+                        });
+                    }
+                    Ok(None)
+                },
+            )
+            .await?;
+            if added.is_empty() {
+                return Err(IpfsError::Protocol {
+                    call: CALL,
+                    message: "the node added nothing".into(),
+                });
+            }
+            Ok(added)
+        };
+        tokio::time::timeout(limit + Duration::from_secs(5), work)
+            .await
+            .map_err(|_| IpfsError::Timeout {
+                call: CALL,
+                after: limit,
+            })?
+    }
+
     async fn connect(&self, addr: &str) -> Result<(), IpfsError> {
         self.call::<serde_json::Value>("swarm/connect", &[("arg", addr.to_string())])
             .await
@@ -405,6 +490,18 @@ struct IdBody {
 struct PinAddLine {
     #[serde(rename = "Pins")]
     pins: Option<Vec<String>>,
+    #[serde(rename = "Message")]
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AddLine {
+    #[serde(rename = "Name")]
+    name: Option<String>,
+    #[serde(rename = "Hash")]
+    hash: Option<String>,
+    #[serde(rename = "Size")]
+    size: Option<Flex>,
     #[serde(rename = "Message")]
     message: Option<String>,
 }

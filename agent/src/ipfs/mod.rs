@@ -59,6 +59,27 @@ pub struct RepoStat {
     pub storage_max: u64,
 }
 
+/// One file or directory `add` stored, in the order the node reported them (the root last).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Added {
+    /// Path relative to what was added (`""` for the wrapping directory).
+    pub name: String,
+    pub cid: Cid,
+    /// Bytes of the DAG below it, as the node reports them.
+    pub size: u64,
+}
+
+/// Content to add: a `multipart/form-data` body in Kubo's `add` layout (one part per file,
+/// `filename` the URL-escaped relative path, directories as `application/x-directory` parts
+/// before their contents), streamed.
+pub struct AddInput {
+    /// `multipart/form-data; boundary=...`
+    pub content_type: String,
+    pub body: futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>,
+    /// Wrap everything in one directory (several paths were given).
+    pub wrap: bool,
+}
+
 /// Limits on one pin.
 #[derive(Debug, Clone, Copy)]
 pub struct PinLimits {
@@ -102,6 +123,10 @@ pub trait PinBackend: Send + Sync + 'static {
 
     /// `repo/stat`.
     async fn repo_stat(&self) -> Result<RepoStat, IpfsError>;
+
+    /// Stores content (CIDv1, not pinned: the reconciler pins what the pinset wants). Bounded
+    /// by `limit` in all.
+    async fn add(&self, input: AddInput, limit: Duration) -> Result<Vec<Added>, IpfsError>;
 
     /// Dials a peer that has the content (a pin's origins). Best effort.
     async fn connect(&self, addr: &str) -> Result<(), IpfsError>;
