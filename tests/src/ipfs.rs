@@ -116,14 +116,31 @@ impl IpfsNode {
     }
 
     async fn add_with(&self, bytes: &[u8], options: &str) -> Cid {
+        let mut cids = self.add_files(&[bytes], options).await;
+        cids.pop().expect("one CID")
+    }
+
+    /// Adds many small files in one request (CIDv1), not wrapped; their CIDs in order.
+    pub async fn add_many(&self, files: &[Vec<u8>], pin: bool) -> Vec<Cid> {
+        let files: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+        self.add_files(&files, &format!("pin={pin}")).await
+    }
+
+    async fn add_files(&self, files: &[&[u8]], options: &str) -> Vec<Cid> {
         let boundary = format!("pinmesh{:016x}", rand::random::<u64>());
-        let mut body = format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"data\"\r\n\
-             Content-Type: application/octet-stream\r\n\r\n"
-        )
-        .into_bytes();
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let mut body = Vec::new();
+        for (i, bytes) in files.iter().enumerate() {
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; \
+                     filename=\"f{i}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            body.extend_from_slice(bytes);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
         let response = self
             .http
             .post(format!("{}/api/v0/add?cid-version=1&{options}", self.api))
@@ -132,15 +149,42 @@ impl IpfsNode {
                 format!("multipart/form-data; boundary={boundary}"),
             )
             .body(body)
-            .timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(600))
             .send()
             .await
             .expect("add");
         assert!(response.status().is_success(), "add failed");
         let text = response.text().await.expect("add answer");
-        let last = text.lines().last().expect("add answered");
-        let line: serde_json::Value = serde_json::from_str(last).expect("add json");
-        line["Hash"].as_str().expect("Hash").parse().expect("cid")
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("add json"))
+            .filter_map(|l| l["Hash"].as_str().map(|h| h.parse().expect("cid")))
+            .collect()
+    }
+
+    /// `pin/add` of one CID, as a plain HTTP client would (the benchmark's baseline).
+    pub async fn pin_add(&self, cid: &Cid) -> Result<(), String> {
+        self.post(&format!("pin/add?arg={cid}&timeout=60s"))
+            .await
+            .map(|_| ())
+    }
+
+    /// The time the node takes to stream its whole recursive and direct listings.
+    pub async fn list_time(&self) -> Duration {
+        let started = std::time::Instant::now();
+        for kind in ["recursive", "direct"] {
+            let response = self
+                .http
+                .post(format!(
+                    "{}/api/v0/pin/ls?type={kind}&stream=true",
+                    self.api
+                ))
+                .timeout(Duration::from_secs(600))
+                .send()
+                .await
+                .expect("pin/ls");
+            response.bytes().await.expect("pin/ls body");
+        }
+        started.elapsed()
     }
 
     /// Pins by hand, outside any agent.

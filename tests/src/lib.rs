@@ -3,6 +3,7 @@
 //! IPFS nodes ([`ipfs`]).
 
 pub mod ipfs;
+pub mod process;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

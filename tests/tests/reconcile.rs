@@ -37,16 +37,7 @@ async fn agents_on(net: &IpfsNet) -> Vec<TestAgent> {
 }
 
 fn request(cid: &Cid, name: &str) -> PinRequest {
-    PinRequest {
-        cid: cid.to_string(),
-        name: name.into(),
-        mode: None,
-        replication_min: None,
-        replication_max: None,
-        expire_at: None,
-        metadata: Default::default(),
-        origins: Vec::new(),
-    }
+    PinRequest::new(cid, name)
 }
 
 async fn status_of(agent: &TestAgent, cid: &Cid) -> StatusLine {

@@ -264,6 +264,11 @@ impl Client {
         Ok(count)
     }
 
+    pub async fn reconciler(&self) -> anyhow::Result<crate::reconcile::Report> {
+        self.call::<(), _>(Method::GET, "/v1/debug/reconciler", None)
+            .await
+    }
+
     pub async fn digest(&self) -> anyhow::Result<DigestInfo> {
         self.call::<(), _>(Method::GET, "/v1/debug/digest", None)
             .await

@@ -265,6 +265,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/recover", post(status::recover))
         .route("/v1/add", post(status::add))
         .route("/v1/debug/digest", get(digest))
+        .route("/v1/debug/reconciler", get(status::reconciler))
         .route("/v1/debug/state", get(debug_state))
         .route("/v1/debug/peers", get(debug_peers))
         .route("/v1/debug/refresh", post(refresh))

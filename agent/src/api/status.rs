@@ -545,3 +545,15 @@ pub async fn add(
             .collect(),
     ))
 }
+
+/// `GET /v1/debug/reconciler`.
+pub async fn reconciler(
+    State(state): State<ApiState>,
+) -> Result<Json<crate::reconcile::Report>, ApiError> {
+    match &state.reconciler {
+        Some(r) => Ok(Json(r.report())),
+        None => Err(ApiError::Unavailable(
+            "this agent drives no IPFS node: set ipfs.api in its config.toml".into(),
+        )),
+    }
+}

@@ -23,11 +23,33 @@ pub enum Command {
     },
     /// Dump the CRDT head and the delta log's ranges.
     State,
+    /// What the reconciler is doing: the node's state, queues, the last full comparison.
+    Reconciler,
 }
 
 pub async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
     let client = ctx.client()?;
     match command {
+        Command::Reconciler => {
+            let r = client.reconciler().await?;
+            if ctx.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "node {}  pins {}  queued {}  running {}  retrying {}",
+                    if r.node_down { "DOWN" } else { "up" },
+                    r.node_pins,
+                    r.queued,
+                    r.running,
+                    r.retrying
+                );
+                println!(
+                    "last full comparison: listed in {} ms, compared in {} ms, {} CIDs to look at ({} so far)",
+                    r.last_listed_ms, r.last_compared_ms, r.last_to_check, r.cycles
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Digest => {
             let d = client.digest().await?;
             if ctx.json {

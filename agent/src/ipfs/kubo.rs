@@ -249,20 +249,27 @@ impl PinBackend for KuboBackend {
     }
 
     async fn pinned(&self, cid: &Cid) -> Result<Option<PinMode>, IpfsError> {
-        // One type at a time: `type=all` would also look for the CID inside every DAG.
-        for (mode, kind) in [
-            (PinMode::Recursive, "recursive"),
-            (PinMode::Direct, "direct"),
-        ] {
+        // By type, both at once: `type=all` would also look for the CID inside every DAG.
+        let ask = |kind: &'static str| async move {
             let query = [("arg", cid.to_string()), ("type", kind.to_string())];
             match self.call::<serde_json::Value>("pin/ls", &query).await {
-                Ok(_) => return Ok(Some(mode)),
+                Ok(_) => Ok(true),
                 Err(IpfsError::Refused { message, .. })
-                    if message.to_ascii_lowercase().contains("not pinned") => {}
-                Err(err) => return Err(err),
+                    if message.to_ascii_lowercase().contains("not pinned") =>
+                {
+                    Ok(false)
+                }
+                Err(err) => Err(err),
             }
-        }
-        Ok(None)
+        };
+        let (recursive, direct) = futures::join!(ask("recursive"), ask("direct"));
+        Ok(if recursive? {
+            Some(PinMode::Recursive)
+        } else if direct? {
+            Some(PinMode::Direct)
+        } else {
+            None
+        })
     }
 
     async fn unpin(&self, cid: &Cid) -> Result<(), IpfsError> {

@@ -12,7 +12,11 @@
 //! - **Ownership**: a pin this agent adds to the node is recorded as its own (durably, before
 //!   the call) and named `pinmesh:<cluster>` where the node keeps names. It removes its own pins
 //!   that the pinset no longer wants, never anyone else's, and removes nothing before the agent
-//!   is `synced` (a stale replica must not unpin what the cluster still wants).
+//!   is `synced` (a stale replica must not unpin what the cluster still wants). Whether the node
+//!   already had a pin is decided by a listing begun after the CID was queued, or else by
+//!   asking the node about that CID; when many new pins wait, one listing is cheaper than
+//!   asking about each, so the node is listed again first. A pin made by hand between that
+//!   look and the agent's own `pin/add` is the one case taken for the agent's.
 //! - **Pace**: at most `ipfs.concurrency` calls at once, new pins ahead of retries, exponential
 //!   backoff per CID, one call per second after ten failures in a row, and when the node is
 //!   down nothing but a health check every [`PROBE_INTERVAL`] until it answers.
@@ -29,7 +33,7 @@ use pinmesh_protocol::entry::winner;
 use pinmesh_protocol::{Cid, PinMode, codec};
 use redb::{Durability, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +52,9 @@ const COMMAND_CAPACITY: usize = 64;
 const RETRY_BASE: Duration = Duration::from_secs(1);
 /// Failures in a row after which calls are paced to one per second.
 const FAILURES_BEFORE_PACING: u32 = 10;
+/// Assumed cost of asking the node about one CID (two calls), against which a fresh listing is
+/// weighed when many new pins wait.
+const CHECK_COST: Duration = Duration::from_millis(2);
 
 /// Where a CID stands on this peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -164,9 +171,33 @@ enum Command {
 pub struct ReconcilerHandle {
     tx: mpsc::Sender<Command>,
     pub backend: String,
+    report: watch::Receiver<Report>,
+}
+
+/// What the reconciler is doing, for `debug reconciler` and benchmarks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub node_down: bool,
+    /// Pins the node holds, as far as the reconciler knows.
+    pub node_pins: u64,
+    /// Full comparisons done since start.
+    pub cycles: u64,
+    /// The last one: how long listing the node took, and comparing the listing with the
+    /// pinset and the statuses.
+    pub last_listed_ms: u64,
+    pub last_compared_ms: u64,
+    /// CIDs the last one found to look at.
+    pub last_to_check: u64,
+    pub queued: u64,
+    pub running: u64,
+    pub retrying: u64,
 }
 
 impl ReconcilerHandle {
+    pub fn report(&self) -> Report {
+        self.report.borrow().clone()
+    }
+
     /// Retries errors now. Returns how many CIDs were queued.
     pub async fn recover(&self, cid: Option<Cid>) -> Option<usize> {
         let (reply, rx) = oneshot::channel();
@@ -185,10 +216,12 @@ struct Wanted {
 /// What to do about one CID, decided when a worker is free.
 #[derive(Debug, Clone)]
 enum Job {
-    /// `owned`: the pin is already this agent's (a retry, a mode change).
+    /// `owned`: the pin is already this agent's (a retry, a mode change). `absent`: a listing
+    /// begun after the CID was queued showed the node without it, so there is no need to ask.
     Pin {
         wanted: Wanted,
         owned: bool,
+        absent: bool,
     },
     Unpin,
 }
@@ -212,12 +245,20 @@ async fn work(
     limits: PinLimits,
     claims: mpsc::Sender<Claim>,
 ) -> Result<bool, IpfsError> {
-    let (wanted, mut owned) = match job {
+    let (wanted, mut owned, absent) = match job {
         Job::Unpin => return backend.unpin(&cid).await.map(|()| false),
-        Job::Pin { wanted, owned } => (wanted, owned),
+        Job::Pin {
+            wanted,
+            owned,
+            absent,
+        } => (wanted, owned, absent),
     };
     if !owned {
-        let have = backend.pinned(&cid).await?;
+        let have = if absent {
+            None
+        } else {
+            backend.pinned(&cid).await?
+        };
         if satisfies(have, wanted.mode) {
             return Ok(false);
         }
@@ -255,9 +296,11 @@ pub fn spawn(
 ) -> (ReconcilerHandle, impl Future<Output = ()> + Send + 'static) {
     let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
     let (claims_tx, claims) = mpsc::channel(CLAIM_CAPACITY);
+    let (report_tx, report) = watch::channel(Report::default());
     let handle = ReconcilerHandle {
         tx,
         backend: backend.describe(),
+        report,
     };
     let reconciler = Reconciler {
         store,
@@ -266,9 +309,13 @@ pub fn spawn(
         settings,
         actual: HashMap::new(),
         listed: false,
+        listing_started: None,
+        relist_now: false,
+        relist_failed: None,
         priority: VecDeque::new(),
         normal: VecDeque::new(),
-        queued: HashSet::new(),
+        queued: HashMap::new(),
+        last_enqueued: None,
         retry: BTreeMap::new(),
         retry_seq: 0,
         running: HashSet::new(),
@@ -282,6 +329,8 @@ pub fn spawn(
         relist_at: Instant::now(),
         waiting_for_sync: false,
         claims_tx,
+        report: report_tx,
+        cycle: Report::default(),
     };
     (handle, reconciler.run(changes, rx, claims, cancel))
 }
@@ -295,11 +344,19 @@ struct Reconciler {
     actual: HashMap<Cid, PinMode>,
     /// `actual` holds at least one complete listing.
     listed: bool,
+    /// When the last complete listing began.
+    listing_started: Option<Instant>,
+    /// Many new pins wait: list the node instead of asking about each.
+    relist_now: bool,
+    /// A listing for that failed then; ask about each CID for a while.
+    relist_failed: Option<Instant>,
     /// New work from the change feed and recover.
     priority: VecDeque<Cid>,
     /// Work from listings and retries.
     normal: VecDeque<Cid>,
-    queued: HashSet<Cid>,
+    /// Queued CIDs and when they were queued.
+    queued: HashMap<Cid, Instant>,
+    last_enqueued: Option<Instant>,
     /// Retries by due time (a sequence number keeps equal times apart).
     retry: BTreeMap<(Instant, u64), Cid>,
     retry_seq: u64,
@@ -320,6 +377,9 @@ struct Reconciler {
     waiting_for_sync: bool,
     /// Handed to workers.
     claims_tx: mpsc::Sender<Claim>,
+    report: watch::Sender<Report>,
+    /// The last full comparison's numbers.
+    cycle: Report,
 }
 
 impl Reconciler {
@@ -336,12 +396,19 @@ impl Reconciler {
         loop {
             if Instant::now() >= self.relist_at && !self.node_down {
                 self.full_cycle().await;
+            } else if std::mem::take(&mut self.relist_now)
+                && !self.node_down
+                && let Err(err) = self.relist().await
+            {
+                warn!(error = %err, "cannot list the IPFS node's pins");
+                self.relist_failed = Some(Instant::now());
             }
             self.promote_due_retries();
             self.dispatch();
             if let Err(err) = self.flush() {
                 warn!(error = %err, "cannot record pin statuses; retrying");
             }
+            self.publish_report();
             let wake = self.next_wake();
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -355,13 +422,22 @@ impl Reconciler {
                     }
                 }
                 Some(command) = commands.recv() => self.on_command(command),
-                Some((cid, reply)) = claims.recv() => {
-                    let _ = reply.send(self.claim(cid));
+                Some(first) = claims.recv() => {
+                    // Every claim waiting shares one durable commit.
+                    let mut batch = vec![first];
+                    while let Ok(next) = claims.try_recv() {
+                        batch.push(next);
+                    }
+                    self.claim(batch);
                 }
                 Some(done) = self.workers.join_next(), if !self.workers.is_empty() => {
-                    match done {
-                        Ok((cid, job, result)) => self.on_done(cid, job, result),
-                        Err(err) => warn!(error = %err, "a reconciler worker failed"),
+                    // Every worker that is done shares the next commit and dispatch round.
+                    let mut done = Some(done);
+                    while let Some(result) = done.take().or_else(|| self.workers.try_join_next()) {
+                        match result {
+                            Ok((cid, job, result)) => self.on_done(cid, job, result),
+                            Err(err) => warn!(error = %err, "a reconciler worker failed"),
+                        }
                     }
                 }
                 _ = tokio::time::sleep_until(wake) => {
@@ -375,6 +451,22 @@ impl Reconciler {
             warn!(error = %err, "cannot record pin statuses at shutdown");
         }
         debug!("reconciler stopped");
+    }
+
+    fn publish_report(&self) {
+        let report = Report {
+            node_down: self.node_down,
+            node_pins: self.actual.len() as u64,
+            queued: (self.priority.len() + self.normal.len()) as u64,
+            running: self.running.len() as u64,
+            retrying: self.retry.len() as u64,
+            ..self.cycle.clone()
+        };
+        self.report.send_if_modified(|old| {
+            let changed = *old != report;
+            *old = report;
+            changed
+        });
     }
 
     fn next_wake(&self) -> Instant {
@@ -403,9 +495,12 @@ impl Reconciler {
             self.rerun.insert(cid);
             return;
         }
-        if !self.queued.insert(cid) {
+        if self.queued.contains_key(&cid) {
             return;
         }
+        let now = Instant::now();
+        self.queued.insert(cid, now);
+        self.last_enqueued = Some(now);
         if priority {
             self.priority.push_back(cid);
         } else {
@@ -471,24 +566,12 @@ impl Reconciler {
     async fn full_cycle(&mut self) {
         self.relist_at = Instant::now() + self.settings.relist_interval;
         let started = Instant::now();
-        let mut actual = HashMap::new();
-        for mode in [PinMode::Direct, PinMode::Recursive] {
-            let mut sink = |cid: Cid| {
-                // A recursive pin covers a direct one on the same CID.
-                actual.insert(content_key(&cid), mode);
-            };
-            if let Err(err) = self.backend.list(mode, &mut sink).await {
-                warn!(error = %err, "cannot list the IPFS node's pins; will retry");
-                self.relist_at = Instant::now() + PROBE_INTERVAL;
-                if err.node_down() {
-                    self.node_down = true;
-                }
-                return;
-            }
+        if let Err(err) = self.relist().await {
+            warn!(error = %err, "cannot list the IPFS node's pins; will retry");
+            self.relist_at = Instant::now() + PROBE_INTERVAL;
+            return;
         }
         let listed = started.elapsed();
-        self.actual = actual;
-        self.listed = true;
         let store = self.store.clone();
         let actual = std::mem::take(&mut self.actual);
         let scanned = tokio::task::spawn_blocking(move || {
@@ -506,6 +589,10 @@ impl Reconciler {
         self.actual = actual;
         match found {
             Ok(cids) => {
+                self.cycle.cycles += 1;
+                self.cycle.last_listed_ms = listed.as_millis() as u64;
+                self.cycle.last_compared_ms = (started.elapsed() - listed).as_millis() as u64;
+                self.cycle.last_to_check = cids.len() as u64;
                 info!(
                     node_pins = self.actual.len(),
                     to_check = cids.len(),
@@ -521,9 +608,55 @@ impl Reconciler {
         }
     }
 
+    /// Replaces `actual` with a fresh listing of the node's recursive and direct pins.
+    async fn relist(&mut self) -> Result<(), IpfsError> {
+        let started = Instant::now();
+        let mut actual = HashMap::new();
+        // Direct first: a recursive pin listed after it covers the same CID.
+        for mode in [PinMode::Direct, PinMode::Recursive] {
+            let mut sink = |cid: Cid| {
+                actual.insert(content_key(&cid), mode);
+            };
+            if let Err(err) = self.backend.list(mode, &mut sink).await {
+                if err.node_down() {
+                    self.node_down = true;
+                }
+                return Err(err);
+            }
+        }
+        self.actual = actual;
+        self.listed = true;
+        self.listing_started = Some(started);
+        self.cycle.last_listed_ms = started.elapsed().as_millis() as u64;
+        Ok(())
+    }
+
+    /// Whether the last listing began after something queued at `at`: then it tells whether
+    /// the node had the pin before this agent was asked for it.
+    fn listed_since(&self, at: Option<Instant>) -> bool {
+        match (self.listing_started, at) {
+            (Some(listed), Some(at)) => listed >= at,
+            _ => false,
+        }
+    }
+
     /// Starts queued work while workers are free.
     fn dispatch(&mut self) {
         if self.node_down || !self.listed {
+            return;
+        }
+        // Many new pins and a stale listing: one listing costs less than asking about each.
+        let waiting = self.priority.len() + self.normal.len();
+        let listing_cost = Duration::from_millis(self.cycle.last_listed_ms);
+        let may_relist = self
+            .relist_failed
+            .is_none_or(|at| at.elapsed() > PROBE_INTERVAL);
+        if may_relist
+            && !self.listed_since(self.last_enqueued)
+            && waiting > 1
+            && CHECK_COST * waiting as u32 > listing_cost
+        {
+            self.relist_now = true;
             return;
         }
         self.waiting_for_sync = false;
@@ -539,8 +672,8 @@ impl Reconciler {
             else {
                 break;
             };
-            self.queued.remove(&cid);
-            match self.decide(&cid) {
+            let queued_at = self.queued.remove(&cid);
+            match self.decide(&cid, queued_at) {
                 Ok(Some(job)) => {
                     if self.failures >= FAILURES_BEFORE_PACING {
                         self.paced_until = Instant::now() + Duration::from_secs(1);
@@ -577,30 +710,40 @@ impl Reconciler {
         }
     }
 
-    /// Records that `cid`'s pin is about to be this agent's, durably. False if it could not.
-    fn claim(&mut self, cid: Cid) -> bool {
-        let mut state = match self.state(&cid) {
-            Ok(state) => state.unwrap_or_else(|| PinState::new(Status::Pinning, true)),
-            Err(err) => {
-                warn!(%cid, error = %err, "cannot read a pin status");
-                return false;
+    /// Records, durably and in one commit, that these CIDs' pins are about to be this agent's;
+    /// answers each claim whether it may go on.
+    fn claim(&mut self, claims: Vec<Claim>) {
+        let mut granted = Vec::with_capacity(claims.len());
+        for (cid, reply) in claims {
+            match self.state(&cid) {
+                Ok(state) => {
+                    let mut state = state.unwrap_or_else(|| PinState::new(Status::Pinning, true));
+                    state.owned = true;
+                    self.record(cid, state);
+                    granted.push(reply);
+                }
+                Err(err) => {
+                    warn!(%cid, error = %err, "cannot read a pin status");
+                    let _ = reply.send(false);
+                }
             }
-        };
-        state.owned = true;
-        self.record(cid, state);
+        }
         self.durable = true;
-        match self.flush() {
+        let ok = match self.flush() {
             Ok(()) => true,
             Err(err) => {
-                warn!(%cid, error = %err, "cannot record pin ownership; not pinning");
+                warn!(error = %err, "cannot record pin ownership; not pinning");
                 false
             }
+        };
+        for reply in granted {
+            let _ = reply.send(ok);
         }
     }
 
     /// Decides one CID against the pinset, its status and the node's pins; records status
     /// changes that need no call, and returns the call to make, if any.
-    fn decide(&mut self, cid: &Cid) -> Result<Option<Job>, StoreError> {
+    fn decide(&mut self, cid: &Cid, queued_at: Option<Instant>) -> Result<Option<Job>, StoreError> {
         let wanted = self.wanted(cid)?;
         let state = self.state(cid)?;
         let have = self.actual.get(&content_key(cid)).copied();
@@ -616,12 +759,24 @@ impl Reconciler {
                 if state.as_ref().map(|s| s.status) == Some(Status::Pinned) {
                     warn!(%cid, "pin disappeared from the IPFS node; pinning it again");
                 }
-                // Ownership is claimed by the worker, once the node says the pin is not there.
                 let mut next = state.unwrap_or_else(|| PinState::new(Status::Queued, owned));
                 next.status = Status::Pinning;
                 next.updated_ms = now_ms();
+                let absent = have.is_none() && self.listed_since(queued_at);
+                // A fresh listing says the node lacks it: the pin will be ours, recorded with
+                // the durable flush before the call. Otherwise the worker asks the node first
+                // and claims ownership only if the pin is not there.
+                let owned = owned || absent;
+                if owned && !next.owned {
+                    self.durable = true;
+                }
+                next.owned = owned;
                 self.record(*cid, next);
-                Ok(Some(Job::Pin { wanted, owned }))
+                Ok(Some(Job::Pin {
+                    wanted,
+                    owned,
+                    absent,
+                }))
             }
             None => {
                 let Some(mut state) = state else {
@@ -632,7 +787,8 @@ impl Reconciler {
                         // Not caught up: the cluster may still want it. Look again soon.
                         self.waiting_for_sync = true;
                         self.normal.push_back(*cid);
-                        self.queued.insert(*cid);
+                        self.queued
+                            .insert(*cid, queued_at.unwrap_or_else(Instant::now));
                         return Ok(None);
                     }
                     state.status = Status::Unpinning;

@@ -10,17 +10,16 @@
 //! - join: one agent with a large pinset, then a fresh agent: time until it is synced with all
 //!   pins, application bytes it received against the encoded entries, and both agents' RSS.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
 use pinmesh_agent::api::PinRequest;
 use pinmesh_agent::api::client::Client;
 use pinmesh_protocol::sim::sim_cid;
 use pinmesh_protocol::{ActorId, Dot, PinEntry, PinSpec, Version, codec};
+use pinmesh_tests::process::AgentProcess;
 use tempfile::TempDir;
 
 #[derive(Debug, Parser)]
@@ -49,80 +48,13 @@ struct Args {
     json: bool,
 }
 
-/// One `pinmesh run` process.
-struct Agent {
-    child: Child,
-    client: Client,
-    addr: String,
-    _home: PathBuf,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Agent {
-    fn rss_bytes(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
-    }
-}
-
-fn start_agent(
-    bin: &Path,
-    home: &Path,
-    secret: &str,
-    bootstrap: Option<&str>,
-) -> anyhow::Result<Agent> {
-    let mut init = Command::new(bin);
-    init.args(["--dir"]).arg(home).args([
-        "init",
-        "--secret",
-        secret,
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--api-listen",
-        "127.0.0.1:0",
-    ]);
+/// `pinmesh init` arguments for an agent on loopback with free ports.
+fn init_args(secret: &str, bootstrap: Option<&str>) -> Vec<String> {
+    let mut args = vec!["--secret".to_string(), secret.to_string()];
     if let Some(b) = bootstrap {
-        init.args(["--bootstrap", b]);
+        args.extend(["--bootstrap".to_string(), b.to_string()]);
     }
-    let out = init.output().context("run pinmesh init")?;
-    if !out.status.success() {
-        bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let mut child = Command::new(bin)
-        .arg("--dir")
-        .arg(home)
-        .arg("run")
-        .env("PINMESH_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("spawn pinmesh run")?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let (mut api, mut addr) = (None, None);
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        if let Some(a) = line.strip_prefix("listening on ") {
-            addr.get_or_insert_with(|| a.to_string());
-        }
-        if let Some(a) = line.strip_prefix("api: ") {
-            api = Some(a.to_string());
-            break;
-        }
-    }
-    let token = std::fs::read_to_string(home.join("api.token"))?;
-    Ok(Agent {
-        child,
-        client: Client::new(api.context("agent printed no API address")?, token.trim()),
-        addr: addr.context("agent printed no listen address")?,
-        _home: home.to_path_buf(),
-    })
+    args
 }
 
 fn secret() -> String {
@@ -148,17 +80,16 @@ fn pin(cid: u64, name: &str) -> PinRequest {
 }
 
 /// Starts `n` agents bootstrapping from the first; waits until all are synced.
-async fn cluster(bin: &Path, root: &Path, n: usize) -> anyhow::Result<Vec<Agent>> {
+async fn cluster(bin: &Path, root: &Path, n: usize) -> anyhow::Result<Vec<AgentProcess>> {
     let secret = secret();
-    let first = start_agent(bin, &root.join("agent-0"), &secret, None)?;
+    let first = AgentProcess::start(bin, &root.join("agent-0"), &init_args(&secret, None))?;
     let bootstrap = first.addr.clone();
     let mut agents = vec![first];
     for i in 1..n {
-        agents.push(start_agent(
+        agents.push(AgentProcess::start(
             bin,
             &root.join(format!("agent-{i}")),
-            &secret,
-            Some(&bootstrap),
+            &init_args(&secret, Some(&bootstrap)),
         )?);
     }
     for a in &agents {
@@ -351,13 +282,7 @@ fn say(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if !args.bin.exists() {
-        bail!(
-            "{} not found: build it first (cargo build --release)",
-            args.bin.display()
-        );
-    }
-    let phases: Vec<&str> = args.phases.split(',').map(str::trim).collect();
+    let phases = pinmesh_tests::process::bench_setup(&args.bin, &args.phases)?;
     let root = TempDir::new()?;
     let mut report = serde_json::Map::new();
     let json = args.json;
@@ -494,10 +419,15 @@ async fn main() -> anyhow::Result<()> {
     if phases.contains(&"join") {
         let dir = root.path().join("join");
         let secret = secret();
-        let source = start_agent(&args.bin, &dir.join("source"), &secret, None)?;
+        let source =
+            AgentProcess::start(&args.bin, &dir.join("source"), &init_args(&secret, None))?;
         let took = bulk_pin(&source.client, 0, args.join_pins, 10_000, 2).await?;
         let started = Instant::now();
-        let fresh = start_agent(&args.bin, &dir.join("fresh"), &secret, Some(&source.addr))?;
+        let fresh = AgentProcess::start(
+            &args.bin,
+            &dir.join("fresh"),
+            &init_args(&secret, Some(&source.addr)),
+        )?;
         let d = fresh
             .client
             .wait_digest(Some(args.join_pins), Some(true), Duration::from_secs(600))

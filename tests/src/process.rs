@@ -1,0 +1,98 @@
+//! `pinmesh run` as a separate process, for benchmarks that measure agents from outside.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, bail};
+use pinmesh_agent::api::client::Client;
+
+/// One `pinmesh run` process; killed when dropped.
+pub struct AgentProcess {
+    child: Child,
+    pub client: Client,
+    /// Its first libp2p listen address, with `/p2p/`.
+    pub addr: String,
+    pub home: PathBuf,
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl AgentProcess {
+    /// `pinmesh init` in `home` on loopback with free ports, plus `init_args`; then `run`.
+    /// Returns once the agent printed its API address.
+    pub fn start(bin: &Path, home: &Path, init_args: &[String]) -> anyhow::Result<AgentProcess> {
+        let out = Command::new(bin)
+            .arg("--dir")
+            .arg(home)
+            .args([
+                "init",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--api-listen",
+                "127.0.0.1:0",
+            ])
+            .args(init_args)
+            .output()
+            .context("run pinmesh init")?;
+        if !out.status.success() {
+            bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Self::run(bin, home)
+    }
+
+    /// `pinmesh run` in an existing home.
+    pub fn run(bin: &Path, home: &Path) -> anyhow::Result<AgentProcess> {
+        let mut child = Command::new(bin)
+            .arg("--dir")
+            .arg(home)
+            .arg("run")
+            .env("PINMESH_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn pinmesh run")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (mut api, mut addr) = (None, None);
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            if let Some(a) = line.strip_prefix("listening on ") {
+                addr.get_or_insert_with(|| a.to_string());
+            }
+            if let Some(a) = line.strip_prefix("api: ") {
+                api = Some(a.to_string());
+                break;
+            }
+        }
+        let token = std::fs::read_to_string(home.join("api.token"))?;
+        Ok(AgentProcess {
+            child,
+            client: Client::new(api.context("agent printed no API address")?, token.trim()),
+            addr: addr.context("agent printed no listen address")?,
+            home: home.to_path_buf(),
+        })
+    }
+
+    /// Resident memory, from /proc.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    }
+}
+
+/// A benchmark's checks on its command line: the `pinmesh` binary exists; the phases asked.
+pub fn bench_setup<'a>(bin: &Path, phases: &'a str) -> anyhow::Result<Vec<&'a str>> {
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it first (cargo build --release)",
+            bin.display()
+        );
+    }
+    Ok(phases.split(',').map(str::trim).collect())
+}
