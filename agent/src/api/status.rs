@@ -318,14 +318,17 @@ pub struct ClusterStatusLine {
     pub peers: BTreeMap<String, PeerPinStatus>,
 }
 
-/// CIDs per round of questions to the peers.
-const CLUSTER_CHUNK: usize = MAX_STATUS_CIDS;
+/// CIDs per round of questions to the peers: well under the request size limit even for
+/// CIDs with 64-byte digests.
+const CLUSTER_CHUNK: usize = MAX_STATUS_CIDS / 2;
+/// A peer's refusal that means it has no node to report on (it is left out, not `unknown`).
+pub const NO_IPFS: &str = "this agent drives no IPFS node";
 /// How long a peer may take to answer one round.
 const PEER_ANSWER: Duration = Duration::from_secs(30);
 
 /// Streams NDJSON [`ClusterStatusLine`]s: the CIDs asked, or every pin of the pinset, asking
-/// every connected peer in rounds of [`CLUSTER_CHUNK`] CIDs. Peers that drive no IPFS node or
-/// do not answer are left out (and logged).
+/// every connected peer in rounds of [`CLUSTER_CHUNK`] CIDs. Peers that drive no IPFS node are
+/// left out; a peer that does not answer is reported `unknown`, with why.
 pub async fn cluster_status(
     State(state): State<ApiState>,
     Query(query): Query<StatusQuery>,
@@ -424,21 +427,31 @@ async fn round(
         (*peer, answer)
     });
     for (peer, answer) in futures::future::join_all(asks).await {
-        match answer {
-            Ok(entries) => {
-                for (line, entry) in lines.iter_mut().zip(entries) {
-                    line.peers.insert(
-                        peer.to_string(),
-                        PeerPinStatus {
-                            status: entry.status,
-                            error: entry.error,
-                            attempts: entry.attempts,
-                            updated: entry.updated_ms,
-                        },
-                    );
-                }
+        let mut entries: std::collections::HashMap<Cid, PinStatusEntry> = match answer {
+            Ok(entries) => entries.into_iter().map(|e| (e.cid, e)).collect(),
+            Err(reason) if reason == NO_IPFS => continue,
+            Err(reason) => {
+                debug!(%peer, %reason, "peer did not answer for the cluster status");
+                std::collections::HashMap::new()
             }
-            Err(reason) => debug!(%peer, %reason, "peer left out of the cluster status"),
+        };
+        for (line, cid) in lines.iter_mut().zip(chunk) {
+            // Matched by CID: a peer answering fewer or other CIDs does not shift the rest.
+            let status = match entries.remove(cid) {
+                Some(entry) => PeerPinStatus {
+                    status: entry.status,
+                    error: entry.error,
+                    attempts: entry.attempts,
+                    updated: entry.updated_ms,
+                },
+                None => PeerPinStatus {
+                    status: "unknown".into(),
+                    error: Some("the peer did not answer for this CID".into()),
+                    attempts: 0,
+                    updated: 0,
+                },
+            };
+            line.peers.insert(peer.to_string(), status);
         }
     }
     if state.reconciler.is_some() {

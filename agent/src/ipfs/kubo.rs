@@ -63,11 +63,14 @@ impl KuboBackend {
     }
 
     /// Sends one command. Non-2xx answers become [`IpfsError::Refused`] with the node's message.
+    /// `timeout` bounds the whole call; `headers_within` the wait for the answer to begin (a
+    /// node that accepts connections but never answers must not hold a caller forever).
     async fn post(
         &self,
         call: &'static str,
         query: &[(&str, String)],
         timeout: Option<Duration>,
+        headers_within: Duration,
     ) -> Result<reqwest::Response, IpfsError> {
         let url = format!("{}/api/v0/{call}", self.base);
         let mut request = self.http.post(&url).query(query);
@@ -77,7 +80,13 @@ impl KuboBackend {
         if let Some(limit) = timeout {
             request = request.timeout(limit);
         }
-        let response = request.send().await.map_err(|e| self.transport(call, e))?;
+        let response = tokio::time::timeout(headers_within, request.send())
+            .await
+            .map_err(|_| IpfsError::Timeout {
+                call,
+                after: headers_within,
+            })?
+            .map_err(|e| self.transport(call, e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -104,7 +113,9 @@ impl KuboBackend {
     ) -> Result<T, IpfsError> {
         let mut query = query.to_vec();
         query.push(("timeout", go_duration(self.call_timeout)));
-        let response = self.post(call, &query, Some(self.call_timeout)).await?;
+        let response = self
+            .post(call, &query, Some(self.call_timeout), self.call_timeout)
+            .await?;
         let body = response
             .bytes()
             .await
@@ -204,7 +215,12 @@ impl PinBackend for KuboBackend {
             ("timeout", go_duration(limits.total)),
         ];
         let work = async {
-            let response = self.post(CALL, &query, None).await?;
+            // Nodes that report no progress answer only when done: then the stall limit is
+            // also the limit on the whole pin.
+            let response = self.post(CALL, &query, None, limits.stall).await?;
+            // Kubo repeats `{"Progress":n}` every 500 ms whether n grows or not: only growth
+            // counts as progress.
+            let (mut best, mut grew) = (0u64, std::time::Instant::now());
             self.lines(
                 CALL,
                 response,
@@ -216,6 +232,13 @@ impl PinBackend for KuboBackend {
                             call: CALL,
                             message: e.to_string(),
                         })?;
+                    if let Some(progress) = answer.progress {
+                        if progress > best {
+                            (best, grew) = (progress, std::time::Instant::now());
+                        } else if grew.elapsed() >= limits.stall {
+                            return Err(IpfsError::Stalled(limits.stall));
+                        }
+                    }
                     if let Some(message) = answer.message {
                         // An error reported in the stream after the 200.
                         return Err(IpfsError::Refused {
@@ -301,7 +324,7 @@ impl PinBackend for KuboBackend {
             ("stream", "true".into()),
             ("timeout", go_duration(LIST_TIMEOUT)),
         ];
-        let response = self.post(CALL, &query, None).await?;
+        let response = self.post(CALL, &query, None, self.call_timeout).await?;
         let mut count = 0u64;
         let idle = self.call_timeout;
         self.lines::<()>(
@@ -357,6 +380,8 @@ impl PinBackend for KuboBackend {
         let query = [
             ("cid-version", "1".to_string()),
             ("pin", "false".into()),
+            // Progress lines keep the answer alive through large files (they carry no hash).
+            ("progress", "true".into()),
             ("wrap-with-directory", input.wrap.to_string()),
             ("timeout", go_duration(limit)),
         ];
@@ -497,6 +522,8 @@ struct IdBody {
 struct PinAddLine {
     #[serde(rename = "Pins")]
     pins: Option<Vec<String>>,
+    #[serde(rename = "Progress")]
+    progress: Option<u64>,
     #[serde(rename = "Message")]
     message: Option<String>,
 }

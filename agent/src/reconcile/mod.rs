@@ -276,12 +276,16 @@ async fn work(
         }
         // Else someone else's direct pin, made recursive by us: still theirs.
     }
-    for origin in wanted.origins.iter().take(10) {
-        // Best effort: the content may be reachable without it.
-        if let Err(err) = backend.connect(origin).await {
-            debug!(%origin, error = %err, "cannot connect to a pin origin");
+    // Best effort and all at once: the content may be reachable without them.
+    let dials = wanted.origins.iter().take(10).map(|origin| {
+        let backend = backend.clone();
+        async move {
+            if let Err(err) = backend.connect(origin).await {
+                debug!(%origin, error = %err, "cannot connect to a pin origin");
+            }
         }
-    }
+    });
+    futures::future::join_all(dials).await;
     backend.pin(&cid, wanted.mode, &name, limits).await?;
     Ok(owned)
 }
@@ -327,7 +331,11 @@ pub fn spawn(
         pending: HashMap::new(),
         durable: false,
         relist_at: Instant::now(),
-        waiting_for_sync: false,
+        waiting_for_sync: HashSet::new(),
+        retry_index: HashMap::new(),
+        next_probe: Instant::now(),
+        cycle_cost: Duration::ZERO,
+        cycle_done: None,
         claims_tx,
         report: report_tx,
         cycle: Report::default(),
@@ -373,8 +381,16 @@ struct Reconciler {
     /// The next flush must be durable (it records ownership before a pin).
     durable: bool,
     relist_at: Instant,
-    /// An unpin waits for the agent to be synced.
-    waiting_for_sync: bool,
+    /// Unpins waiting for the agent to be synced.
+    waiting_for_sync: HashSet<Cid>,
+    /// Where each CID waiting in `retry` is, so one CID has one retry.
+    retry_index: HashMap<Cid, (Instant, u64)>,
+    /// When to ask a node that is down whether it is back.
+    next_probe: Instant,
+    /// How long the last full comparison took, and when it ended: overflow rescans wait a few
+    /// times that, so a busy feed does not turn into back-to-back comparisons.
+    cycle_cost: Duration,
+    cycle_done: Option<Instant>,
     /// Handed to workers.
     claims_tx: mpsc::Sender<Claim>,
     report: watch::Sender<Report>,
@@ -403,6 +419,11 @@ impl Reconciler {
                 warn!(error = %err, "cannot list the IPFS node's pins");
                 self.relist_failed = Some(Instant::now());
             }
+            if !self.waiting_for_sync.is_empty() && self.flags.synced.load(Ordering::Relaxed) {
+                for cid in std::mem::take(&mut self.waiting_for_sync) {
+                    self.enqueue_now(cid, false);
+                }
+            }
             self.promote_due_retries();
             self.dispatch();
             if let Err(err) = self.flush() {
@@ -415,11 +436,17 @@ impl Reconciler {
                 batch = changes.rx.recv() => {
                     let Some(batch) = batch else { break };
                     if changes.rescan.swap(false, Ordering::AcqRel) {
-                        self.relist_at = Instant::now();
+                        let earliest = self
+                            .cycle_done
+                            .map_or_else(Instant::now, |done| done + self.cycle_cost * 4);
+                        self.relist_at = self.relist_at.min(earliest.max(Instant::now()));
                     }
+                    let now = Instant::now();
                     for cid in batch {
-                        self.enqueue(cid, true);
+                        self.enqueue_now(cid, true);
                     }
+                    // New pins: whether the node has them needs a look after this.
+                    self.last_enqueued = Some(now);
                 }
                 Some(command) = commands.recv() => self.on_command(command),
                 Some(first) = claims.recv() => {
@@ -441,7 +468,8 @@ impl Reconciler {
                     }
                 }
                 _ = tokio::time::sleep_until(wake) => {
-                    if self.node_down {
+                    if self.node_down && Instant::now() >= self.next_probe {
+                        self.next_probe = Instant::now() + PROBE_INTERVAL;
                         self.probe().await;
                     }
                 }
@@ -470,20 +498,53 @@ impl Reconciler {
     }
 
     fn next_wake(&self) -> Instant {
-        let mut wake = self.relist_at;
         if self.node_down {
-            return Instant::now() + PROBE_INTERVAL;
+            return self.next_probe;
         }
+        let mut wake = self.relist_at;
         if let Some(((at, _), _)) = self.retry.first_key_value() {
             wake = wake.min(*at);
         }
-        if self.has_queued() && self.running.len() < self.settings.concurrency {
+        // Only when a dispatch round could start something: before the first listing, queued
+        // work waits for `relist_at`.
+        if self.listed && self.has_queued() && self.running.len() < self.settings.concurrency {
             wake = wake.min(self.paced_until);
         }
-        if self.waiting_for_sync {
+        if !self.waiting_for_sync.is_empty() {
+            // `synced` is a flag, not an event: look again shortly.
             wake = wake.min(Instant::now() + Duration::from_millis(500));
         }
         wake
+    }
+
+    /// Marks the node down, and when to look for it next.
+    fn went_down(&mut self) {
+        if !self.node_down {
+            warn!(backend = %self.backend.describe(), "IPFS node is down; waiting for it");
+            self.node_down = true;
+            self.next_probe = Instant::now() + PROBE_INTERVAL;
+        }
+    }
+
+    fn schedule_retry(&mut self, cid: Cid, at: Instant) {
+        self.cancel_retry(&cid);
+        self.retry_seq += 1;
+        let key = (at, self.retry_seq);
+        self.retry.insert(key, cid);
+        self.retry_index.insert(cid, key);
+    }
+
+    fn cancel_retry(&mut self, cid: &Cid) {
+        if let Some(key) = self.retry_index.remove(cid) {
+            self.retry.remove(&key);
+        }
+    }
+
+    /// Queues `cid` now, even if it is waiting out a backoff (a change, a recover).
+    fn enqueue_now(&mut self, cid: Cid, priority: bool) {
+        self.cancel_retry(&cid);
+        self.waiting_for_sync.remove(&cid);
+        self.enqueue(cid, priority);
     }
 
     fn has_queued(&self) -> bool {
@@ -495,12 +556,13 @@ impl Reconciler {
             self.rerun.insert(cid);
             return;
         }
-        if self.queued.contains_key(&cid) {
-            return;
+        if self.queued.contains_key(&cid)
+            || self.retry_index.contains_key(&cid)
+            || self.waiting_for_sync.contains(&cid)
+        {
+            return; // already on its way, or waiting out a backoff or for `synced`
         }
-        let now = Instant::now();
-        self.queued.insert(cid, now);
-        self.last_enqueued = Some(now);
+        self.queued.insert(cid, Instant::now());
         if priority {
             self.priority.push_back(cid);
         } else {
@@ -518,9 +580,8 @@ impl Reconciler {
                         Vec::new()
                     }),
                 };
-                self.retry.retain(|_, c| !cids.contains(c));
                 for cid in &cids {
-                    self.enqueue(*cid, true);
+                    self.enqueue_now(*cid, true);
                 }
                 // An operator asking is reason enough to look at the node again.
                 self.node_down = false;
@@ -558,6 +619,7 @@ impl Reconciler {
                 break;
             }
             let cid = entry.remove();
+            self.retry_index.remove(&cid);
             self.enqueue(cid, false);
         }
     }
@@ -589,6 +651,8 @@ impl Reconciler {
         self.actual = actual;
         match found {
             Ok(cids) => {
+                self.cycle_cost = started.elapsed();
+                self.cycle_done = Some(Instant::now());
                 self.cycle.cycles += 1;
                 self.cycle.last_listed_ms = listed.as_millis() as u64;
                 self.cycle.last_compared_ms = (started.elapsed() - listed).as_millis() as u64;
@@ -619,7 +683,7 @@ impl Reconciler {
             };
             if let Err(err) = self.backend.list(mode, &mut sink).await {
                 if err.node_down() {
-                    self.node_down = true;
+                    self.went_down();
                 }
                 return Err(err);
             }
@@ -659,7 +723,6 @@ impl Reconciler {
             self.relist_now = true;
             return;
         }
-        self.waiting_for_sync = false;
         let mut started = Vec::new();
         while self.running.len() + started.len() < self.settings.concurrency {
             if Instant::now() < self.paced_until {
@@ -756,11 +819,17 @@ impl Reconciler {
                     }
                     return Ok(None);
                 }
-                if state.as_ref().map(|s| s.status) == Some(Status::Pinned) {
+                let lost = state.as_ref().map(|s| s.status) == Some(Status::Pinned);
+                if lost {
                     warn!(%cid, "pin disappeared from the IPFS node; pinning it again");
                 }
                 let mut next = state.unwrap_or_else(|| PinState::new(Status::Queued, owned));
-                next.status = Status::Pinning;
+                // Shown until the pin is back.
+                next.status = if lost {
+                    Status::UnexpectedlyUnpinned
+                } else {
+                    Status::Pinning
+                };
                 next.updated_ms = now_ms();
                 let absent = have.is_none() && self.listed_since(queued_at);
                 // A fresh listing says the node lacks it: the pin will be ours, recorded with
@@ -784,11 +853,9 @@ impl Reconciler {
                 };
                 if owned && have.is_some() {
                     if !self.flags.synced.load(Ordering::Relaxed) {
-                        // Not caught up: the cluster may still want it. Look again soon.
-                        self.waiting_for_sync = true;
-                        self.normal.push_back(*cid);
-                        self.queued
-                            .insert(*cid, queued_at.unwrap_or_else(Instant::now));
+                        // Not caught up: the cluster may still want it. Queued again once
+                        // synced.
+                        self.waiting_for_sync.insert(*cid);
                         return Ok(None);
                     }
                     state.status = Status::Unpinning;
@@ -849,19 +916,17 @@ impl Reconciler {
                     Job::Unpin => Status::UnpinError,
                 };
                 warn!(%cid, attempts = state.attempts, error = %err, "IPFS call failed");
-                if err.node_down() && !self.node_down {
-                    warn!(backend = %self.backend.describe(), "IPFS node is down; waiting for it");
-                    self.node_down = true;
+                if err.node_down() {
+                    self.went_down();
                 }
                 let delay = backoff(state.attempts, self.settings.retry_max);
-                self.retry_seq += 1;
-                self.retry
-                    .insert((Instant::now() + delay, self.retry_seq), cid);
+                self.schedule_retry(cid, Instant::now() + delay);
             }
         }
         self.record(cid, state);
         if self.rerun.remove(&cid) {
-            self.enqueue(cid, true);
+            // It changed while the call ran: decide again now (an unpin stops a failing pin).
+            self.enqueue_now(cid, true);
         }
     }
 
@@ -873,6 +938,7 @@ impl Reconciler {
                 self.node_down = false;
                 self.failures = 0;
                 self.paced_until = Instant::now();
+                self.retry_index.clear();
                 let waiting: Vec<Cid> = std::mem::take(&mut self.retry).into_values().collect();
                 for cid in waiting {
                     self.enqueue(cid, false);
@@ -915,19 +981,28 @@ impl Reconciler {
         if self.pending.is_empty() {
             return Ok(());
         }
+        let durable = self.durable;
+        self.write_pending(durable)?;
+        self.durable = false;
+        Ok(())
+    }
+
+    fn write_pending(&mut self, durable: bool) -> Result<(), StoreError> {
         let mut txn = self.store.db().begin_write()?;
-        if !std::mem::take(&mut self.durable) {
+        if !durable {
             txn.set_durability(Durability::None)
                 .map_err(|e| StoreError::Db(redb::Error::from(e)))?;
         }
         {
             let mut table = txn.open_table(STATUS)?;
-            for (cid, state) in self.pending.drain() {
+            for (cid, state) in &self.pending {
                 let key = cid.to_bytes();
-                table.insert(key.as_slice(), codec::encode_stored(&state).as_slice())?;
+                table.insert(key.as_slice(), codec::encode_stored(state).as_slice())?;
             }
         }
         txn.commit()?;
+        // Only now: a failed commit keeps them for the next flush.
+        self.pending.clear();
         Ok(())
     }
 }

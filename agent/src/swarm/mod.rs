@@ -863,7 +863,7 @@ impl EventLoop {
             }
             Request::PinStatus { cids } => {
                 let refuse = if !self.ipfs {
-                    Some("this agent drives no IPFS node".to_string())
+                    Some(crate::api::status::NO_IPFS.to_string())
                 } else if cids.len() > MAX_STATUS_CIDS {
                     Some(format!("at most {MAX_STATUS_CIDS} CIDs per request"))
                 } else {
