@@ -325,6 +325,7 @@ pub fn spawn(
         running: HashSet::new(),
         rerun: HashSet::new(),
         workers: JoinSet::new(),
+        worker_cids: HashMap::new(),
         node_down: false,
         failures: 0,
         paced_until: Instant::now(),
@@ -372,6 +373,8 @@ struct Reconciler {
     /// Changed while running: decide again when the worker ends.
     rerun: HashSet<Cid>,
     workers: JoinSet<(Cid, Job, Result<bool, IpfsError>)>,
+    /// Which CID each worker works on, to free its slot if it fails.
+    worker_cids: HashMap<tokio::task::Id, Cid>,
     node_down: bool,
     /// Failed calls in a row.
     failures: u32,
@@ -457,13 +460,25 @@ impl Reconciler {
                     }
                     self.claim(batch);
                 }
-                Some(done) = self.workers.join_next(), if !self.workers.is_empty() => {
+                Some(done) = self.workers.join_next_with_id(), if !self.workers.is_empty() => {
                     // Every worker that is done shares the next commit and dispatch round.
                     let mut done = Some(done);
-                    while let Some(result) = done.take().or_else(|| self.workers.try_join_next()) {
+                    while let Some(result) =
+                        done.take().or_else(|| self.workers.try_join_next_with_id())
+                    {
                         match result {
-                            Ok((cid, job, result)) => self.on_done(cid, job, result),
-                            Err(err) => warn!(error = %err, "a reconciler worker failed"),
+                            Ok((id, (cid, job, result))) => {
+                                self.worker_cids.remove(&id);
+                                self.on_done(cid, job, result);
+                            }
+                            Err(err) => {
+                                warn!(error = %err, "a reconciler worker failed");
+                                // Free its slot; the CID is tried again after a backoff.
+                                if let Some(cid) = self.worker_cids.remove(&err.id()) {
+                                    self.running.remove(&cid);
+                                    self.schedule_retry(cid, Instant::now() + RETRY_BASE);
+                                }
+                            }
                         }
                     }
                 }
@@ -769,7 +784,8 @@ impl Reconciler {
                 self.settings.limits,
                 self.claims_tx.clone(),
             );
-            self.workers.spawn(async move { (cid, job, work.await) });
+            let handle = self.workers.spawn(async move { (cid, job, work.await) });
+            self.worker_cids.insert(handle.id(), cid);
         }
     }
 
