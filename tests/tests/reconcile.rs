@@ -36,10 +36,6 @@ async fn agents_on(net: &IpfsNet) -> Vec<TestAgent> {
     agents
 }
 
-fn request(cid: &Cid, name: &str) -> PinRequest {
-    PinRequest::new(cid, name)
-}
-
 async fn status_of(agent: &TestAgent, cid: &Cid) -> StatusLine {
     let mut found = None;
     agent
@@ -137,7 +133,7 @@ async fn pins_reach_every_node_and_unpins_remove_only_the_agents_own() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("pinned on all 3 peers"));
     agents[1]
         .client()
-        .pin(&request(&shared, "shared"))
+        .pin(&PinRequest::new(shared, "shared"))
         .await
         .expect("pin");
     wait_all(&agents, &shared, Status::Pinned).await;
@@ -219,7 +215,7 @@ async fn an_ipfs_node_that_goes_away_turns_statuses_to_errors_then_back_to_pinne
     let cid = net.node(0).add(&data, false).await;
     agents[0]
         .client()
-        .pin(&request(&cid, "outage"))
+        .pin(&PinRequest::new(cid, "outage"))
         .await
         .expect("pin");
     wait_all(&agents[..1], &cid, Status::Pinned).await;
@@ -255,9 +251,12 @@ async fn a_restart_mid_pinning_keeps_statuses_and_ownership() {
     let later = content("later");
     let missing = node0.hash_only(&later).await;
     let client = agents[1].client();
-    client.pin(&request(&ready, "ready")).await.expect("pin");
     client
-        .pin(&request(&missing, "missing"))
+        .pin(&PinRequest::new(ready, "ready"))
+        .await
+        .expect("pin");
+    client
+        .pin(&PinRequest::new(missing, "missing"))
         .await
         .expect("pin");
     let pinned = wait_status(&agents[1], &ready, |l| l.status == Status::Pinned)

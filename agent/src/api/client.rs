@@ -171,12 +171,7 @@ impl Client {
         filter: &[Status],
         each: impl FnMut(StatusLine) -> anyhow::Result<()>,
     ) -> anyhow::Result<u64> {
-        let filter: Vec<String> = filter.iter().map(ToString::to_string).collect();
-        let path = format!(
-            "/v1/status?cids={}&filter={}",
-            cids.join(","),
-            filter.join(",")
-        );
+        let path = status_path("/v1/status", cids, filter);
         self.ndjson(&path, "status listing", each).await
     }
 
@@ -187,12 +182,7 @@ impl Client {
         filter: &[Status],
         each: impl FnMut(ClusterStatusLine) -> anyhow::Result<()>,
     ) -> anyhow::Result<u64> {
-        let filter: Vec<String> = filter.iter().map(ToString::to_string).collect();
-        let path = format!(
-            "/v1/status/cluster?cids={}&filter={}",
-            cids.join(","),
-            filter.join(",")
-        );
+        let path = status_path("/v1/status/cluster", cids, filter);
         self.ndjson(&path, "cluster status listing", each).await
     }
 
@@ -291,6 +281,12 @@ impl Client {
         self.call::<(), _>(Method::GET, "/v1/debug/state", None)
             .await
     }
+}
+
+/// `path?cids=A,B&filter=S,T` (both comma-separated; empty means all).
+fn status_path(path: &str, cids: &[String], filter: &[Status]) -> String {
+    let filter: Vec<String> = filter.iter().map(ToString::to_string).collect();
+    format!("{path}?cids={}&filter={}", cids.join(","), filter.join(","))
 }
 
 /// A non-success answer from the API.

@@ -11,15 +11,15 @@ use axum::http::header;
 use axum::response::Response;
 use libp2p::PeerId;
 use pinmesh_protocol::message::{MAX_STATUS_CIDS, MAX_STATUS_ERROR};
-use pinmesh_protocol::{Cid, PinStatusEntry, codec};
+use pinmesh_protocol::{Cid, PinStatusEntry};
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use super::{ApiError, ApiState, LIST_BUFFER, parse_cid, tokio_stream_from};
-use crate::reconcile::{PinState, Status, allocated_here};
-use crate::store::{PINS, STATUS, Store, StoreError};
+use crate::reconcile::{PinState, Status, allocated_here, decode_state, open_status, status_in};
+use crate::store::{PINS, Store, StoreError, decode_pin_entry};
 use crate::swarm::SwarmCommand;
 
 /// One CID's status on one peer: a line of `GET /v1/status`.
@@ -115,13 +115,10 @@ fn line_of(
     peer_id: &str,
     entry: Option<&[u8]>,
     record: Option<PinState>,
-) -> Result<Option<StatusLine>, StoreError> {
+) -> Result<StatusLine, StoreError> {
     let wanted = match entry {
         Some(bytes) => {
-            let versions = codec::decode_entry(bytes).map_err(|source| StoreError::Corrupt {
-                what: "pin entry",
-                source,
-            })?;
+            let versions = decode_pin_entry(bytes)?;
             pinmesh_protocol::entry::winner(&versions).map(|w| w.spec.clone())
         }
         None => None,
@@ -135,13 +132,13 @@ fn line_of(
         updated: record.map_or(0, |r| r.updated_ms),
         owned: record.is_some_and(|r| r.owned),
     };
-    Ok(Some(match (wanted, record) {
+    Ok(match (wanted, record) {
         (Some(spec), _) if !allocated_here(&spec) => line(Status::Remote, None),
         (_, Some(record)) => line(record.status, Some(&record)),
         // Wanted, and the reconciler has not looked at it yet.
         (Some(_), None) => line(Status::Queued, None),
         (None, None) => line(Status::Unpinned, None),
-    }))
+    })
 }
 
 fn scan_all(
@@ -157,10 +154,8 @@ fn scan_all(
         let Ok(cid) = Cid::try_from(key.value()) else {
             continue;
         };
-        let record = read(&statuses, key.value())?;
-        if let Some(line) = line_of(&cid, peer_id, Some(value.value()), record)?
-            && !emit(line)
-        {
+        let record = status_in(&statuses, key.value())?;
+        if !emit(line_of(&cid, peer_id, Some(value.value()), record)?) {
             return Ok(()); // the client went away
         }
     }
@@ -173,10 +168,8 @@ fn scan_all(
             let Ok(cid) = Cid::try_from(key.value()) else {
                 continue;
             };
-            let record = Some(decode(value.value())?);
-            if let Some(line) = line_of(&cid, peer_id, None, record)?
-                && !emit(line)
-            {
+            let record = Some(decode_state(value.value())?);
+            if !emit(line_of(&cid, peer_id, None, record)?) {
                 return Ok(());
             }
         }
@@ -233,38 +226,17 @@ fn scan_some(
     for cid in cids {
         let key = cid.to_bytes();
         let entry = pins.get(key.as_slice())?;
-        let record = read(&statuses, &key)?;
-        if let Some(line) = line_of(cid, peer_id, entry.as_ref().map(|e| e.value()), record)?
-            && !emit(line)
-        {
+        let record = status_in(&statuses, &key)?;
+        if !emit(line_of(
+            cid,
+            peer_id,
+            entry.as_ref().map(|e| e.value()),
+            record,
+        )?) {
             return Ok(());
         }
     }
     Ok(())
-}
-
-type StatusTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
-
-fn open_status(txn: &redb::ReadTransaction) -> Result<Option<StatusTable>, StoreError> {
-    match txn.open_table(STATUS) {
-        Ok(t) => Ok(Some(t)),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn read(table: &Option<StatusTable>, key: &[u8]) -> Result<Option<PinState>, StoreError> {
-    match table {
-        Some(t) => t.get(key)?.map(|v| decode(v.value())).transpose(),
-        None => Ok(None),
-    }
-}
-
-fn decode(bytes: &[u8]) -> Result<PinState, StoreError> {
-    codec::decode_stored(bytes).map_err(|source| StoreError::Corrupt {
-        what: "pin status",
-        source,
-    })
 }
 
 /// `POST /v1/recover` body.
@@ -350,15 +322,18 @@ pub async fn cluster_status(
             let chunk: Vec<Cid> = if cids.is_empty() {
                 let store = state.store.clone();
                 let from = after.take();
-                match tokio::task::spawn_blocking(move || pinset_chunk(&store, from, CLUSTER_CHUNK))
-                    .await
-                {
-                    Ok(Ok(chunk)) => chunk,
-                    Ok(Err(err)) => {
-                        let _ = tx.send(Err(std::io::Error::other(err.to_string()))).await;
+                let read =
+                    tokio::task::spawn_blocking(move || pinset_chunk(&store, from, CLUSTER_CHUNK))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()));
+                match read {
+                    Ok(chunk) => chunk,
+                    Err(err) => {
+                        // The listing ends with an error, not silently short.
+                        let _ = tx.send(Err(std::io::Error::other(err))).await;
                         return;
                     }
-                    Err(_) => return,
                 }
             } else {
                 match given.next() {

@@ -73,14 +73,7 @@ async fn cluster(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<ExitCode> {
             }
             println!("{}", line.cid);
             for (peer, p) in &line.peers {
-                let mut text = format!("  {peer}  {}", p.status);
-                if p.attempts > 0 {
-                    text.push_str(&format!("  (attempt {})", p.attempts));
-                }
-                if let Some(error) = &p.error {
-                    text.push_str(&format!("  {error}"));
-                }
-                println!("{text}");
+                println!("  {peer}  {}", describe(&p.status, p.attempts, &p.error));
             }
             Ok(())
         })
@@ -107,16 +100,26 @@ fn print_line(line: &StatusLine, json: bool) -> anyhow::Result<()> {
         );
         super::print_json(&serde_json::json!({ "cid": line.cid, "peers": peers }))
     } else {
-        let mut text = format!("{}  {}", line.cid, line.status);
-        if line.attempts > 0 {
-            text.push_str(&format!("  (attempt {})", line.attempts));
-        }
-        if let Some(error) = &line.error {
-            text.push_str(&format!("  {error}"));
-        }
-        println!("{text}");
+        let status = line.status.to_string();
+        println!(
+            "{}  {}",
+            line.cid,
+            describe(&status, line.attempts, &line.error)
+        );
         Ok(())
     }
+}
+
+/// `status  (attempt N)  error`, the parts that apply.
+fn describe(status: &str, attempts: u32, error: &Option<String>) -> String {
+    let mut text = status.to_string();
+    if attempts > 0 {
+        text.push_str(&format!("  (attempt {attempts})"));
+    }
+    if let Some(error) = error {
+        text.push_str(&format!("  {error}"));
+    }
+    text
 }
 
 pub async fn recover(ctx: &Ctx, args: RecoverArgs) -> anyhow::Result<ExitCode> {

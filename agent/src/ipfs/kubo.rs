@@ -72,14 +72,30 @@ impl KuboBackend {
         timeout: Option<Duration>,
         headers_within: Duration,
     ) -> Result<reqwest::Response, IpfsError> {
-        let url = format!("{}/api/v0/{call}", self.base);
-        let mut request = self.http.post(&url).query(query);
-        if let Some(auth) = &self.auth {
-            request = request.header(reqwest::header::AUTHORIZATION, auth);
-        }
+        let mut request = self.request(call, query);
         if let Some(limit) = timeout {
             request = request.timeout(limit);
         }
+        self.send(call, request, headers_within).await
+    }
+
+    /// A command's request, authorized.
+    fn request(&self, call: &'static str, query: &[(&str, String)]) -> reqwest::RequestBuilder {
+        let url = format!("{}/api/v0/{call}", self.base);
+        let request = self.http.post(&url).query(query);
+        match &self.auth {
+            Some(auth) => request.header(reqwest::header::AUTHORIZATION, auth),
+            None => request,
+        }
+    }
+
+    /// Sends a request built by [`Self::request`]; see [`Self::post`].
+    async fn send(
+        &self,
+        call: &'static str,
+        request: reqwest::RequestBuilder,
+        headers_within: Duration,
+    ) -> Result<reqwest::Response, IpfsError> {
         let response = tokio::time::timeout(headers_within, request.send())
             .await
             .map_err(|_| IpfsError::Timeout {
@@ -126,6 +142,14 @@ impl KuboBackend {
         })
     }
 
+    /// No bytes of a streamed answer for `call_timeout`.
+    fn idle(&self, call: &'static str) -> IpfsError {
+        IpfsError::Timeout {
+            call,
+            after: self.call_timeout,
+        }
+    }
+
     fn transport(&self, call: &'static str, err: reqwest::Error) -> IpfsError {
         if err.is_timeout() {
             IpfsError::Timeout {
@@ -140,16 +164,27 @@ impl KuboBackend {
         }
     }
 
-    /// Reads an NDJSON body line by line. `on_line` returns `Some` to stop early. Waiting longer
-    /// than `idle` for the next bytes fails with `on_idle`.
-    async fn lines<R>(
+    /// Reads an NDJSON body as `T`s, line by line; a line carrying `Message` is an error the node
+    /// reported after its 200. `on_item` returns `Some` to stop early. Waiting longer than
+    /// `idle` for the next bytes fails with `on_idle`.
+    async fn json_lines<T: serde::de::DeserializeOwned, R>(
         &self,
         call: &'static str,
         response: reqwest::Response,
         idle: Duration,
         on_idle: impl Fn() -> IpfsError,
-        mut on_line: impl FnMut(&[u8]) -> Result<Option<R>, IpfsError>,
+        mut on_item: impl FnMut(T) -> Result<Option<R>, IpfsError>,
     ) -> Result<Option<R>, IpfsError> {
+        let mut on_line = |line: &[u8]| {
+            let line: Line<T> = serde_json::from_slice(line).map_err(|e| IpfsError::Protocol {
+                call,
+                message: e.to_string(),
+            })?;
+            match line.message {
+                Some(message) => Err(IpfsError::Refused { call, message }),
+                None => on_item(line.body),
+            }
+        };
         let mut body = response.bytes_stream();
         let mut buffer: Vec<u8> = Vec::new();
         loop {
@@ -221,30 +256,18 @@ impl PinBackend for KuboBackend {
             // Kubo repeats `{"Progress":n}` every 500 ms whether n grows or not: only growth
             // counts as progress.
             let (mut best, mut grew) = (0u64, std::time::Instant::now());
-            self.lines(
+            self.json_lines(
                 CALL,
                 response,
                 limits.stall,
                 || IpfsError::Stalled(limits.stall),
-                |line| {
-                    let answer: PinAddLine =
-                        serde_json::from_slice(line).map_err(|e| IpfsError::Protocol {
-                            call: CALL,
-                            message: e.to_string(),
-                        })?;
+                |answer: PinAddLine| {
                     if let Some(progress) = answer.progress {
                         if progress > best {
                             (best, grew) = (progress, std::time::Instant::now());
                         } else if grew.elapsed() >= limits.stall {
                             return Err(IpfsError::Stalled(limits.stall));
                         }
-                    }
-                    if let Some(message) = answer.message {
-                        // An error reported in the stream after the 200.
-                        return Err(IpfsError::Refused {
-                            call: CALL,
-                            message,
-                        });
                     }
                     let confirmed = answer
                         .pins
@@ -326,28 +349,16 @@ impl PinBackend for KuboBackend {
         ];
         let response = self.post(CALL, &query, None, self.call_timeout).await?;
         let mut count = 0u64;
-        let idle = self.call_timeout;
-        self.lines::<()>(
+        self.json_lines::<PinLsLine, ()>(
             CALL,
             response,
-            idle,
-            || IpfsError::Timeout {
-                call: CALL,
-                after: idle,
-            },
-            |line| {
+            self.call_timeout,
+            || self.idle(CALL),
+            |item| {
                 let protocol = |message: String| IpfsError::Protocol {
                     call: CALL,
                     message,
                 };
-                let item: PinLsLine =
-                    serde_json::from_slice(line).map_err(|e| protocol(e.to_string()))?;
-                if let Some(message) = item.message {
-                    return Err(IpfsError::Refused {
-                        call: CALL,
-                        message,
-                    });
-                }
                 // Streamed: one `{"Cid","Type"}` per line. Older nodes answer one `{"Keys"}`.
                 let cids = item.cid.into_iter().chain(item.keys.into_keys());
                 for text in cids {
@@ -376,7 +387,6 @@ impl PinBackend for KuboBackend {
 
     async fn add(&self, input: AddInput, limit: Duration) -> Result<Vec<Added>, IpfsError> {
         const CALL: &str = "add";
-        let url = format!("{}/api/v0/{CALL}", self.base);
         let query = [
             ("cid-version", "1".to_string()),
             ("pin", "false".into()),
@@ -385,56 +395,26 @@ impl PinBackend for KuboBackend {
             ("wrap-with-directory", input.wrap.to_string()),
             ("timeout", go_duration(limit)),
         ];
-        let mut request = self
-            .http
-            .post(&url)
-            .query(&query)
+        let request = self
+            .request(CALL, &query)
             .header(reqwest::header::CONTENT_TYPE, input.content_type)
             .body(reqwest::Body::wrap_stream(input.body));
-        if let Some(auth) = &self.auth {
-            request = request.header(reqwest::header::AUTHORIZATION, auth);
-        }
         let work = async {
-            let response = request.send().await.map_err(|e| self.transport(CALL, e))?;
-            let status = response.status();
-            if !status.is_success() {
-                let body = response.text().await.unwrap_or_default();
-                let message = serde_json::from_str::<ErrorBody>(&body)
-                    .map(|e| e.message)
-                    .unwrap_or_else(|_| format!("HTTP {status}: {}", truncate(body.trim(), 200)));
-                return Err(IpfsError::Refused {
-                    call: CALL,
-                    message,
-                });
-            }
+            // The answer begins once the upload is through: only the whole limit applies.
+            let response = self.send(CALL, request, limit).await?;
             let mut added = Vec::new();
-            let idle = self.call_timeout;
-            self.lines::<()>(
+            self.json_lines::<AddLine, ()>(
                 CALL,
                 response,
-                idle,
-                || IpfsError::Timeout {
-                    call: CALL,
-                    after: idle,
-                },
-                |line| {
-                    let protocol = |message: String| IpfsError::Protocol {
-                        call: CALL,
-                        message,
-                    };
-                    let item: AddLine =
-                        serde_json::from_slice(line).map_err(|e| protocol(e.to_string()))?;
-                    if let Some(message) = item.message {
-                        return Err(IpfsError::Refused {
-                            call: CALL,
-                            message,
-                        });
-                    }
+                self.call_timeout,
+                || self.idle(CALL),
+                |item| {
                     // Progress lines carry no hash.
                     if let Some(hash) = item.hash {
-                        let cid = hash
-                            .parse::<Cid>()
-                            .map_err(|e| protocol(format!("added CID {hash:?}: {e}")))?;
+                        let cid = hash.parse::<Cid>().map_err(|e| IpfsError::Protocol {
+                            call: CALL,
+                            message: format!("added CID {hash:?}: {e}"),
+                        })?;
                         added.push(Added {
                             name: item.name.unwrap_or_default(),
                             cid,
@@ -524,8 +504,6 @@ struct PinAddLine {
     pins: Option<Vec<String>>,
     #[serde(rename = "Progress")]
     progress: Option<u64>,
-    #[serde(rename = "Message")]
-    message: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -536,8 +514,6 @@ struct AddLine {
     hash: Option<String>,
     #[serde(rename = "Size")]
     size: Option<Flex>,
-    #[serde(rename = "Message")]
-    message: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -546,8 +522,15 @@ struct PinLsLine {
     cid: Option<String>,
     #[serde(rename = "Keys", default)]
     keys: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// One line of a streamed answer: `T`, or the error the node reported mid-stream.
+#[derive(Deserialize)]
+struct Line<T> {
     #[serde(rename = "Message")]
     message: Option<String>,
+    #[serde(flatten)]
+    body: T,
 }
 
 #[derive(Deserialize)]
@@ -599,6 +582,17 @@ mod tests {
         assert!(
             serde_json::from_str::<RepoStatBody>(r#"{"RepoSize":"lots","StorageMax":1}"#).is_err()
         );
+    }
+
+    #[test]
+    fn an_error_in_the_stream_is_read_as_the_nodes_message() {
+        let line: Line<PinAddLine> = serde_json::from_str(
+            r#"{"Message":"context deadline exceeded","Code":0,"Type":"error"}"#,
+        )
+        .expect("error line");
+        assert_eq!(line.message.as_deref(), Some("context deadline exceeded"));
+        let line: Line<PinAddLine> = serde_json::from_str(r#"{"Progress":7}"#).expect("progress");
+        assert_eq!((line.message, line.body.progress), (None, Some(7)));
     }
 
     #[test]

@@ -41,7 +41,7 @@ use tracing::{debug, info, warn};
 
 use crate::ipfs::{IpfsError, PinBackend, PinLimits, content_key};
 use crate::replica::{Changes, now_ms};
-use crate::store::{PINS, STATUS, Store, StoreError};
+use crate::store::{PINS, STATUS, Store, StoreError, decode_pin_entry};
 use crate::swarm::Flags;
 
 /// How often a node that is down is asked whether it is back.
@@ -123,18 +123,29 @@ impl PinState {
 /// Reads one CID's status.
 pub fn read_status(store: &Store, cid: &Cid) -> Result<Option<PinState>, StoreError> {
     let txn = store.db().begin_read()?;
-    let table = match txn.open_table(STATUS) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    table
-        .get(cid.to_bytes().as_slice())?
-        .map(|v| decode_state(v.value()))
-        .transpose()
+    status_in(&open_status(&txn)?, &cid.to_bytes())
 }
 
-fn decode_state(bytes: &[u8]) -> Result<PinState, StoreError> {
+/// `status-1` in a read transaction; `None` before the reconciler first wrote it.
+pub type StatusTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+pub fn open_status(txn: &redb::ReadTransaction) -> Result<Option<StatusTable>, StoreError> {
+    match txn.open_table(STATUS) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The status stored under `key` (CID bytes).
+pub fn status_in(table: &Option<StatusTable>, key: &[u8]) -> Result<Option<PinState>, StoreError> {
+    match table {
+        Some(t) => t.get(key)?.map(|v| decode_state(v.value())).transpose(),
+        None => Ok(None),
+    }
+}
+
+pub fn decode_state(bytes: &[u8]) -> Result<PinState, StoreError> {
     codec::decode_stored(bytes).map_err(|source| StoreError::Corrupt {
         what: "pin status",
         source,
@@ -170,7 +181,6 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct ReconcilerHandle {
     tx: mpsc::Sender<Command>,
-    pub backend: String,
     report: watch::Receiver<Report>,
 }
 
@@ -216,12 +226,11 @@ struct Wanted {
 /// What to do about one CID, decided when a worker is free.
 #[derive(Debug, Clone)]
 enum Job {
-    /// `owned`: the pin is already this agent's (a retry, a mode change). `absent`: a listing
-    /// begun after the CID was queued showed the node without it, so there is no need to ask.
+    /// `owned`: the pin is this agent's already (a retry, a mode change), or a listing begun
+    /// after the CID was queued showed the node without it; otherwise the worker asks first.
     Pin {
         wanted: Wanted,
         owned: bool,
-        absent: bool,
     },
     Unpin,
 }
@@ -234,9 +243,9 @@ const CLAIM_CAPACITY: usize = 64;
 
 /// One call to the node, run on a worker. Returns whether the pin is this agent's.
 ///
-/// The node is asked first whether it already holds the pin: the reconciler's view may be
-/// older than a pin made by hand, and a pin that was there before the agent asked is not the
-/// agent's to remove.
+/// For a pin not known to be the agent's, the node is asked first whether it already holds
+/// it: the reconciler's view may be older than a pin made by hand, and a pin that was there
+/// before the agent asked is not the agent's to remove.
 async fn work(
     backend: Arc<dyn PinBackend>,
     cid: Cid,
@@ -245,20 +254,12 @@ async fn work(
     limits: PinLimits,
     claims: mpsc::Sender<Claim>,
 ) -> Result<bool, IpfsError> {
-    let (wanted, mut owned, absent) = match job {
+    let (wanted, mut owned) = match job {
         Job::Unpin => return backend.unpin(&cid).await.map(|()| false),
-        Job::Pin {
-            wanted,
-            owned,
-            absent,
-        } => (wanted, owned, absent),
+        Job::Pin { wanted, owned } => (wanted, owned),
     };
     if !owned {
-        let have = if absent {
-            None
-        } else {
-            backend.pinned(&cid).await?
-        };
+        let have = backend.pinned(&cid).await?;
         if satisfies(have, wanted.mode) {
             return Ok(false);
         }
@@ -301,18 +302,13 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
     let (claims_tx, claims) = mpsc::channel(CLAIM_CAPACITY);
     let (report_tx, report) = watch::channel(Report::default());
-    let handle = ReconcilerHandle {
-        tx,
-        backend: backend.describe(),
-        report,
-    };
+    let handle = ReconcilerHandle { tx, report };
     let reconciler = Reconciler {
         store,
         backend,
         flags,
         settings,
         actual: HashMap::new(),
-        listed: false,
         listing_started: None,
         relist_now: false,
         relist_failed: None,
@@ -351,9 +347,7 @@ struct Reconciler {
     settings: Settings,
     /// The node's pins by content (see [`content_key`]): the last listing plus our own calls.
     actual: HashMap<Cid, PinMode>,
-    /// `actual` holds at least one complete listing.
-    listed: bool,
-    /// When the last complete listing began.
+    /// When the last complete listing began; `None` before the first.
     listing_started: Option<Instant>,
     /// Many new pins wait: list the node instead of asking about each.
     relist_now: bool,
@@ -522,7 +516,10 @@ impl Reconciler {
         }
         // Only when a dispatch round could start something: before the first listing, queued
         // work waits for `relist_at`.
-        if self.listed && self.has_queued() && self.running.len() < self.settings.concurrency {
+        if self.listing_started.is_some()
+            && self.has_queued()
+            && self.running.len() < self.settings.concurrency
+        {
             wake = wake.min(self.paced_until);
         }
         if !self.waiting_for_sync.is_empty() {
@@ -610,10 +607,8 @@ impl Reconciler {
     /// Every CID in an error status.
     fn errored(&self) -> Result<Vec<Cid>, StoreError> {
         let txn = self.store.db().begin_read()?;
-        let table = match txn.open_table(STATUS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
+        let Some(table) = open_status(&txn)? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for item in table.iter()? {
@@ -704,7 +699,6 @@ impl Reconciler {
             }
         }
         self.actual = actual;
-        self.listed = true;
         self.listing_started = Some(started);
         self.cycle.last_listed_ms = started.elapsed().as_millis() as u64;
         Ok(())
@@ -721,7 +715,7 @@ impl Reconciler {
 
     /// Starts queued work while workers are free.
     fn dispatch(&mut self) {
-        if self.node_down || !self.listed {
+        if self.node_down || self.listing_started.is_none() {
             return;
         }
         // Many new pins and a stale listing: one listing costs less than asking about each.
@@ -823,8 +817,7 @@ impl Reconciler {
     /// Decides one CID against the pinset, its status and the node's pins; records status
     /// changes that need no call, and returns the call to make, if any.
     fn decide(&mut self, cid: &Cid, queued_at: Option<Instant>) -> Result<Option<Job>, StoreError> {
-        let wanted = self.wanted(cid)?;
-        let state = self.state(cid)?;
+        let (wanted, state) = self.lookup(cid)?;
         let have = self.actual.get(&content_key(cid)).copied();
         let owned = state.as_ref().is_some_and(|s| s.owned);
         match wanted {
@@ -857,11 +850,7 @@ impl Reconciler {
                 }
                 next.owned = owned;
                 self.record(*cid, next);
-                Ok(Some(Job::Pin {
-                    wanted,
-                    owned,
-                    absent,
-                }))
+                Ok(Some(Job::Pin { wanted, owned }))
             }
             None => {
                 let Some(mut state) = state else {
@@ -966,18 +955,20 @@ impl Reconciler {
         }
     }
 
-    fn wanted(&self, cid: &Cid) -> Result<Option<Wanted>, StoreError> {
+    /// What the pinset wants of `cid` here, and its status (a pending write, else the stored
+    /// one), from one read transaction.
+    fn lookup(&self, cid: &Cid) -> Result<(Option<Wanted>, Option<PinState>), StoreError> {
         let txn = self.store.db().begin_read()?;
-        let table = txn.open_table(PINS)?;
-        let Some(value) = table.get(cid.to_bytes().as_slice())? else {
-            return Ok(None);
+        let key = cid.to_bytes();
+        let wanted = match txn.open_table(PINS)?.get(key.as_slice())? {
+            Some(value) => wanted_of(&decode_pin_entry(value.value())?, now_ms() / 1000),
+            None => None,
         };
-        let versions =
-            codec::decode_entry(value.value()).map_err(|source| StoreError::Corrupt {
-                what: "pin entry",
-                source,
-            })?;
-        Ok(wanted_of(&versions, now_ms() / 1000))
+        let state = match self.pending.get(cid) {
+            Some(pending) => Some(pending.clone()),
+            None => status_in(&open_status(&txn)?, &key)?,
+        };
+        Ok((wanted, state))
     }
 
     /// The status to build on: a pending write, else the stored one.
@@ -1055,17 +1046,7 @@ fn backoff(attempts: u32, max: Duration) -> Duration {
 fn compare(store: &Store, actual: &HashMap<Cid, PinMode>) -> Result<Vec<Cid>, StoreError> {
     let txn = store.db().begin_read()?;
     let pins = txn.open_table(PINS)?;
-    let statuses = match txn.open_table(STATUS) {
-        Ok(t) => Some(t),
-        Err(redb::TableError::TableDoesNotExist(_)) => None,
-        Err(e) => return Err(e.into()),
-    };
-    let status_of = |key: &[u8]| -> Result<Option<PinState>, StoreError> {
-        match &statuses {
-            Some(t) => t.get(key)?.map(|v| decode_state(v.value())).transpose(),
-            None => Ok(None),
-        }
-    };
+    let statuses = open_status(&txn)?;
     let now = now_ms() / 1000;
     let mut out = Vec::new();
     for item in pins.iter()? {
@@ -1073,13 +1054,9 @@ fn compare(store: &Store, actual: &HashMap<Cid, PinMode>) -> Result<Vec<Cid>, St
         let Ok(cid) = Cid::try_from(key.value()) else {
             continue;
         };
-        let versions =
-            codec::decode_entry(value.value()).map_err(|source| StoreError::Corrupt {
-                what: "pin entry",
-                source,
-            })?;
+        let versions = decode_pin_entry(value.value())?;
         let have = actual.get(&content_key(&cid)).copied();
-        let state = status_of(key.value())?;
+        let state = status_in(&statuses, key.value())?;
         let settled = match wanted_of(&versions, now) {
             Some(w) => satisfies(have, w.mode) && state.is_some_and(|s| s.status == Status::Pinned),
             None => state.is_none_or(|s| !s.owned && s.status == Status::Unpinned),

@@ -40,6 +40,14 @@ pub const META_COUNTER: &str = "counter";
 /// `Head` (storage encoding): causal context, applied vector, state digest, pin count.
 pub const META_HEAD: &str = "head";
 
+/// Decodes a `PINS` value: the CID's versions.
+pub fn decode_pin_entry(bytes: &[u8]) -> Result<Vec<pinmesh_protocol::Version>, StoreError> {
+    codec::decode_entry(bytes).map_err(|source| StoreError::Corrupt {
+        what: "pin entry",
+        source,
+    })
+}
+
 /// What a peer is known by.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerRecord {
