@@ -241,6 +241,7 @@ impl Node {
             token: token.into(),
             cluster: config.raw.cluster.name.clone().into(),
             peer_id,
+            tasks: tasks.clone(),
         });
         let api_cancel = cancel.child_token();
         let stop = cancel.clone();

@@ -51,6 +51,9 @@ pub struct ApiState {
     pub token: Arc<str>,
     pub cluster: Arc<str>,
     pub peer_id: libp2p::PeerId,
+    /// Work handlers start that may outlive them (streamed listings) runs here, so the node's
+    /// shutdown waits for it and the database is closed when `shutdown` returns.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// An API failure: its HTTP status and one line for the user.
@@ -464,7 +467,9 @@ async fn show(
     let mut watch = state.replica.watch();
     loop {
         let store = state.store.clone();
-        let versions = tokio::task::spawn_blocking(move || read_versions(&store, &cid))
+        let versions = state
+            .tasks
+            .spawn_blocking(move || read_versions(&store, &cid))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))??;
         if let Some(info) = versions.and_then(|v| PinInfo::from_versions(&cid, &v)) {
@@ -481,7 +486,7 @@ async fn show(
 async fn list(State(state): State<ApiState>) -> Response {
     let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(LIST_BUFFER);
     let store = state.store.clone();
-    tokio::task::spawn_blocking(move || {
+    state.tasks.spawn_blocking(move || {
         let result = (|| -> Result<(), String> {
             let txn = store.db().begin_read().map_err(|e| e.to_string())?;
             let table = txn.open_table(PINS).map_err(|e| e.to_string())?;
@@ -570,29 +575,31 @@ async fn debug_state(State(state): State<ApiState>) -> Result<Json<StateDump>, A
             .collect()
     };
     let store = state.store.clone();
-    let log = tokio::task::spawn_blocking(move || -> Result<_, String> {
-        let txn = store.db().begin_read().map_err(|e| e.to_string())?;
-        let table = txn.open_table(LOG).map_err(|e| e.to_string())?;
-        let mut out: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
-        for item in table.iter().map_err(|e| e.to_string())? {
-            let (k, v) = item.map_err(|e| e.to_string())?;
-            let (origin, first) = k.value();
-            let last = codec::decode_stored::<pinmesh_protocol::DeltaBatch>(v.value())
-                .ok()
-                .and_then(|b| b.last())
-                .unwrap_or(first);
-            let entry = out
-                .entry(pinmesh_protocol::ActorId(origin).to_string())
-                .or_insert((first, last, 0));
-            entry.0 = entry.0.min(first);
-            entry.1 = entry.1.max(last);
-            entry.2 += 1;
-        }
-        Ok(out)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(ApiError::Internal)?;
+    let log = state
+        .tasks
+        .spawn_blocking(move || -> Result<_, String> {
+            let txn = store.db().begin_read().map_err(|e| e.to_string())?;
+            let table = txn.open_table(LOG).map_err(|e| e.to_string())?;
+            let mut out: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+            for item in table.iter().map_err(|e| e.to_string())? {
+                let (k, v) = item.map_err(|e| e.to_string())?;
+                let (origin, first) = k.value();
+                let last = codec::decode_stored::<pinmesh_protocol::DeltaBatch>(v.value())
+                    .ok()
+                    .and_then(|b| b.last())
+                    .unwrap_or(first);
+                let entry = out
+                    .entry(pinmesh_protocol::ActorId(origin).to_string())
+                    .or_insert((first, last, 0));
+                entry.0 = entry.0.min(first);
+                entry.1 = entry.1.max(last);
+                entry.2 += 1;
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::Internal)?;
     Ok(Json(StateDump {
         actor: replica.summary.actor.to_string(),
         incarnation: format!("{:016x}", replica.incarnation),

@@ -85,7 +85,7 @@ pub async fn status(
     let peer_id = state.peer_id.to_string();
     let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(LIST_BUFFER);
     let store = state.store.clone();
-    tokio::task::spawn_blocking(move || {
+    state.tasks.spawn_blocking(move || {
         let mut emit = |line: StatusLine| -> bool {
             if !filter.is_empty() && !filter.contains(&line.status) {
                 return true;
@@ -315,18 +315,20 @@ pub async fn cluster_status(
         .filter_map(|p| p.peer_id.parse().ok())
         .collect();
     let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(LIST_BUFFER);
-    tokio::spawn(async move {
+    let tasks = state.tasks.clone();
+    tasks.spawn(async move {
         let mut after: Option<Vec<u8>> = None;
         let mut given = cids.chunks(CLUSTER_CHUNK);
         loop {
             let chunk: Vec<Cid> = if cids.is_empty() {
                 let store = state.store.clone();
                 let from = after.take();
-                let read =
-                    tokio::task::spawn_blocking(move || pinset_chunk(&store, from, CLUSTER_CHUNK))
-                        .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| r.map_err(|e| e.to_string()));
+                let read = state
+                    .tasks
+                    .spawn_blocking(move || pinset_chunk(&store, from, CLUSTER_CHUNK))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
                 match read {
                     Ok(chunk) => chunk,
                     Err(err) => {
@@ -433,7 +435,9 @@ async fn round(
         let store = state.store.clone();
         let me = state.peer_id.to_string();
         let cids = chunk.to_vec();
-        let local = tokio::task::spawn_blocking(move || lines_for(&store, &me, &cids))
+        let local = state
+            .tasks
+            .spawn_blocking(move || lines_for(&store, &me, &cids))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
