@@ -331,6 +331,7 @@ pub fn spawn(
         waiting_for_sync: HashSet::new(),
         retry_index: HashMap::new(),
         next_probe: Instant::now(),
+        down_error: None,
         cycle_cost: Duration::ZERO,
         cycle_done: None,
         claims_tx,
@@ -384,6 +385,8 @@ struct Reconciler {
     retry_index: HashMap<Cid, (Instant, u64)>,
     /// When to ask a node that is down whether it is back.
     next_probe: Instant,
+    /// Why it is down.
+    down_error: Option<String>,
     /// How long the last full comparison took, and when it ended: overflow rescans wait a few
     /// times that, so a busy feed does not turn into back-to-back comparisons.
     cycle_cost: Duration,
@@ -530,7 +533,8 @@ impl Reconciler {
     }
 
     /// Marks the node down, and when to look for it next.
-    fn went_down(&mut self) {
+    fn went_down(&mut self, err: &IpfsError) {
+        self.down_error = Some(err.to_string());
         if !self.node_down {
             warn!(backend = %self.backend.describe(), "IPFS node is down; waiting for it");
             self.node_down = true;
@@ -682,6 +686,36 @@ impl Reconciler {
         }
     }
 
+    /// While the node is down, queued pins show the node's error (no call is made) and wait
+    /// with the retries, which all go when the node is back.
+    fn fail_queued(&mut self) {
+        let error = self
+            .down_error
+            .clone()
+            .unwrap_or_else(|| "IPFS node is down".into());
+        while let Some(cid) = self
+            .priority
+            .pop_front()
+            .or_else(|| self.normal.pop_front())
+        {
+            self.queued.remove(&cid);
+            match self.lookup(&cid) {
+                Ok((Some(_), state)) => {
+                    let mut state = state.unwrap_or_else(|| PinState::new(Status::PinError, false));
+                    if state.status != Status::PinError || state.error.as_ref() != Some(&error) {
+                        state.status = Status::PinError;
+                        state.error = Some(error.clone());
+                        state.updated_ms = now_ms();
+                        self.record(cid, state);
+                    }
+                }
+                Ok((None, _)) => {}
+                Err(err) => warn!(%cid, error = %err, "cannot read a pin"),
+            }
+            self.schedule_retry(cid, Instant::now() + self.settings.retry_max);
+        }
+    }
+
     /// Replaces `actual` with a fresh listing of the node's recursive and direct pins.
     async fn relist(&mut self) -> Result<(), IpfsError> {
         let started = Instant::now();
@@ -693,7 +727,7 @@ impl Reconciler {
             };
             if let Err(err) = self.backend.list(mode, &mut sink).await {
                 if err.node_down() {
-                    self.went_down();
+                    self.went_down(&err);
                 }
                 return Err(err);
             }
@@ -715,7 +749,11 @@ impl Reconciler {
 
     /// Starts queued work while workers are free.
     fn dispatch(&mut self) {
-        if self.node_down || self.listing_started.is_none() {
+        if self.node_down {
+            self.fail_queued();
+            return;
+        }
+        if self.listing_started.is_none() {
             return;
         }
         // Many new pins and a stale listing: one listing costs less than asking about each.
@@ -922,7 +960,7 @@ impl Reconciler {
                 };
                 warn!(%cid, attempts = state.attempts, error = %err, "IPFS call failed");
                 if err.node_down() {
-                    self.went_down();
+                    self.went_down(&err);
                 }
                 let delay = backoff(state.attempts, self.settings.retry_max);
                 self.schedule_retry(cid, Instant::now() + delay);
