@@ -28,7 +28,8 @@ start() {
         if [ ! -f "$dir/config.toml" ]; then
             local args=(--dir "$dir" init --secret "$secret" --cluster dev
                 --listen "/ip4/127.0.0.1/tcp/$((9096 + 10 * i))"
-                --api-listen "127.0.0.1:$((9094 + 10 * i))")
+                --api-listen "127.0.0.1:$((9094 + 10 * i))"
+                --ipfs-listen "/ip4/127.0.0.1/tcp/$((4001 + 10 * i))")
             [ -n "$bootstrap" ] && args+=(--bootstrap "$bootstrap")
             "$BIN" "${args[@]}" > /dev/null
         fi

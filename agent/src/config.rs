@@ -96,10 +96,15 @@ pub struct StorageConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IpfsConfig {
-    /// A Kubo-compatible RPC API (`http://127.0.0.1:5001`) to pin in. Unset: no IPFS node is
-    /// driven (the pinset still replicates).
+    /// A Kubo-compatible RPC API (`http://127.0.0.1:5001`) to pin in. Unset: the agent runs
+    /// its own embedded IPFS node (unless `embedded = false`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api: Option<String>,
+    /// Without `api`: run an IPFS node inside the agent (repo under `DIR/ipfs/`). `false`: drive
+    /// no IPFS node at all; the pinset still replicates.
+    pub embedded: bool,
+    /// The embedded node's TCP listen addresses (other IPFS nodes fetch from it here).
+    pub listen: Vec<String>,
     /// `bearer:TOKEN` or `basic:USER:PASSWORD`, when the API requires authorization.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<String>,
@@ -126,6 +131,8 @@ impl Default for IpfsConfig {
     fn default() -> Self {
         IpfsConfig {
             api: None,
+            embedded: true,
+            listen: vec!["/ip4/0.0.0.0/tcp/4001".into()],
             auth: None,
             concurrency: 10,
             pin_stall_timeout: Duration::from_secs(120),
@@ -184,6 +191,8 @@ pub struct Validated {
     pub listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
     pub api_listen: SocketAddr,
+    /// The embedded IPFS node's listen addresses.
+    pub ipfs_listen: Vec<Multiaddr>,
 }
 
 impl Config {
@@ -277,6 +286,17 @@ impl Config {
             )
             .map_err(|m| invalid(format!("ipfs: {m}")))?;
         }
+        let ipfs_listen = self
+            .ipfs
+            .listen
+            .iter()
+            .map(|a| parse_listen(a).map_err(|m| invalid(format!("ipfs.listen: {m}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.ipfs.api.is_none() && self.ipfs.embedded && ipfs_listen.is_empty() {
+            return Err(invalid(
+                "ipfs.listen needs at least one address for the embedded IPFS node".into(),
+            ));
+        }
         if !(1..=1000).contains(&self.ipfs.concurrency) {
             return Err(invalid("ipfs.concurrency must be within 1..=1000".into()));
         }
@@ -302,6 +322,7 @@ impl Config {
             listen,
             bootstrap,
             api_listen,
+            ipfs_listen,
         })
     }
 

@@ -6,6 +6,7 @@
 //! DIR/api.token      bearer token of the control API (0600)
 //! DIR/api.addr       address the running agent's API listens on (written by `run`)
 //! DIR/pinmesh.redb   the database
+//! DIR/ipfs/          the embedded IPFS node: its identity.key, blocks and pins
 //! ```
 
 use std::fs::{self, OpenOptions};
@@ -35,6 +36,10 @@ impl Home {
     }
     pub fn api_addr(&self) -> PathBuf {
         self.dir.join("api.addr")
+    }
+    /// The embedded IPFS node's repo and identity.
+    pub fn ipfs_dir(&self) -> PathBuf {
+        self.dir.join("ipfs")
     }
     pub fn database(&self) -> PathBuf {
         self.dir.join("pinmesh.redb")
@@ -104,6 +109,10 @@ pub struct InitOptions {
     pub bootstrap: Vec<String>,
     /// A Kubo-compatible RPC API to pin in.
     pub ipfs_api: Option<String>,
+    /// The embedded IPFS node's listen addresses (empty: the default).
+    pub ipfs_listen: Vec<String>,
+    /// Drive no IPFS node at all.
+    pub no_ipfs: bool,
     pub force: bool,
 }
 
@@ -116,6 +125,8 @@ impl Default for InitOptions {
             api_listen: crate::config::ApiConfig::default().listen,
             bootstrap: Vec::new(),
             ipfs_api: None,
+            ipfs_listen: Vec::new(),
+            no_ipfs: false,
             force: false,
         }
     }
@@ -163,6 +174,12 @@ pub fn init(home: &Home, options: InitOptions) -> anyhow::Result<Initialized> {
         storage: StorageConfig::default(),
         ipfs: IpfsConfig {
             api: options.ipfs_api,
+            embedded: !options.no_ipfs,
+            listen: if options.ipfs_listen.is_empty() {
+                IpfsConfig::default().listen
+            } else {
+                options.ipfs_listen
+            },
             ..IpfsConfig::default()
         },
     };

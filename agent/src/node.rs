@@ -20,8 +20,9 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::home::{Home, write_private};
+use crate::ipfs::embedded::{EmbeddedBackend, EmbeddedOptions};
 use crate::ipfs::kubo::KuboBackend;
-use crate::ipfs::{PinBackend, PinLimits};
+use crate::ipfs::{PinBackend, PinLimits, peering};
 use crate::reconcile;
 use crate::replica::{self, NodeSigner, ReplicaHandle};
 use crate::store::Store;
@@ -89,6 +90,39 @@ impl Node {
             change_feed,
         )?;
 
+        // The IPFS node before the network: an embedded node that cannot open its repo or
+        // listen fails the start with nothing else running yet.
+        let backend: Option<Arc<dyn PinBackend>> = {
+            let ipfs = &config.raw.ipfs;
+            match &ipfs.api {
+                Some(url) => Some(Arc::new(
+                    KuboBackend::new(url, ipfs.auth.as_deref(), ipfs.call_timeout)
+                        .map_err(|m| anyhow!(m))?,
+                )),
+                None if ipfs.embedded => {
+                    let node = EmbeddedBackend::start(EmbeddedOptions {
+                        dir: home.ipfs_dir(),
+                        listen: config.ipfs_listen.clone(),
+                        call_timeout: ipfs.call_timeout,
+                    })
+                    .instrument(span.clone())
+                    .await?;
+                    span.in_scope(|| {
+                        info!(node = %node.describe(), addresses = ?node.addresses(), "embedded IPFS node started")
+                    });
+                    Some(Arc::new(node))
+                }
+                None => None,
+            }
+        };
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let peering = backend.as_ref().map(|backend| {
+            let (peering, run) = peering::spawn(backend.clone(), cancel.child_token());
+            tasks.spawn(run.instrument(span.clone()));
+            peering
+        });
+
         let flags = Arc::new(Flags::default());
         let mut swarm = swarm::build(keypair, config.secret, &flags)?;
         for addr in &config.listen {
@@ -111,7 +145,8 @@ impl Node {
                 listen_tx,
                 beacon_interval: config.raw.sync.beacon_interval,
                 repair_delay: config.raw.sync.repair_delay,
-                ipfs: config.raw.ipfs.api.is_some(),
+                ipfs: backend.is_some(),
+                peering,
             },
         )?;
 
@@ -130,8 +165,6 @@ impl Node {
         }
         dial.retain(|a| !matches!(a.iter().last(), Some(Protocol::P2p(p)) if p == peer_id));
 
-        let cancel = CancellationToken::new();
-        let tasks = TaskTracker::new();
         // Each critical task that ends, for whatever reason, stops the whole agent.
         let stop = cancel.clone();
         let swarm_run = event_loop.run(dial, cancel.child_token());
@@ -142,15 +175,6 @@ impl Node {
             }
             .instrument(span.clone()),
         );
-        let backend: Option<Arc<dyn PinBackend>> = match &config.raw.ipfs.api {
-            Some(url) => {
-                let ipfs = &config.raw.ipfs;
-                let backend = KuboBackend::new(url, ipfs.auth.as_deref(), ipfs.call_timeout)
-                    .map_err(|m| anyhow!(m))?;
-                Some(Arc::new(backend))
-            }
-            None => None,
-        };
         let reconciler = match &backend {
             Some(backend) => {
                 let ipfs = &config.raw.ipfs;
@@ -172,10 +196,13 @@ impl Node {
                     cancel.child_token(),
                 );
                 let stop = cancel.clone();
+                let backend = backend.clone();
                 tasks.spawn(
                     async move {
                         run.await;
                         stop.cancel();
+                        // The reconciler's calls are over; the node goes last.
+                        backend.stop().await;
                     }
                     .instrument(span.clone()),
                 );
@@ -183,7 +210,7 @@ impl Node {
             }
             None => {
                 span.in_scope(|| {
-                    info!("no IPFS node configured (ipfs.api): replicating the pinset only")
+                    info!("no IPFS node (ipfs.embedded = false, no ipfs.api): replicating the pinset only")
                 });
                 None
             }

@@ -3,8 +3,9 @@
 //!
 //! - gossip ([`Gossip`]): signed [`DeltaBatch`]es and periodic [`Beacon`]s on the cluster topic;
 //! - request-response ([`Request`] / [`Response`]): `Status`, `GetDeltas` (answered `Deltas` or
-//!   `Truncated` below the retained log), `Snapshot` chunks, and `PinStatus` (where CIDs stand
-//!   on the peer's IPFS node).
+//!   `Truncated` below the retained log), `Snapshot` chunks, `PinStatus` (where CIDs stand
+//!   on the peer's IPFS node) and `IpfsNode` (the addresses of the peer's IPFS node, so agents
+//!   can connect their nodes to each other).
 //!
 //! A [`DeltaBatch`] carries an application-level ed25519 signature by its author, so any peer
 //! can serve it again during repair and the receiver still knows who wrote it.
@@ -226,7 +227,14 @@ pub enum Request {
     },
     /// Ask where these CIDs stand on the peer's IPFS node; at most [`MAX_STATUS_CIDS`].
     PinStatus { cids: Vec<Cid> },
+    /// Ask for the addresses of the peer's IPFS node.
+    IpfsNode,
 }
+
+/// Most addresses an `IpfsNode` answer carries; receivers ignore the rest.
+pub const MAX_IPFS_ADDRS: usize = 16;
+/// Longest address an `IpfsNode` answer carries; receivers ignore longer ones.
+pub const MAX_IPFS_ADDR_LEN: usize = 256;
 
 /// Most CIDs one `PinStatus` request may ask about.
 pub const MAX_STATUS_CIDS: usize = 1000;
@@ -306,5 +314,10 @@ pub enum Response {
     /// The answer to `PinStatus`: one entry per CID asked, in the order asked.
     PinStatus {
         entries: Vec<PinStatusEntry>,
+    },
+    /// The answer to `IpfsNode`: multiaddrs ending in `/p2p/<node id>`; empty when the peer
+    /// drives no IPFS node or does not know its addresses yet.
+    IpfsNode {
+        addrs: Vec<String>,
     },
 }

@@ -146,6 +146,11 @@ fn requests() {
         &codec::encode_request(&status),
         GOLDEN_REQ_PIN_STATUS,
     );
+    check(
+        "ipfs node",
+        &codec::encode_request(&Request::IpfsNode),
+        GOLDEN_REQ_IPFS_NODE,
+    );
 }
 
 #[test]
@@ -212,6 +217,14 @@ fn responses() {
         "pin status",
         &codec::encode_response(&status),
         GOLDEN_RESP_PIN_STATUS,
+    );
+    let node = Response::IpfsNode {
+        addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
+    };
+    check(
+        "ipfs node",
+        &codec::encode_response(&node),
+        GOLDEN_RESP_IPFS_NODE,
     );
 }
 
@@ -329,5 +342,8 @@ const GOLDEN_RESP_CHUNK: &str = "8201a16d536e617073686f744368756e6ba4000701a400a
 const GOLDEN_RESP_REFUSED: &str = "8201a104a1006462757379";
 const GOLDEN_REQ_PIN_STATUS: &str =
     "8201a103a1008158240155122066abd4905977cfa452df36339ceb13b89fd1eb4b06d6fcc2b952ffdb8b29f31c";
+const GOLDEN_REQ_IPFS_NODE: &str = "820104";
+const GOLDEN_RESP_IPFS_NODE: &str =
+    "8201a106a10081772f6970342f3132372e302e302e312f7463702f34303031";
 const GOLDEN_RESP_PIN_STATUS: &str = "8201a105a100818558240155122066abd4905977cfa452df36339ceb13b89fd1eb4b06d6fcc2b952ffdb8b29f31c6970696e5f6572726f726774696d656f7574031b0000018bcfe56800";
 const GOLDEN_ENTRY: &str = "8183821bb172c71a2cdccc78011b0000019ab697e800a1006a70696e2d313233343536";

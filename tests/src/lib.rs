@@ -80,6 +80,8 @@ impl TestAgent {
                 listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
                 api_listen: "127.0.0.1:0".into(),
                 bootstrap: bootstrap.iter().map(ToString::to_string).collect(),
+                // These agents test replication; the IPFS side is tested with real processes.
+                no_ipfs: true,
                 ..InitOptions::default()
             },
         )

@@ -36,6 +36,8 @@ impl AgentProcess {
                 "/ip4/127.0.0.1/tcp/0",
                 "--api-listen",
                 "127.0.0.1:0",
+                "--ipfs-listen",
+                "/ip4/127.0.0.1/tcp/0",
             ])
             .args(init_args)
             .output()
@@ -47,14 +49,20 @@ impl AgentProcess {
     }
 
     /// `pinmesh run` in an existing home.
+    /// Its warnings and errors go to `home/agent.log`.
     pub fn run(bin: &Path, home: &Path) -> anyhow::Result<AgentProcess> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(home.join("agent.log"))
+            .context("open agent.log")?;
         let mut child = Command::new(bin)
             .arg("--dir")
             .arg(home)
             .arg("run")
             .env("PINMESH_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .context("spawn pinmesh run")?;
         let stdout = child.stdout.take().context("stdout")?;
@@ -84,6 +92,30 @@ impl AgentProcess {
         let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
         Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
     }
+}
+
+/// Waits (up to `timeout`) until every agent is connected to every other. `Err` holds the
+/// connection count of the first agent that was not, at the timeout.
+pub async fn full_mesh(
+    agents: &[AgentProcess],
+    timeout: std::time::Duration,
+) -> anyhow::Result<Result<(), usize>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    for a in agents {
+        loop {
+            let peers = a.client.peers().await?.peers;
+            let connected = peers.iter().filter(|p| p.connected).count();
+            if connected + 1 >= agents.len() {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Ok(Err(connected));
+            }
+            // Connections form on the agents' own schedule (identify, then Kademlia dials).
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    Ok(Ok(()))
 }
 
 /// A benchmark's checks on its command line: the `pinmesh` binary exists; the phases asked.

@@ -185,6 +185,8 @@ fn acknowledged_pins_survive_kill_9() {
             "/ip4/127.0.0.1/tcp/0",
             "--api-listen",
             "127.0.0.1:0",
+            "--ipfs-listen",
+            "/ip4/127.0.0.1/tcp/0",
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -245,6 +247,8 @@ fn init_loopback(dir: &Path, extra: &[&str]) {
         "/ip4/127.0.0.1/tcp/0",
         "--api-listen",
         "127.0.0.1:0",
+        "--ipfs-listen",
+        "/ip4/127.0.0.1/tcp/0",
     ];
     args.extend_from_slice(extra);
     let out = pinmesh_in(dir, &args);

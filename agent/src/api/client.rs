@@ -228,6 +228,27 @@ impl Client {
         Ok(response.json().await?)
     }
 
+    /// Streams the bytes of a file the agent's IPFS node holds into `out`; returns how many.
+    pub async fn cat(
+        &self,
+        cid: &str,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> anyhow::Result<u64> {
+        let response = self
+            .send::<()>(Method::GET, &format!("/v1/cat/{cid}"), None)
+            .await?;
+        let mut stream = response.bytes_stream();
+        let mut written = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| anyhow!("{cid}: read interrupted: {}", root_cause(&e)))?;
+            out.write_all(&chunk)?;
+            written += chunk.len() as u64;
+        }
+        out.flush()?;
+        Ok(written)
+    }
+
     /// GETs an NDJSON listing and hands each line to `each`.
     async fn ndjson<T: DeserializeOwned>(
         &self,

@@ -267,6 +267,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status/cluster", get(status::cluster_status))
         .route("/v1/recover", post(status::recover))
         .route("/v1/add", post(status::add))
+        .route("/v1/cat/{cid}", get(status::cat))
         .route("/v1/debug/digest", get(digest))
         .route("/v1/debug/reconciler", get(status::reconciler))
         .route("/v1/debug/state", get(debug_state))

@@ -77,9 +77,7 @@ pub async fn status(
     Query(query): Query<StatusQuery>,
 ) -> Result<Response, ApiError> {
     if state.reconciler.is_none() {
-        return Err(ApiError::Unavailable(
-            "this agent drives no IPFS node: set ipfs.api in its config.toml".into(),
-        ));
+        return Err(ApiError::Unavailable(NO_NODE.into()));
     }
     let (cids, filter) = query.parse()?;
     let peer_id = state.peer_id.to_string();
@@ -258,9 +256,7 @@ pub async fn recover(
     Json(request): Json<RecoverRequest>,
 ) -> Result<Json<RecoverReply>, ApiError> {
     let Some(reconciler) = &state.reconciler else {
-        return Err(ApiError::Unavailable(
-            "this agent drives no IPFS node: set ipfs.api in its config.toml".into(),
-        ));
+        return Err(ApiError::Unavailable(NO_NODE.into()));
     };
     let cid = request.cid.as_deref().map(parse_cid).transpose()?;
     let queued = reconciler
@@ -295,6 +291,9 @@ pub struct ClusterStatusLine {
 const CLUSTER_CHUNK: usize = MAX_STATUS_CIDS / 2;
 /// A peer's refusal that means it has no node to report on (it is left out, not `unknown`).
 pub const NO_IPFS: &str = "this agent drives no IPFS node";
+/// The API's answer when a command needs this agent's IPFS node and there is none.
+const NO_NODE: &str =
+    "this agent drives no IPFS node (its config.toml has ipfs.embedded = false and no ipfs.api)";
 /// How long a peer may take to answer one round.
 const PEER_ANSWER: Duration = Duration::from_secs(30);
 
@@ -502,9 +501,7 @@ pub async fn add(
 ) -> Result<Json<Vec<AddedLine>>, ApiError> {
     use futures::TryStreamExt;
     let Some(ipfs) = &state.ipfs else {
-        return Err(ApiError::Unavailable(
-            "this agent drives no IPFS node: set ipfs.api in its config.toml".into(),
-        ));
+        return Err(ApiError::Unavailable(NO_NODE.into()));
     };
     let content_type = request
         .headers()
@@ -538,14 +535,41 @@ pub async fn add(
     ))
 }
 
+/// `GET /v1/cat/{cid}`: the bytes of a UnixFS file this agent's IPFS node holds (it fetches
+/// nothing for this). Errors before the first byte are answered as errors.
+pub async fn cat(
+    State(state): State<ApiState>,
+    axum::extract::Path(cid): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    use futures::StreamExt;
+    let Some(ipfs) = &state.ipfs else {
+        return Err(ApiError::Unavailable(NO_NODE.into()));
+    };
+    let cid = parse_cid(&cid)?;
+    let mut stream = ipfs
+        .cat(&cid)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let first = match stream.next().await {
+        Some(Ok(chunk)) => Some(chunk),
+        Some(Err(e)) => return Err(ApiError::NotFound(format!("cannot read {cid}: {e}"))),
+        None => None,
+    };
+    let body = futures::stream::iter(first.map(Ok))
+        .chain(stream)
+        .map(|chunk| chunk.map_err(std::io::Error::other));
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(Body::from_stream(body))
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
 /// `GET /v1/debug/reconciler`.
 pub async fn reconciler(
     State(state): State<ApiState>,
 ) -> Result<Json<crate::reconcile::Report>, ApiError> {
     match &state.reconciler {
         Some(r) => Ok(Json(r.report())),
-        None => Err(ApiError::Unavailable(
-            "this agent drives no IPFS node: set ipfs.api in its config.toml".into(),
-        )),
+        None => Err(ApiError::Unavailable(NO_NODE.into())),
     }
 }

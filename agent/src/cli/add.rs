@@ -22,6 +22,9 @@ pub struct Args {
     /// Files or directories (added recursively). Several are wrapped in one directory.
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
+    /// Only store the content in this agent's IPFS node; pin nothing in the cluster.
+    #[arg(long = "no-pin")]
+    no_pin: bool,
     #[command(flatten)]
     options: PinOptions,
 }
@@ -89,6 +92,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         .cid
         .parse()
         .context("the node answered an invalid root CID")?;
+    if args.no_pin {
+        return Ok(ExitCode::SUCCESS);
+    }
     let default_name = match args.paths.as_slice() {
         [one] => one
             .file_name()
@@ -99,6 +105,23 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     };
     // With `--json` the listing stays the whole output, the root its last line.
     pin_with(ctx, &cid, &args.options, &default_name, false).await
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CatArgs {
+    /// The file's CID.
+    cid: String,
+}
+
+pub async fn cat(ctx: &Ctx, args: CatArgs) -> anyhow::Result<ExitCode> {
+    let cid: Cid = args
+        .cid
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{:?} is not a CID: {e}", args.cid))?;
+    let client = ctx.client()?;
+    let mut out = std::io::stdout();
+    client.cat(&cid.to_string(), &mut out).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Lists `path` (a file, or a directory and everything below it, directories first).

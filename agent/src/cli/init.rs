@@ -28,8 +28,14 @@ pub struct Args {
     #[arg(long = "bootstrap", value_name = "MULTIADDR")]
     bootstrap: Vec<String>,
     /// The Kubo-compatible RPC API of the IPFS node to pin in, like http://127.0.0.1:5001.
-    #[arg(long = "ipfs-api", value_name = "URL")]
+    #[arg(long = "ipfs-api", value_name = "URL", conflicts_with = "no_ipfs")]
     ipfs_api: Option<String>,
+    /// The embedded IPFS node's listen address (used without --ipfs-api); repeat for several.
+    #[arg(long = "ipfs-listen", value_name = "MULTIADDR")]
+    ipfs_listen: Vec<String>,
+    /// Drive no IPFS node: replicate the pinset only.
+    #[arg(long = "no-ipfs")]
+    no_ipfs: bool,
     /// Overwrite an existing configuration and identity.
     #[arg(long)]
     force: bool,
@@ -45,6 +51,8 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
             api_listen: args.api_listen,
             bootstrap: args.bootstrap,
             ipfs_api: args.ipfs_api,
+            ipfs_listen: args.ipfs_listen,
+            no_ipfs: args.no_ipfs,
             force: args.force,
         },
     )?;

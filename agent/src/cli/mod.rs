@@ -54,6 +54,8 @@ pub enum Command {
     /// Add files or directories to this agent's IPFS node and pin the root in the cluster
     /// (`--json`: one object per line with name, cid, size, the root last, then the pin).
     Add(add::Args),
+    /// Write a file this agent's IPFS node holds to stdout.
+    Cat(add::CatArgs),
     /// Where pins stand on the IPFS nodes (`--json`: one object per CID).
     Status(status::StatusArgs),
     /// Retry failed pins and unpins now.
@@ -96,6 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pin(cmd) => block_on(pin::run(&ctx, cmd)),
         Command::Debug(cmd) => block_on(debug::run(&ctx, cmd)),
         Command::Add(args) => block_on(add::run(&ctx, args)),
+        Command::Cat(args) => block_on(add::cat(&ctx, args)),
         Command::Status(args) => block_on(status::status(&ctx, args)),
         Command::Recover(args) => block_on(status::recover(&ctx, args)),
     }

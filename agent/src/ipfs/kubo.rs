@@ -14,7 +14,9 @@ use futures::StreamExt;
 use pinmesh_protocol::PinMode;
 use serde::Deserialize;
 
-use super::{AddInput, Added, IpfsError, NodeInfo, PinBackend, PinLimits, RepoStat, same_content};
+use super::{
+    AddInput, Added, ByteStream, IpfsError, NodeInfo, PinBackend, PinLimits, RepoStat, same_content,
+};
 
 /// Node-side limit on a full listing (the client side is a no-data timeout per chunk).
 const LIST_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -445,6 +447,40 @@ impl PinBackend for KuboBackend {
         self.call::<serde_json::Value>("swarm/connect", &[("arg", addr.to_string())])
             .await
             .map(|_| ())
+    }
+
+    async fn cat(&self, cid: &Cid) -> Result<ByteStream, IpfsError> {
+        const CALL: &str = "cat";
+        let query = [
+            ("arg", cid.to_string()),
+            // Only what the node holds; Kubo's global option (others ignore it).
+            ("offline", "true".into()),
+            ("timeout", go_duration(self.call_timeout)),
+        ];
+        let response = self.post(CALL, &query, None, self.call_timeout).await?;
+        let idle = self.call_timeout;
+        let chunks = futures::stream::unfold(Some(response), move |response| async move {
+            let mut response = response?;
+            match tokio::time::timeout(idle, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => Some((Ok(chunk), Some(response))),
+                Ok(Ok(None)) => None,
+                Ok(Err(e)) => Some((
+                    Err(IpfsError::Protocol {
+                        call: CALL,
+                        message: format!("the answer broke off: {e}"),
+                    }),
+                    None,
+                )),
+                Err(_) => Some((
+                    Err(IpfsError::Timeout {
+                        call: CALL,
+                        after: idle,
+                    }),
+                    None,
+                )),
+            }
+        });
+        Ok(chunks.boxed())
     }
 }
 

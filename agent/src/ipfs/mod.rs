@@ -2,12 +2,17 @@
 //!
 //! - [`kubo::KuboBackend`]: Kubo's HTTP RPC API (`/api/v0`), what production runs beside a Kubo
 //!   daemon; also spoken by js-ipfs, which the tests use as an independent implementation.
+//! - [`embedded::EmbeddedBackend`]: an IPFS node inside the agent, the default.
+//!
+//! [`peering`] connects the node to the IPFS nodes of the agent's cluster peers.
 //!
 //! Backends answer in parsed types: CIDs are [`Cid`]s whatever base or version the node printed
 //! (compare them with [`same_content`]), sizes are numbers whether the node sent numbers or
 //! strings. Every call is bounded in time; a pin is also cancelled when it stops making progress.
 
+pub mod embedded;
 pub mod kubo;
+pub mod peering;
 
 use std::time::Duration;
 
@@ -80,6 +85,9 @@ pub struct AddInput {
     pub wrap: bool,
 }
 
+/// File content as it is read.
+pub type ByteStream = futures::stream::BoxStream<'static, Result<bytes::Bytes, IpfsError>>;
+
 /// Limits on one pin.
 #[derive(Debug, Clone, Copy)]
 pub struct PinLimits {
@@ -130,6 +138,13 @@ pub trait PinBackend: Send + Sync + 'static {
 
     /// Dials a peer that has the content (a pin's origins). Best effort.
     async fn connect(&self, addr: &str) -> Result<(), IpfsError>;
+
+    /// The bytes of the UnixFS file `cid`, from this node's blockstore only (a block the node
+    /// does not hold ends the stream with an error instead of being fetched).
+    async fn cat(&self, cid: &Cid) -> Result<ByteStream, IpfsError>;
+
+    /// Releases what the backend holds (an embedded node's repo); called once, at shutdown.
+    async fn stop(&self) {}
 }
 
 /// The CID with the version ignored: a CIDv0 and the CIDv1 `dag-pb` of the same hash name the

@@ -39,6 +39,7 @@ use tracing::{debug, info, warn};
 
 pub use self::codec::{SYNC_PROTOCOL, SyncCodec};
 use crate::api::status::StatusLine;
+use crate::ipfs::peering::Peering;
 use crate::replica::{Output, ReplicaHandle};
 use crate::store::{PeerRecord, ServeError, Snapshots, Store};
 use pinmesh_protocol::snapshot::Progress;
@@ -264,6 +265,7 @@ pub struct EventLoop {
     answered: HashSet<PeerId>,
     flush_ticks: u64,
     ipfs: bool,
+    peering: Option<Peering>,
     /// `PinStatus` requests made for the API, by request id.
     pending_status: HashMap<OutboundRequestId, StatusReply>,
 }
@@ -285,6 +287,8 @@ pub struct Wiring {
     pub repair_delay: Duration,
     /// This agent drives an IPFS node, so it can answer `PinStatus`.
     pub ipfs: bool,
+    /// Where this agent's IPFS node's addresses come from and where peers' go.
+    pub peering: Option<Peering>,
 }
 
 impl EventLoop {
@@ -324,6 +328,7 @@ impl EventLoop {
             answered: HashSet::new(),
             flush_ticks: 0,
             ipfs: wiring.ipfs,
+            peering: wiring.peering,
             pending_status: HashMap::new(),
         })
     }
@@ -391,10 +396,11 @@ impl EventLoop {
                 }
                 if num_established.get() == 1 {
                     debug!(%peer_id, "connected");
-                    self.swarm
-                        .behaviour_mut()
-                        .sync
-                        .send_request(&peer_id, Request::Status);
+                    let sync = &mut self.swarm.behaviour_mut().sync;
+                    sync.send_request(&peer_id, Request::Status);
+                    if self.peering.is_some() {
+                        sync.send_request(&peer_id, Request::IpfsNode);
+                    }
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
                 }
             }
@@ -769,6 +775,14 @@ impl EventLoop {
             Response::PinStatus { .. } => {
                 debug!(%peer, "pin status answer nobody waits for any more");
             }
+            Response::IpfsNode { addrs } => {
+                if let Some(peering) = &self.peering
+                    && !addrs.is_empty()
+                    && peering.found.try_send((peer, addrs)).is_err()
+                {
+                    debug!(%peer, "IPFS peering busy; the peer's node is dialed on its next connect");
+                }
+            }
         }
     }
 
@@ -780,7 +794,7 @@ impl EventLoop {
         channel: request_response::ResponseChannel<Response>,
     ) {
         let permit = match &request {
-            Request::Status => None,
+            Request::Status | Request::IpfsNode => None,
             _ => match self.serving.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
@@ -860,6 +874,17 @@ impl EventLoop {
                     };
                     let _ = served.blocking_send(Served { channel, response });
                 });
+            }
+            Request::IpfsNode => {
+                let addrs = match &self.peering {
+                    Some(peering) => peering.own.borrow().clone(),
+                    None => Vec::new(),
+                };
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, Response::IpfsNode { addrs });
             }
             Request::PinStatus { cids } => {
                 let refuse = if !self.ipfs {

@@ -19,7 +19,7 @@ use pinmesh_agent::api::PinRequest;
 use pinmesh_agent::api::client::Client;
 use pinmesh_protocol::sim::sim_cid;
 use pinmesh_protocol::{ActorId, Dot, PinEntry, PinSpec, Version, codec};
-use pinmesh_tests::process::AgentProcess;
+use pinmesh_tests::process::{AgentProcess, full_mesh};
 use tempfile::TempDir;
 
 #[derive(Debug, Parser)]
@@ -48,9 +48,14 @@ struct Args {
     json: bool,
 }
 
-/// `pinmesh init` arguments for an agent on loopback with free ports.
+/// `pinmesh init` arguments for an agent on loopback with free ports. No IPFS node: this
+/// benchmark measures replication (the reconciler has its own).
 fn init_args(secret: &str, bootstrap: Option<&str>) -> Vec<String> {
-    let mut args = vec!["--secret".to_string(), secret.to_string()];
+    let mut args = vec![
+        "--secret".to_string(),
+        secret.to_string(),
+        "--no-ipfs".to_string(),
+    ];
     if let Some(b) = bootstrap {
         args.extend(["--bootstrap".to_string(), b.to_string()]);
     }
@@ -99,29 +104,11 @@ async fn cluster(bin: &Path, root: &Path, n: usize) -> anyhow::Result<Vec<AgentP
     }
     // Agents bootstrap from agent 0 and then find and dial each other; measuring during those
     // handshakes measures the handshakes. Wait (bounded) for the full mesh of connections.
-    let settle = Instant::now() + Duration::from_secs(30);
-    for a in &agents {
-        loop {
-            let connected = a
-                .client
-                .peers()
-                .await?
-                .peers
-                .iter()
-                .filter(|p| p.connected)
-                .count();
-            if connected + 1 >= n {
-                break;
-            }
-            if Instant::now() > settle {
-                eprintln!(
-                    "warning: an agent has {connected} of {} peers connected; measuring anyway",
-                    n - 1
-                );
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    if let Err(connected) = full_mesh(&agents, Duration::from_secs(30)).await? {
+        eprintln!(
+            "warning: an agent has {connected} of {} peers connected; measuring anyway",
+            n - 1
+        );
     }
     Ok(agents)
 }
