@@ -208,36 +208,45 @@ async fn pins_reach_every_node_and_unpins_remove_only_the_agents_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ipfs_node_that_goes_away_turns_statuses_to_errors_then_back_to_pinned() {
     let net = IpfsNet::start(2);
-    let agents = agents_on(&net).await;
+    // First outage: node 1 is down before its agent starts, so the agent has never listed it.
     net.stop_node(1);
+    let agents = agents_on(&net).await;
+    outage(&net, &agents, "before the first listing", 1).await;
+    // Second outage: the node goes away under an agent that has listed it.
+    net.stop_node(1);
+    outage(&net, &agents, "after listings", 2).await;
+}
 
-    let data = content("outage");
+/// With node 1 stopped: a new pin turns to `pin_error` on agent 1 while the pinsets converge;
+/// once the node is back, it becomes `pinned` with nobody asking.
+async fn outage(net: &IpfsNet, agents: &[TestAgent], label: &str, pins: u64) {
+    let data = content(label);
     let cid = net.node(0).add(&data, false).await;
     agents[0]
         .client()
-        .pin(&PinRequest::new(cid, "outage"))
+        .pin(&PinRequest::new(cid, label))
         .await
         .expect("pin");
     wait_all(&agents[..1], &cid, Status::Pinned).await;
     let failed = wait_status(&agents[1], &cid, |l| l.status == Status::PinError).await;
-    let failed = failed.expect("the agent without its node reports an error");
+    let failed = failed.unwrap_or_else(|l| panic!("{label}: no error without the node: {l:?}"));
     assert!(
         failed
             .error
             .as_deref()
             .is_some_and(|e| e.contains("unreachable")),
-        "{failed:?}"
+        "{label}: {failed:?}"
     );
     // Replication does not depend on IPFS.
     let running: Vec<&TestAgent> = agents.iter().collect();
-    converged(&running, Some(1), SETTLE)
+    converged(&running, Some(pins), SETTLE)
         .await
         .expect("pinsets converge");
 
     net.start_node(1);
-    wait_all(&agents, &cid, Status::Pinned).await;
-    assert_eq!(net.node(1).is_pinned(&cid).await, Ok(true));
-    assert!(net.node(1).cat(&cid).await == data);
+    wait_all(agents, &cid, Status::Pinned).await;
+    assert_eq!(net.node(1).is_pinned(&cid).await, Ok(true), "{label}");
+    assert!(net.node(1).cat(&cid).await == data, "{label}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
