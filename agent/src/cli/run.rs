@@ -11,7 +11,8 @@ use crate::node::{Node, StartOptions};
 /// Log filter when `PINMESH_LOG` is unset: lifecycle at info; libp2p crates only when
 /// something is wrong (Kademlia complains at every periodic bootstrap of a lone agent); the
 /// embedded IPFS node's crates likewise (the agent logs the node's start itself).
-const DEFAULT_LOG: &str = "info,libp2p_kad=error,libp2p_swarm=warn,libp2p_gossipsub=warn,rust_ipfs=warn,connexa=warn";
+const DEFAULT_LOG: &str =
+    "info,libp2p_kad=error,libp2p_swarm=warn,libp2p_gossipsub=warn,rust_ipfs=warn,connexa=warn";
 
 /// Creates the home first (a new cluster) when DIR has no config.
 #[derive(Debug, clap::Args)]

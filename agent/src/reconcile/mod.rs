@@ -55,6 +55,9 @@ const FAILURES_BEFORE_PACING: u32 = 10;
 /// Assumed cost of asking the node about one CID (two calls), against which a fresh listing is
 /// weighed when many new pins wait.
 const CHECK_COST: Duration = Duration::from_millis(2);
+/// How long an `unpinned` record of a CID the pinset no longer has stays in `status-1` (shown
+/// by `status`); full comparisons remove older ones.
+pub const UNPINNED_KEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// Where a CID stands on this peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -651,7 +654,13 @@ impl Reconciler {
         let store = self.store.clone();
         let actual = std::mem::take(&mut self.actual);
         let scanned = tokio::task::spawn_blocking(move || {
-            let found = compare(&store, &actual);
+            let found = compare(&store, &actual).and_then(|(cids, stale)| {
+                let pruned = prune(&store, &stale)?;
+                if pruned > 0 {
+                    debug!(pruned, "removed old records of unpinned CIDs");
+                }
+                Ok(cids)
+            });
             (actual, found)
         })
         .await;
@@ -1079,14 +1088,27 @@ fn backoff(attempts: u32, max: Duration) -> Duration {
     (RETRY_BASE * factor).min(max)
 }
 
-/// The CIDs whose status may not match the pinset and the node: the whole pinset and every
-/// status record compared against `actual`. Runs on a blocking thread.
-fn compare(store: &Store, actual: &HashMap<Cid, PinMode>) -> Result<Vec<Cid>, StoreError> {
+/// A record that only says a CID nobody wants was unpinned, longer ago than [`UNPINNED_KEEP`].
+fn stale(state: &PinState, now_ms: u64) -> bool {
+    state.status == Status::Unpinned
+        && !state.owned
+        && state.updated_ms + (UNPINNED_KEEP.as_millis() as u64) < now_ms
+}
+
+/// What [`compare`] finds: CIDs to look at, and keys of stale records.
+type Compared = (Vec<Cid>, Vec<Vec<u8>>);
+
+/// The CIDs whose status may not match the pinset and the node (the whole pinset and every
+/// status record compared against `actual`), and the [`stale`] records of CIDs the pinset does
+/// not want. Runs on a blocking thread.
+fn compare(store: &Store, actual: &HashMap<Cid, PinMode>) -> Result<Compared, StoreError> {
     let txn = store.db().begin_read()?;
     let pins = txn.open_table(PINS)?;
     let statuses = open_status(&txn)?;
-    let now = now_ms() / 1000;
+    let now_ms = now_ms();
+    let now = now_ms / 1000;
     let mut out = Vec::new();
+    let mut old = Vec::new();
     for item in pins.iter()? {
         let (key, value) = item?;
         let Ok(cid) = Cid::try_from(key.value()) else {
@@ -1097,7 +1119,12 @@ fn compare(store: &Store, actual: &HashMap<Cid, PinMode>) -> Result<Vec<Cid>, St
         let state = status_in(&statuses, key.value())?;
         let settled = match wanted_of(&versions, now) {
             Some(w) => satisfies(have, w.mode) && state.is_some_and(|s| s.status == Status::Pinned),
-            None => state.is_none_or(|s| !s.owned && s.status == Status::Unpinned),
+            None => {
+                if state.as_ref().is_some_and(|s| stale(s, now_ms)) {
+                    old.push(key.value().to_vec());
+                }
+                state.is_none_or(|s| !s.owned && s.status == Status::Unpinned)
+            }
         };
         if !settled {
             out.push(cid);
@@ -1110,14 +1137,42 @@ fn compare(store: &Store, actual: &HashMap<Cid, PinMode>) -> Result<Vec<Cid>, St
                 continue; // compared above
             }
             let state = decode_state(value.value())?;
-            if (state.owned || state.status != Status::Unpinned)
+            if stale(&state, now_ms) {
+                old.push(key.value().to_vec());
+            } else if (state.owned || state.status != Status::Unpinned)
                 && let Ok(cid) = Cid::try_from(key.value())
             {
                 out.push(cid);
             }
         }
     }
-    Ok(out)
+    Ok((out, old))
+}
+
+/// Removes the records `compare` found stale, each only if it still is (a CID pinned again
+/// since has a newer record). Returns how many went.
+fn prune(store: &Store, keys: &[Vec<u8>]) -> Result<usize, StoreError> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let now_ms = now_ms();
+    let txn = store.db().begin_write()?;
+    let mut removed = 0;
+    {
+        let mut table = txn.open_table(STATUS)?;
+        for key in keys {
+            let still = match table.get(key.as_slice())? {
+                Some(value) => stale(&decode_state(value.value())?, now_ms),
+                None => false,
+            };
+            if still {
+                table.remove(key.as_slice())?;
+                removed += 1;
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -1131,6 +1186,52 @@ mod tests {
         assert!(satisfies(Some(PinMode::Direct), PinMode::Direct));
         assert!(!satisfies(Some(PinMode::Direct), PinMode::Recursive));
         assert!(!satisfies(None, PinMode::Direct));
+    }
+
+    #[test]
+    fn old_unpinned_records_of_unwanted_cids_are_pruned_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, _) = Store::open(&dir.path().join("db.redb"), 4 << 20).expect("store");
+        let cid = |n: u8| {
+            Cid::new_v1(
+                0x55,
+                cid::multihash::Multihash::wrap(0x12, &[n; 32]).expect("hash"),
+            )
+        };
+        let long_ago = now_ms() - UNPINNED_KEEP.as_millis() as u64 - 1000;
+        let record = |status, owned, updated_ms| PinState {
+            updated_ms,
+            ..PinState::new(status, owned)
+        };
+        let records = [
+            (cid(1), record(Status::Unpinned, false, long_ago)), // stale
+            (cid(2), record(Status::Unpinned, false, now_ms())), // recent
+            (cid(3), record(Status::Unpinned, true, long_ago)),  // still ours to remove
+            (cid(4), record(Status::PinError, false, long_ago)), // an error to show
+        ];
+        let txn = store.db().begin_write().expect("txn");
+        {
+            let mut table = txn.open_table(STATUS).expect("table");
+            for (cid, state) in &records {
+                table
+                    .insert(
+                        cid.to_bytes().as_slice(),
+                        codec::encode_stored(state).as_slice(),
+                    )
+                    .expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+
+        let (_, stale) = compare(&store, &HashMap::new()).expect("compare");
+        assert_eq!(stale, vec![cid(1).to_bytes()]);
+        assert_eq!(prune(&store, &stale).expect("prune"), 1);
+        let txn = store.db().begin_read().expect("txn");
+        let table = open_status(&txn).expect("open");
+        for (key, _) in &records {
+            let kept = status_in(&table, &key.to_bytes()).expect("read").is_some();
+            assert_eq!(kept, *key != cid(1), "{key}");
+        }
     }
 
     #[test]
