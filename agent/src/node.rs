@@ -48,6 +48,30 @@ pub struct NodeHandle {
     pub swarm: mpsc::Sender<SwarmCommand>,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    /// Stopped last, once nothing uses it any more.
+    backend: Option<Arc<dyn PinBackend>>,
+}
+
+/// Undoes a start that fails after the IPFS node started: stops the tasks begun and the node
+/// (whose repo would stay locked).
+struct StartGuard {
+    cancel: CancellationToken,
+    backend: Option<Arc<dyn PinBackend>>,
+}
+
+impl StartGuard {
+    fn disarm(mut self) {
+        self.backend = None;
+    }
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if let Some(backend) = self.backend.take() {
+            self.cancel.cancel();
+            tokio::spawn(async move { backend.stop().await });
+        }
+    }
 }
 
 /// How long open API requests may hold up a shutdown.
@@ -107,9 +131,7 @@ impl Node {
                     })
                     .instrument(span.clone())
                     .await?;
-                    span.in_scope(|| {
-                        info!(node = %node.describe(), addresses = ?node.addresses(), "embedded IPFS node started")
-                    });
+                    span.in_scope(|| info!(node = %node.describe(), "embedded IPFS node started"));
                     Some(Arc::new(node))
                 }
                 None => None,
@@ -117,6 +139,10 @@ impl Node {
         };
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let guard = StartGuard {
+            cancel: cancel.clone(),
+            backend: backend.clone(),
+        };
         let peering = backend.as_ref().map(|backend| {
             let (peering, run) = peering::spawn(backend.clone(), cancel.child_token());
             tasks.spawn(run.instrument(span.clone()));
@@ -196,13 +222,10 @@ impl Node {
                     cancel.child_token(),
                 );
                 let stop = cancel.clone();
-                let backend = backend.clone();
                 tasks.spawn(
                     async move {
                         run.await;
                         stop.cancel();
-                        // The reconciler's calls are over; the node goes last.
-                        backend.stop().await;
                     }
                     .instrument(span.clone()),
                 );
@@ -262,7 +285,7 @@ impl Node {
             swarm: swarm_tx.clone(),
             flags: flags.clone(),
             reconciler: reconciler.clone(),
-            ipfs: backend,
+            ipfs: backend.clone(),
             add_timeout: config.raw.ipfs.pin_timeout,
             writer: config.trusted_writers.is_empty() || config.trusted_writers.contains(&peer_id),
             token: token.into(),
@@ -296,6 +319,7 @@ impl Node {
             .instrument(span.clone()),
         );
         tasks.close();
+        guard.disarm();
         span.in_scope(|| info!(%api_addr, "agent started"));
         Ok(NodeHandle {
             peer_id,
@@ -307,6 +331,7 @@ impl Node {
             swarm: swarm_tx,
             cancel,
             tasks,
+            backend,
         })
     }
 }
@@ -324,11 +349,16 @@ impl NodeHandle {
     /// then drains its queue, makes its last commit and stops once the last handle is gone
     /// (ours included); the store closes with it. Safe to drop instead, but then queued
     /// commands may be cut short (never a torn commit).
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.cancel.cancel();
         let tasks = self.tasks.clone();
+        let backend = self.backend.take();
         drop(self);
         tasks.wait().await;
+        // Nothing calls the IPFS node any more (API, reconciler, peering are done).
+        if let Some(backend) = backend {
+            backend.stop().await;
+        }
     }
 
     /// Resolves when the agent is stopping: asked to, or a critical task ended.

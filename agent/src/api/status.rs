@@ -546,13 +546,16 @@ pub async fn cat(
         return Err(ApiError::Unavailable(NO_NODE.into()));
     };
     let cid = parse_cid(&cid)?;
-    let mut stream = ipfs
-        .cat(&cid)
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let failed = |e: crate::ipfs::IpfsError| match e {
+        crate::ipfs::IpfsError::Refused { .. } => {
+            ApiError::NotFound(format!("cannot read {cid}: {e}"))
+        }
+        _ => ApiError::Unavailable(format!("cannot read {cid}: {e}")),
+    };
+    let mut stream = ipfs.cat(&cid).await.map_err(failed)?;
     let first = match stream.next().await {
         Some(Ok(chunk)) => Some(chunk),
-        Some(Err(e)) => return Err(ApiError::NotFound(format!("cannot read {cid}: {e}"))),
+        Some(Err(e)) => return Err(failed(e)),
         None => None,
     };
     let body = futures::stream::iter(first.map(Ok))

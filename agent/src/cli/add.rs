@@ -23,7 +23,7 @@ pub struct Args {
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
     /// Only store the content in this agent's IPFS node; pin nothing in the cluster.
-    #[arg(long = "no-pin")]
+    #[arg(long = "no-pin", conflicts_with_all = ["name", "replication", "rmin", "rmax", "mode", "expire_in", "meta", "wait"])]
     no_pin: bool,
     #[command(flatten)]
     options: PinOptions,

@@ -52,7 +52,6 @@ pub struct EmbeddedOptions {
 pub struct EmbeddedBackend {
     ipfs: Ipfs,
     peer_id: PeerId,
-    listen: Vec<Multiaddr>,
     call_timeout: Duration,
 }
 
@@ -80,33 +79,28 @@ impl EmbeddedBackend {
                     options.dir.display()
                 )
             })?;
-        let mut listen = Vec::new();
         for addr in &options.listen {
-            let started = async {
-                let id = ipfs.add_listening_address(addr.clone()).await?;
-                ipfs.get_listening_address(id).await
-            };
-            match started.await {
-                Ok(addrs) => listen.extend(addrs),
-                Err(e) => {
-                    ipfs.exit_daemon().await;
-                    anyhow::bail!("embedded IPFS node cannot listen on {addr}: {e:#}");
-                }
+            if let Err(e) = ipfs.add_listening_address(addr.clone()).await {
+                ipfs.exit_daemon().await;
+                anyhow::bail!(
+                    "embedded IPFS node cannot listen on {addr}: {e:#} (change [ipfs] listen, or set ipfs.api to use a Kubo daemon instead)"
+                );
             }
         }
         Ok(EmbeddedBackend {
             ipfs,
             peer_id,
-            listen,
             call_timeout: options.call_timeout,
         })
     }
 
-    /// The addresses other nodes dial, each ending in `/p2p/<node id>`.
-    pub fn addresses(&self) -> Vec<String> {
-        self.listen
-            .iter()
-            .map(|a| a.clone().with(Protocol::P2p(self.peer_id)).to_string())
+    /// The addresses other nodes dial, each ending in `/p2p/<node id>`: what the node listens
+    /// on now (an unspecified address is reported once per interface, as interfaces appear).
+    pub async fn addresses(&self) -> Vec<String> {
+        let listening = self.ipfs.listening_addresses().await.unwrap_or_default();
+        listening
+            .into_iter()
+            .map(|a| a.with(Protocol::P2p(self.peer_id)).to_string())
             .collect()
     }
 
@@ -202,7 +196,7 @@ impl PinBackend for EmbeddedBackend {
     async fn id(&self) -> Result<NodeInfo, IpfsError> {
         Ok(NodeInfo {
             id: self.peer_id.to_string(),
-            addresses: self.addresses(),
+            addresses: self.addresses().await,
             agent_version: format!("pinmesh/{} (embedded rust-ipfs)", env!("CARGO_PKG_VERSION")),
         })
     }
@@ -414,8 +408,10 @@ impl EmbeddedBackend {
         if !directories && !input.wrap && added.len() == 1 {
             return Ok(added);
         }
-        // Directory nodes come out children first, the root last.
+        // Directory nodes come out children first, the root last. The shards of a large
+        // directory come out too, with no path of their own: stored, not listed.
         let mut nodes = tree.build();
+        let mut root = None;
         while let Some(node) = nodes.next_borrowed() {
             let node = node.map_err(|e| IpfsError::Refused {
                 call: CALL,
@@ -431,12 +427,19 @@ impl EmbeddedBackend {
                 .put_block(&block)
                 .await
                 .map_err(|e| refused(CALL, &e))?;
-            added.push(Added {
+            let entry = Added {
                 name: node.path.to_string(),
                 cid: *node.cid,
                 size: node.total_size,
-            });
+            };
+            if let Some(previous) = root.replace(entry)
+                && !previous.name.is_empty()
+            {
+                added.push(previous);
+            }
         }
+        // The last node is the root, whatever its name (`""` when wrapped).
+        added.extend(root);
         Ok(added)
     }
 }

@@ -451,11 +451,14 @@ impl PinBackend for KuboBackend {
 
     async fn cat(&self, cid: &Cid) -> Result<ByteStream, IpfsError> {
         const CALL: &str = "cat";
+        // No node-side `timeout=`: it bounds the whole command, which would cut large files
+        // short. Stalls are bounded per chunk below. Kubo reports an error after the first
+        // byte only in an HTTP trailer, which this client cannot read; with `offline` the node
+        // reads its own blocks only, so such errors are unlikely.
         let query = [
             ("arg", cid.to_string()),
             // Only what the node holds; Kubo's global option (others ignore it).
             ("offline", "true".into()),
-            ("timeout", go_duration(self.call_timeout)),
         ];
         let response = self.post(CALL, &query, None, self.call_timeout).await?;
         let idle = self.call_timeout;

@@ -85,6 +85,12 @@ pub struct AddInput {
     pub wrap: bool,
 }
 
+impl std::fmt::Debug for dyn PinBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
 /// File content as it is read.
 pub type ByteStream = futures::stream::BoxStream<'static, Result<bytes::Bytes, IpfsError>>;
 
@@ -157,6 +163,16 @@ pub fn content_key(cid: &Cid) -> Cid {
     }
 }
 
+/// The other spelling of the same content, when there is one: the CIDv1 `dag-pb` of a CIDv0,
+/// or the CIDv0 of a CIDv1 `dag-pb` sha2-256 CID.
+pub fn twin(cid: &Cid) -> Option<Cid> {
+    match cid.version() {
+        cid::Version::V0 => Some(content_key(cid)),
+        cid::Version::V1 if cid.codec() == 0x70 => Cid::new_v0(*cid.hash()).ok(),
+        cid::Version::V1 => None,
+    }
+}
+
 /// Whether two CIDs name the same content, whatever base or version they were written in.
 pub fn same_content(a: &Cid, b: &Cid) -> bool {
     content_key(a) == content_key(b)
@@ -176,6 +192,9 @@ mod tests {
         // The same hash under another codec is other content.
         let raw = Cid::new_v1(0x55, *v0.hash());
         assert!(!same_content(&v0, &raw));
+        assert_eq!(twin(&v0), Some(v1));
+        assert_eq!(twin(&v1), Some(v0));
+        assert_eq!(twin(&raw), None);
         // The same CID in another base parses to the same value.
         let b58 = v1
             .to_string_of_base(cid::multibase::Base::Base58Btc)

@@ -2,12 +2,11 @@
 //!
 //! Bitswap fetches blocks from the nodes a node is connected to, and two IPFS nodes of one
 //! cluster have no other way to find each other (the embedded node runs no DHT; a private Kubo
-//! may not either). So when two agents connect, each asks the other for its node's addresses
-//! (the sync protocol's `IpfsNode` request), and this task dials them through the backend. It
-//! dials every known node again every [`REDIAL`], in case the link was dropped (Kubo's
-//! connection manager trims idle connections).
+//! may not either). So agents ask each other for their nodes' addresses (the sync protocol's
+//! `IpfsNode` request: on connecting, and every [`REASK`] after, in case a node came up late or
+//! a link was dropped), and this task dials what they answer through the backend. It also keeps
+//! this node's own addresses current for the swarm to answer with.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,17 +14,22 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use pinmesh_protocol::message::{MAX_IPFS_ADDR_LEN, MAX_IPFS_ADDRS};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::PinBackend;
 
-/// How often the known nodes are dialed again.
-pub const REDIAL: Duration = Duration::from_secs(300);
+/// How often agents ask their connected peers for their nodes' addresses again.
+pub const REASK: Duration = Duration::from_secs(300);
+/// How often this node's own addresses are read again (interfaces come and go).
+const REFRESH: Duration = Duration::from_secs(60);
 /// How long to wait before asking a node that is down for its addresses again.
 const ID_RETRY: Duration = Duration::from_secs(5);
-/// Nodes learned but not dialed yet; more are dropped (and learned again on the next connect).
+/// Answers not handled yet; more are dropped (and come again with the next ask).
 const FOUND_CAPACITY: usize = 256;
+/// Dials in flight at once; answers beyond it wait for the next ask.
+const MAX_DIALS: usize = 16;
 
 /// The swarm's side: where it reads this node's addresses to answer `IpfsNode`, and where it
 /// reports what peers answered.
@@ -35,18 +39,19 @@ pub struct Peering {
     pub found: mpsc::Sender<(PeerId, Vec<String>)>,
 }
 
-/// Keeps only addresses a node can be dialed at: valid multiaddrs ending in `/p2p/<id>`, at
-/// most [`MAX_IPFS_ADDRS`] of them; loopback last, since a remote peer's loopback address is
-/// this machine.
+/// Keeps only addresses a node can be dialed at: valid multiaddrs ending in `/p2p/<id>`, TCP
+/// before other transports and loopback last (a remote peer's loopback address is this
+/// machine), at most [`MAX_IPFS_ADDRS`] of them.
 pub fn sanitize(addrs: Vec<String>) -> Vec<Multiaddr> {
     let mut out: Vec<Multiaddr> = addrs
         .into_iter()
-        .take(MAX_IPFS_ADDRS)
         .filter(|a| a.len() <= MAX_IPFS_ADDR_LEN)
         .filter_map(|a| a.parse::<Multiaddr>().ok())
         .filter(|a| matches!(a.iter().last(), Some(Protocol::P2p(_))))
         .collect();
-    out.sort_by_key(is_loopback);
+    out.sort_by_key(|a| (!is_tcp(a), is_loopback(a)));
+    out.dedup();
+    out.truncate(MAX_IPFS_ADDRS);
     out
 }
 
@@ -56,6 +61,25 @@ fn is_loopback(addr: &Multiaddr) -> bool {
         Protocol::Ip6(ip) => ip.is_loopback(),
         _ => false,
     })
+}
+
+/// Plain TCP (what every node speaks, the embedded one only).
+fn is_tcp(addr: &Multiaddr) -> bool {
+    let mut it = addr.iter();
+    matches!(
+        (it.next(), it.next(), it.next()),
+        (
+            Some(
+                Protocol::Ip4(_)
+                    | Protocol::Ip6(_)
+                    | Protocol::Dns(_)
+                    | Protocol::Dns4(_)
+                    | Protocol::Dns6(_)
+            ),
+            Some(Protocol::Tcp(_)),
+            Some(Protocol::P2p(_))
+        )
+    )
 }
 
 /// Starts the peering task; returns the swarm's side and the task.
@@ -77,33 +101,31 @@ async fn run(
     mut found: mpsc::Receiver<(PeerId, Vec<String>)>,
     cancel: CancellationToken,
 ) {
-    // Node id (of the IPFS node) -> its addresses, by the agent that told us.
-    let mut known: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
     let mut own_id: Option<String> = None;
     let mut next_id = tokio::time::Instant::now();
-    let mut redial = tokio::time::interval(REDIAL);
-    redial.tick().await;
+    // Dials run beside the loop (each address may take the backend's call timeout); dropping
+    // the set at shutdown aborts them.
+    let mut dials = JoinSet::new();
     loop {
-        let learn_own = async {
-            if own_id.is_some() {
-                std::future::pending::<()>().await;
-            }
-            tokio::time::sleep_until(next_id).await;
-        };
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = learn_own => match backend.id().await {
+            _ = tokio::time::sleep_until(next_id) => match backend.id().await {
                 Ok(info) => {
-                    let addrs: Vec<String> = sanitize(info.addresses)
-                        .iter()
-                        .map(|a| a.to_string())
-                        .collect();
-                    info!(node = %info.id, addresses = addrs.len(), "IPFS node identified");
+                    let addrs: Vec<String> =
+                        sanitize(info.addresses).iter().map(|a| a.to_string()).collect();
+                    if own_id.is_none() {
+                        info!(node = %info.id, addresses = addrs.len(), "IPFS node identified");
+                    }
                     own_id = Some(info.id);
-                    own_tx.send_replace(addrs);
+                    own_tx.send_if_modified(|own| {
+                        let changed = *own != addrs;
+                        *own = addrs;
+                        changed
+                    });
+                    next_id = tokio::time::Instant::now() + REFRESH;
                 }
                 Err(err) => {
-                    debug!(error = %err, "IPFS node not identified yet");
+                    debug!(error = %err, "IPFS node not identified");
                     next_id = tokio::time::Instant::now() + ID_RETRY;
                 }
             },
@@ -113,15 +135,14 @@ async fn run(
                 if own_id.as_deref() == Some(node.to_string().as_str()) {
                     continue; // another agent on the same IPFS node
                 }
-                debug!(%agent, %node, "connecting to a cluster peer's IPFS node");
-                dial(backend.as_ref(), node, &addrs).await;
-                known.insert(node, addrs);
-            }
-            _ = redial.tick() => {
-                for (node, addrs) in &known {
-                    dial(backend.as_ref(), *node, addrs).await;
+                if dials.len() >= MAX_DIALS {
+                    debug!(%agent, %node, "too many IPFS dials in flight; skipped until the next ask");
+                    continue;
                 }
+                let backend = backend.clone();
+                dials.spawn(async move { dial(backend.as_ref(), agent, node, &addrs).await });
             }
+            Some(_) = dials.join_next(), if !dials.is_empty() => {}
         }
     }
 }
@@ -135,16 +156,19 @@ fn node_of(addrs: &[Multiaddr]) -> Option<PeerId> {
 }
 
 /// Tries the addresses in order until one connects.
-async fn dial(backend: &dyn PinBackend, node: PeerId, addrs: &[Multiaddr]) {
+async fn dial(backend: &dyn PinBackend, agent: PeerId, node: PeerId, addrs: &[Multiaddr]) {
     let mut last = None;
     for addr in addrs {
         match backend.connect(&addr.to_string()).await {
-            Ok(()) => return,
+            Ok(()) => {
+                debug!(%agent, %node, %addr, "connected to a cluster peer's IPFS node");
+                return;
+            }
             Err(err) => last = Some(err),
         }
     }
     if let Some(err) = last {
-        warn!(%node, error = %err, "cannot connect to a cluster peer's IPFS node");
+        warn!(%agent, %node, error = %err, "cannot connect to a cluster peer's IPFS node");
     }
 }
 
@@ -170,9 +194,16 @@ mod tests {
                 format!("/ip4/127.0.0.1/tcp/4001/p2p/{id}"),
             ]
         );
+        // Many QUIC addresses do not crowd out the TCP one; the cap holds.
+        let mut many: Vec<String> = (0..40)
+            .map(|i| format!("/ip4/10.0.1.{i}/udp/4001/quic-v1/p2p/{id}"))
+            .collect();
+        many.push(format!("/ip4/10.0.0.9/tcp/4001/p2p/{id}"));
+        let kept = sanitize(many);
+        assert_eq!(kept.len(), MAX_IPFS_ADDRS);
         assert_eq!(
-            sanitize(vec![format!("/p2p/{id}"); 40]).len(),
-            MAX_IPFS_ADDRS
+            kept[0].to_string(),
+            format!("/ip4/10.0.0.9/tcp/4001/p2p/{id}")
         );
     }
 }

@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::ipfs::{IpfsError, PinBackend, PinLimits, content_key};
+use crate::ipfs::{IpfsError, PinBackend, PinLimits, content_key, twin};
 use crate::replica::{Changes, now_ms};
 use crate::store::{PINS, STATUS, Store, StoreError, decode_pin_entry};
 use crate::swarm::Flags;
@@ -473,10 +473,9 @@ impl Reconciler {
                             }
                             Err(err) => {
                                 warn!(error = %err, "a reconciler worker failed");
-                                // Free its slot; the CID is tried again after a backoff.
+                                // Free its slot, show the failure, retry with backoff.
                                 if let Some(cid) = self.worker_cids.remove(&err.id()) {
-                                    self.running.remove(&cid);
-                                    self.schedule_retry(cid, Instant::now() + RETRY_BASE);
+                                    self.worker_failed(cid, &err);
                                 }
                             }
                         }
@@ -925,6 +924,7 @@ impl Reconciler {
 
     fn on_done(&mut self, cid: Cid, job: Job, result: Result<bool, IpfsError>) {
         self.running.remove(&cid);
+        let unpin = matches!(job, Job::Unpin);
         let mut state = match self.state(&cid) {
             Ok(Some(s)) => s,
             Ok(None) => PinState::new(Status::Queued, false),
@@ -975,11 +975,38 @@ impl Reconciler {
                 self.schedule_retry(cid, Instant::now() + delay);
             }
         }
+        let unpinned = unpin && state.status == Status::Unpinned;
         self.record(cid, state);
         if self.rerun.remove(&cid) {
             // It changed while the call ran: decide again now (an unpin stops a failing pin).
             self.enqueue_now(cid, true);
         }
+        if unpinned && let Some(twin) = twin(&cid) {
+            // The same content under its other CID version may still be wanted; the node
+            // counted it as held through the pin just removed. Its blocks are still local, so
+            // pinning it again (as this agent's own) is immediate.
+            self.enqueue_now(twin, true);
+        }
+    }
+
+    /// A worker ended without an answer (it panicked, e.g. inside the IPFS library on a DAG it
+    /// cannot walk): the CID shows an error and is retried with backoff like a failed call.
+    fn worker_failed(&mut self, cid: Cid, err: &tokio::task::JoinError) {
+        self.running.remove(&cid);
+        let mut state = match self.state(&cid) {
+            Ok(Some(s)) => s,
+            _ => PinState::new(Status::PinError, false),
+        };
+        state.status = match state.status {
+            Status::Unpinning | Status::UnpinError => Status::UnpinError,
+            _ => Status::PinError,
+        };
+        state.attempts += 1;
+        state.error = Some(format!("internal error while working on it: {err}"));
+        state.updated_ms = now_ms();
+        let delay = backoff(state.attempts, self.settings.retry_max);
+        self.record(cid, state);
+        self.schedule_retry(cid, Instant::now() + delay);
     }
 
     /// Asks a node that was down whether it is back; if so, retries everything waiting.

@@ -39,7 +39,7 @@ use tracing::{debug, info, warn};
 
 pub use self::codec::{SYNC_PROTOCOL, SyncCodec};
 use crate::api::status::StatusLine;
-use crate::ipfs::peering::Peering;
+use crate::ipfs::peering::{self, Peering};
 use crate::replica::{Output, ReplicaHandle};
 use crate::store::{PeerRecord, ServeError, Snapshots, Store};
 use pinmesh_protocol::snapshot::Progress;
@@ -346,6 +346,8 @@ impl EventLoop {
         }
         let mut beacon = tokio::time::interval(self.beacon_interval);
         let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut reask = tokio::time::interval(peering::REASK);
+        reask.tick().await; // connecting asks already
         let mut state = self.replica.watch();
         loop {
             tokio::select! {
@@ -360,6 +362,7 @@ impl EventLoop {
                     }
                 }
                 _ = beacon.tick() => self.send_beacon(),
+                _ = reask.tick(), if self.peering.is_some() => self.ask_ipfs_nodes(),
                 _ = tick.tick() => {
                     self.run_repairs();
                     self.snapshots.sweep();
@@ -372,6 +375,18 @@ impl EventLoop {
             }
         }
         info!("swarm stopped");
+    }
+
+    /// Asks every connected peer for its IPFS node's addresses (a node that came up late, a
+    /// link between nodes that was dropped).
+    fn ask_ipfs_nodes(&mut self) {
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in connected {
+            self.swarm
+                .behaviour_mut()
+                .sync
+                .send_request(&peer, Request::IpfsNode);
+        }
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
