@@ -122,6 +122,14 @@ async fn embedded_nodes_fetch_from_each_other_and_follow_the_pinset() {
         );
     }
 
+    // Content no node holds: one clear line, nothing fetched.
+    let absent = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy";
+    let out = pinmesh_in(&dirs[1], &["cat", absent]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("cannot read"), "{err}");
+
     // Agent 0 comes back on the same repo; then the unpin reaches every node.
     agents.insert(
         0,
