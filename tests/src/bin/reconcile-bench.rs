@@ -7,7 +7,11 @@
 //!   done when every status is `pinned`) with `ipfs.concurrency` C, then the plain loop again;
 //!   the agent's rate against the mean of the two plain runs;
 //! - comparison: P pins in the node and in the pinset; the reconciler's full comparison of
-//!   the two (after its listing), beside the node's own listing time.
+//!   the two (after its listing), beside the node's own listing time;
+//! - embedded: two agents on their embedded IPFS nodes (the default backend). A file of M MiB
+//!   added on agent 0 (`add --no-pin`), then pinned through agent 1: the add rate and the
+//!   transfer rate to agent 1's node over bitswap; then N small files added on agent 0 and
+//!   pinned in one batch through agent 1: pins per second until both nodes hold them all.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -38,8 +42,11 @@ struct Args {
     /// Pins for the comparison phase.
     #[arg(long, default_value_t = 100_000)]
     pins: usize,
-    /// Phases to run, comma-separated: rate,compare.
-    #[arg(long, default_value = "rate,compare")]
+    /// MiB of the embedded phase's large file.
+    #[arg(long, default_value_t = 64)]
+    mib: usize,
+    /// Phases to run, comma-separated: rate,compare,embedded.
+    #[arg(long, default_value = "rate,compare,embedded")]
     phases: String,
 }
 
@@ -52,6 +59,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if phases.contains(&"compare") {
         compare(&args).await?;
+    }
+    if phases.contains(&"embedded") {
+        embedded(&args).await?;
     }
     Ok(())
 }
@@ -225,6 +235,142 @@ async fn compare(args: &Args) -> anyhow::Result<()> {
         report.last_compared_ms,
         report.last_to_check,
         own.as_millis()
+    );
+    Ok(())
+}
+
+/// `pinmesh add --no-pin --json PATH` on the agent in `home`; the added entries.
+fn add_no_pin(
+    bin: &std::path::Path,
+    home: &std::path::Path,
+    path: &std::path::Path,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let out = std::process::Command::new(bin)
+        .arg("--dir")
+        .arg(home)
+        .args(["add", "--no-pin", "--json"])
+        .arg(path)
+        .output()?;
+    if !out.status.success() {
+        bail!("add failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| Ok(serde_json::from_str(l)?))
+        .collect()
+}
+
+/// Waits until every agent reports every CID `pinned`; how long it took from `started`.
+async fn all_pinned(
+    agents: &[AgentProcess],
+    cids: &[String],
+    started: Instant,
+) -> anyhow::Result<Duration> {
+    for agent in agents {
+        loop {
+            let pinned = agent
+                .client
+                .status(cids, &[Status::Pinned], |_| Ok(()))
+                .await?;
+            if pinned as usize == cids.len() {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(600) {
+                bail!("{pinned} of {} pinned after 10 minutes", cids.len());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    Ok(started.elapsed())
+}
+
+async fn embedded(args: &Args) -> anyhow::Result<()> {
+    let dir = TempDir::new()?;
+    let secret: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    let first = AgentProcess::start(
+        &args.bin,
+        &dir.path().join("a0"),
+        &["--secret".into(), secret.clone()],
+    )?;
+    let bootstrap = first.addr.clone();
+    let second = AgentProcess::start(
+        &args.bin,
+        &dir.path().join("a1"),
+        &["--secret".into(), secret, "--bootstrap".into(), bootstrap],
+    )?;
+    let agents = [first, second];
+    if pinmesh_tests::process::full_mesh(&agents, Duration::from_secs(30))
+        .await?
+        .is_err()
+    {
+        bail!("the two agents did not connect");
+    }
+
+    // One large file: added on agent 0, fetched by agent 1's node.
+    let big = dir.path().join("big.bin");
+    let bytes = args.mib << 20;
+    std::fs::write(
+        &big,
+        (0..bytes)
+            .map(|_| rand::random::<u8>())
+            .collect::<Vec<u8>>(),
+    )?;
+    let started = Instant::now();
+    let added = add_no_pin(&args.bin, &agents[0].home, &big)?;
+    let add_secs = started.elapsed().as_secs_f64();
+    let cid = added
+        .last()
+        .and_then(|l| l["cid"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let started = Instant::now();
+    agents[1]
+        .client
+        .pin(&PinRequest::new(cid.parse::<Cid>()?, "big"))
+        .await?;
+    let took = all_pinned(&agents[1..], std::slice::from_ref(&cid), started).await?;
+    let mib = args.mib as f64;
+    println!(
+        "embedded nodes, a {mib:.0} MiB file: added on agent 0 at {:.0} MiB/s; pinned through agent 1, \
+         its node fetched it at {:.0} MiB/s ({:.2}s)",
+        mib / add_secs,
+        mib / took.as_secs_f64(),
+        took.as_secs_f64()
+    );
+
+    // Many small files: one batch of pins, fetched file by file.
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small)?;
+    let salt: u64 = rand::random();
+    for i in 0..args.dags {
+        std::fs::write(
+            small.join(format!("{i:05}")),
+            format!("pinmesh embedded bench {salt:016x} {i}"),
+        )?;
+    }
+    let added = add_no_pin(&args.bin, &agents[0].home, &small)?;
+    let cids: Vec<String> = added
+        .iter()
+        .filter(|l| l["name"].as_str().is_some_and(|n| n.contains('/')))
+        .filter_map(|l| l["cid"].as_str().map(str::to_string))
+        .collect();
+    let requests: Vec<PinRequest> = cids
+        .iter()
+        .map(|c| Ok(PinRequest::new(c.parse::<Cid>()?, "small")))
+        .collect::<anyhow::Result<_>>()?;
+    let started = Instant::now();
+    for chunk in requests.chunks(10_000) {
+        agents[1].client.pin_many(chunk).await?;
+    }
+    let took = all_pinned(&agents, &cids, started).await?;
+    println!(
+        "embedded nodes, {} small files added on agent 0, pinned in one batch through agent 1: \
+         both nodes hold them all after {:.2}s = {:.0} pins/s",
+        cids.len(),
+        took.as_secs_f64(),
+        cids.len() as f64 / took.as_secs_f64()
     );
     Ok(())
 }
