@@ -169,10 +169,13 @@ impl Client {
         &self,
         cids: &[String],
         filter: &[Status],
-        each: impl FnMut(StatusLine) -> anyhow::Result<()>,
+        mut each: impl FnMut(StatusLine) -> anyhow::Result<()>,
     ) -> anyhow::Result<u64> {
-        let path = status_path("/v1/status", cids, filter);
-        self.ndjson(&path, "status listing", each).await
+        let mut count = 0;
+        for path in status_paths("/v1/status", cids, filter) {
+            count += self.ndjson(&path, "status listing", &mut each).await?;
+        }
+        Ok(count)
     }
 
     /// Streams the cluster's pin statuses to `each`: every peer's, per CID.
@@ -180,10 +183,15 @@ impl Client {
         &self,
         cids: &[String],
         filter: &[Status],
-        each: impl FnMut(ClusterStatusLine) -> anyhow::Result<()>,
+        mut each: impl FnMut(ClusterStatusLine) -> anyhow::Result<()>,
     ) -> anyhow::Result<u64> {
-        let path = status_path("/v1/status/cluster", cids, filter);
-        self.ndjson(&path, "cluster status listing", each).await
+        let mut count = 0;
+        for path in status_paths("/v1/status/cluster", cids, filter) {
+            count += self
+                .ndjson(&path, "cluster status listing", &mut each)
+                .await?;
+        }
+        Ok(count)
     }
 
     /// Retries failed pins and unpins now: one CID, or all. Returns how many were queued.
@@ -305,9 +313,20 @@ impl Client {
 }
 
 /// `path?cids=A,B&filter=S,T` (both comma-separated; empty means all).
-fn status_path(path: &str, cids: &[String], filter: &[Status]) -> String {
+/// CIDs per status request: many CIDs go in several requests, each URL well under the limits
+/// of HTTP servers and clients (about 6 kB).
+const STATUS_CIDS_PER_REQUEST: usize = 100;
+
+/// The request paths for a status query: one for everything, or one per run of CIDs.
+fn status_paths(path: &str, cids: &[String], filter: &[Status]) -> Vec<String> {
     let filter: Vec<String> = filter.iter().map(ToString::to_string).collect();
-    format!("{path}?cids={}&filter={}", cids.join(","), filter.join(","))
+    let filter = filter.join(",");
+    if cids.is_empty() {
+        return vec![format!("{path}?cids=&filter={filter}")];
+    }
+    cids.chunks(STATUS_CIDS_PER_REQUEST)
+        .map(|chunk| format!("{path}?cids={}&filter={filter}", chunk.join(",")))
+        .collect()
 }
 
 /// A non-success answer from the API.
