@@ -337,7 +337,13 @@ impl PinBackend for EmbeddedBackend {
             let dial = rust_ipfs::DialOpts::peer_id(peer)
                 .addresses(vec![addr])
                 .build();
-            self.ipfs.connect(dial).await.map(|_| ())
+            match self.ipfs.connect(dial).await {
+                Ok(_) => Ok(()),
+                // Two nodes told of each other at once dial each other at once; one of the
+                // two handshakes fails, and the nodes are connected by the other.
+                Err(_) if self.ipfs.is_connected(peer).await? => Ok(()),
+                Err(e) => Err(e),
+            }
         })
         .await
     }
