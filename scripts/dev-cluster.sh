@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts a local cluster of N agents (default 3) on loopback, each in its own home under
-# BASE (default ./dev-cluster), all sharing one fresh secret. Stop them with `stop`.
+# BASE (default ./dev-cluster), all sharing one fresh secret, each with its embedded IPFS node
+# (agent i: libp2p 9096+10i, API 9094+10i, IPFS 4001+10i). Stop them with `stop`.
 #
 #   scripts/dev-cluster.sh start [N]     build, init (first run) and start N agents
 #   scripts/dev-cluster.sh stop          stop every agent started here
