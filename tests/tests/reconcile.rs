@@ -390,3 +390,42 @@ async fn add_stores_a_directory_and_pins_its_root_on_every_node() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpinning_one_cid_version_keeps_the_content_its_twin_still_wants() {
+    let net = IpfsNet::start(1);
+    let agents = agents_on(&net).await;
+    let node = net.node(0);
+    // Over one 256 KiB chunk: the root is dag-pb, so it has a CIDv0 spelling too.
+    let mut data = content("twin");
+    data.extend((0..300_000).map(|_| rand::random::<u8>()));
+    let v1 = node.add(&data, false).await;
+    let v0 = Cid::new_v0(*v1.hash()).expect("a sha2-256 dag-pb CID has a v0 form");
+    let client = agents[0].client();
+    for cid in [v1, v0] {
+        client
+            .pin(&PinRequest::new(cid, "twin"))
+            .await
+            .expect("pin");
+    }
+    wait_all(&agents, &v1, Status::Pinned).await;
+    wait_all(&agents, &v0, Status::Pinned).await;
+    // One of the two pinned the content; the other found it held. Unpin the one that pinned.
+    let (owned, other) = if status_of(&agents[0], &v1).await.owned {
+        (v1, v0)
+    } else {
+        (v0, v1)
+    };
+    assert!(status_of(&agents[0], &owned).await.owned);
+    client.unpin(&owned.to_string()).await.expect("unpin");
+    wait_all(&agents, &owned, Status::Unpinned).await;
+    // The other spelling is pinned again (as the agent's own) right away, not at the next
+    // full comparison minutes later.
+    let line = wait_status(&agents[0], &other, |l| {
+        l.status == Status::Pinned && l.owned
+    })
+    .await;
+    assert!(line.is_ok(), "{line:?}");
+    assert_eq!(node.is_pinned(&other).await, Ok(true));
+    assert!(node.cat(&other).await == data);
+}
