@@ -209,7 +209,9 @@ async fn wait_for(
             })
             .await?;
         if peers.is_empty() {
-            bail!("no peer drives an IPFS node (ipfs.api): there is nothing to wait for");
+            bail!(
+                "no peer drives an IPFS node (every one has ipfs.embedded = false and no ipfs.api): there is nothing to wait for"
+            );
         }
         let behind: Vec<String> = peers
             .iter()
