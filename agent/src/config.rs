@@ -251,12 +251,13 @@ impl Config {
         if self.cluster.name.is_empty() || self.cluster.name.len() > 64 {
             return Err(invalid("cluster.name must be 1 to 64 characters".into()));
         }
-        let listen = self
-            .network
-            .listen
-            .iter()
-            .map(|a| parse_listen(a).map_err(|m| invalid(format!("network.listen: {m}"))))
-            .collect::<Result<Vec<_>, _>>()?;
+        let listen_list = |key: &str, addrs: &[String]| {
+            addrs
+                .iter()
+                .map(|a| parse_listen(a).map_err(|m| invalid(format!("{key}: {m}"))))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let listen = listen_list("network.listen", &self.network.listen)?;
         if listen.is_empty() {
             return Err(invalid("network.listen needs at least one address".into()));
         }
@@ -286,12 +287,7 @@ impl Config {
             )
             .map_err(|m| invalid(format!("ipfs: {m}")))?;
         }
-        let ipfs_listen = self
-            .ipfs
-            .listen
-            .iter()
-            .map(|a| parse_listen(a).map_err(|m| invalid(format!("ipfs.listen: {m}"))))
-            .collect::<Result<Vec<_>, _>>()?;
+        let ipfs_listen = listen_list("ipfs.listen", &self.ipfs.listen)?;
         if self.ipfs.api.is_none() && self.ipfs.embedded && ipfs_listen.is_empty() {
             return Err(invalid(
                 "ipfs.listen needs at least one address for the embedded IPFS node".into(),

@@ -516,7 +516,7 @@ async fn list(State(state): State<ApiState>) -> Response {
         .unwrap_or_else(|e| ApiError::Internal(e.to_string()).into_response())
 }
 
-fn tokio_stream_from<T: Send + 'static>(
+pub(crate) fn tokio_stream_from<T: Send + 'static>(
     mut rx: mpsc::Receiver<T>,
 ) -> impl futures::Stream<Item = T> + Send + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))

@@ -63,9 +63,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         )
     };
-    let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(UPLOAD_BUFFER);
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(UPLOAD_BUFFER);
     let writer = tokio::spawn(write_body(entries, boundary.clone(), progress.clone(), tx));
-    let body = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let body = crate::api::tokio_stream_from(rx);
     let client = ctx.client()?;
     let added = client
         .add(

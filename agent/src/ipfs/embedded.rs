@@ -96,12 +96,12 @@ impl EmbeddedBackend {
 
     /// The addresses other nodes dial, each ending in `/p2p/<node id>`: what the node listens
     /// on now (an unspecified address is reported once per interface, as interfaces appear).
-    pub async fn addresses(&self) -> Vec<String> {
-        let listening = self.ipfs.listening_addresses().await.unwrap_or_default();
-        listening
+    pub async fn addresses(&self) -> Result<Vec<String>, IpfsError> {
+        let listening = self.within("id", self.ipfs.listening_addresses()).await?;
+        Ok(listening
             .into_iter()
             .map(|a| a.with(Protocol::P2p(self.peer_id)).to_string())
-            .collect()
+            .collect())
     }
 
     async fn within<T>(
@@ -128,10 +128,7 @@ impl EmbeddedBackend {
         const CALL: &str = "add";
         // The field borrows the multipart reader; the adder wants an owned stream: bridge them.
         let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|chunk| (chunk, rx))
-        })
-        .boxed();
+        let stream = crate::api::tokio_stream_from(rx).boxed();
         let mut adder = self.ipfs.add_unixfs(AddOpt::Stream(stream)).pin(false);
         let feed = async move {
             loop {
@@ -196,7 +193,7 @@ impl PinBackend for EmbeddedBackend {
     async fn id(&self) -> Result<NodeInfo, IpfsError> {
         Ok(NodeInfo {
             id: self.peer_id.to_string(),
-            addresses: self.addresses().await,
+            addresses: self.addresses().await?,
             agent_version: format!("pinmesh/{} (embedded rust-ipfs)", env!("CARGO_PKG_VERSION")),
         })
     }

@@ -362,7 +362,8 @@ impl EventLoop {
                     }
                 }
                 _ = beacon.tick() => self.send_beacon(),
-                _ = reask.tick(), if self.peering.is_some() => self.ask_ipfs_nodes(),
+                // A node that came up late, a link between nodes that was dropped.
+                _ = reask.tick(), if self.peering.is_some() => self.ask_all(Request::IpfsNode),
                 _ = tick.tick() => {
                     self.run_repairs();
                     self.snapshots.sweep();
@@ -375,18 +376,6 @@ impl EventLoop {
             }
         }
         info!("swarm stopped");
-    }
-
-    /// Asks every connected peer for its IPFS node's addresses (a node that came up late, a
-    /// link between nodes that was dropped).
-    fn ask_ipfs_nodes(&mut self) {
-        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
-        for peer in connected {
-            self.swarm
-                .behaviour_mut()
-                .sync
-                .send_request(&peer, Request::IpfsNode);
-        }
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -1020,7 +1009,7 @@ impl EventLoop {
     fn send_beacon(&mut self) {
         if !self.flags.synced.load(Ordering::Relaxed) {
             // Until synced, keep asking: a lost Status answer must not leave us unsynced.
-            self.ask_status_all();
+            self.ask_all(Request::Status);
         }
         let mut summary = self.summary(true);
         let mut data = wire::encode_gossip(&Gossip::Beacon(summary.clone()));
@@ -1032,14 +1021,14 @@ impl EventLoop {
         self.publish(data, "beacon");
     }
 
-    /// Sends `Status` to every connected peer.
-    fn ask_status_all(&mut self) {
+    /// Sends `request` to every connected peer.
+    fn ask_all(&mut self, request: Request) {
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         for peer in connected {
             self.swarm
                 .behaviour_mut()
                 .sync
-                .send_request(&peer, Request::Status);
+                .send_request(&peer, request.clone());
         }
     }
 
@@ -1079,7 +1068,7 @@ impl EventLoop {
                     }
                 }
             }
-            SwarmCommand::Refresh => self.ask_status_all(),
+            SwarmCommand::Refresh => self.ask_all(Request::Status),
             SwarmCommand::PinStatus { peer, cids, reply } => {
                 if !self.swarm.is_connected(&peer) {
                     let _ = reply.send(Err("not connected".into()));

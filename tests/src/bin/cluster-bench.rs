@@ -62,12 +62,6 @@ fn init_args(secret: &str, bootstrap: Option<&str>) -> Vec<String> {
     args
 }
 
-fn secret() -> String {
-    (0..32)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect()
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -86,7 +80,7 @@ fn pin(cid: u64, name: &str) -> PinRequest {
 
 /// Starts `n` agents bootstrapping from the first; waits until all are synced.
 async fn cluster(bin: &Path, root: &Path, n: usize) -> anyhow::Result<Vec<AgentProcess>> {
-    let secret = secret();
+    let secret = pinmesh_tests::random_secret();
     let first = AgentProcess::start(bin, &root.join("agent-0"), &init_args(&secret, None))?;
     let bootstrap = first.addr.clone();
     let mut agents = vec![first];
@@ -405,7 +399,7 @@ async fn main() -> anyhow::Result<()> {
 
     if phases.contains(&"join") {
         let dir = root.path().join("join");
-        let secret = secret();
+        let secret = pinmesh_tests::random_secret();
         let source =
             AgentProcess::start(&args.bin, &dir.join("source"), &init_args(&secret, None))?;
         let took = bulk_pin(&source.client, 0, args.join_pins, 10_000, 2).await?;

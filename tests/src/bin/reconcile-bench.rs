@@ -286,9 +286,7 @@ async fn all_pinned(
 
 async fn embedded(args: &Args) -> anyhow::Result<()> {
     let dir = TempDir::new()?;
-    let secret: String = (0..32)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
+    let secret = pinmesh_tests::random_secret();
     let first = AgentProcess::start(
         &args.bin,
         &dir.path().join("a0"),
