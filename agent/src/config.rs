@@ -70,6 +70,18 @@ pub struct NetworkConfig {
 pub struct ApiConfig {
     /// Control API address. Loopback by default: the API has full control of the agent.
     pub listen: String,
+    /// Connections served at once; more are closed as soon as they are accepted. Every
+    /// connection counts, with or without a token: it bounds what clients can hold.
+    pub max_connections: usize,
+    /// A client must send a request's headers within this long, also on an idle kept-alive
+    /// connection; otherwise the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A streamed answer (`pin ls`, `status`) whose client takes no data for this long is cut.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// Streamed listings at once; more are refused with 503 until one ends.
+    pub max_listings: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +103,10 @@ pub struct StorageConfig {
     /// Memory redb may use to cache database pages, in MiB. The pinset lives on disk; this
     /// bounds how much of it stays in memory.
     pub cache_mib: u64,
+    /// How often the stored pinset is checked against its digest (also once at every start).
+    /// A mismatch stops the agent, which then says how to recover (`run --resync`).
+    #[serde(with = "humantime_serde")]
+    pub scrub_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,7 +162,10 @@ impl Default for IpfsConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { cache_mib: 64 }
+        StorageConfig {
+            cache_mib: 64,
+            scrub_interval: Duration::from_secs(24 * 3600),
+        }
     }
 }
 
@@ -167,6 +186,10 @@ impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: "127.0.0.1:9094".into(),
+            max_connections: 256,
+            header_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(30),
+            max_listings: 16,
         }
     }
 }
@@ -273,8 +296,21 @@ impl Config {
                 self.api.listen
             ))
         })?;
+        if self.api.max_connections == 0 || self.api.max_listings == 0 {
+            return Err(invalid(
+                "api.max_connections and api.max_listings must be at least 1".into(),
+            ));
+        }
+        if self.api.header_timeout.is_zero() || self.api.send_timeout.is_zero() {
+            return Err(invalid(
+                "api.header_timeout and api.send_timeout must be longer than 0s".into(),
+            ));
+        }
         if self.sync.beacon_interval < Duration::from_millis(10) {
             return Err(invalid("sync.beacon_interval must be at least 10ms".into()));
+        }
+        if self.storage.scrub_interval < Duration::from_secs(1) {
+            return Err(invalid("storage.scrub_interval must be at least 1s".into()));
         }
         if !(4..=65_536).contains(&self.storage.cache_mib) {
             return Err(invalid("storage.cache_mib must be within 4..=65536".into()));

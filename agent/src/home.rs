@@ -45,6 +45,15 @@ impl Home {
         self.dir.join("pinmesh.redb")
     }
 
+    /// The agent files (besides `config.toml`) this home already holds: a home with any of
+    /// them belongs to an agent, whose identity and pinset a new `init` would replace.
+    pub fn agent_files(&self) -> Vec<&'static str> {
+        ["identity.key", "api.token", "pinmesh.redb", "ipfs"]
+            .into_iter()
+            .filter(|name| self.dir.join(name).exists())
+            .collect()
+    }
+
     pub fn load_identity(&self) -> anyhow::Result<Keypair> {
         let path = self.identity();
         let bytes = fs::read(&path).with_context(|| {
@@ -146,11 +155,31 @@ pub fn init(home: &Home, options: InitOptions) -> anyhow::Result<Initialized> {
     use crate::config::{
         ApiConfig, ClusterConfig, Config, IpfsConfig, NetworkConfig, StorageConfig, SyncConfig,
     };
-    if home.config().exists() && !options.force {
+    if home.database().exists() && options.force {
+        // A new identity over an old database would serve the old pinset as somebody else,
+        // and the pins the old agent made in its IPFS node would have no owner any more.
         bail!(
-            "{} already exists; pass --force to overwrite it (the agent gets a new identity)",
-            home.config().display()
+            "{} holds this agent's pinset; --force does not replace it: move the whole \
+             directory away (or delete it) to start a new agent there",
+            home.database().display()
         );
+    }
+    if !options.force {
+        if home.config().exists() {
+            bail!(
+                "{} already exists; pass --force to overwrite it (the agent gets a new identity)",
+                home.config().display()
+            );
+        }
+        let found = home.agent_files();
+        if !found.is_empty() {
+            bail!(
+                "{} holds an agent's files ({}) but no config.toml; restore config.toml \
+                 rather than create a new agent over them (--force replaces the identity)",
+                home.dir.display(),
+                found.join(", ")
+            );
+        }
     }
     let secret_generated = options.secret.is_none();
     let config = Config {
@@ -169,6 +198,7 @@ pub fn init(home: &Home, options: InitOptions) -> anyhow::Result<Initialized> {
         },
         api: ApiConfig {
             listen: options.api_listen,
+            ..ApiConfig::default()
         },
         sync: SyncConfig::default(),
         storage: StorageConfig::default(),

@@ -8,13 +8,18 @@
 //! - [`reconcile`]: pins and unpins in that node until it matches the pinset.
 //! - [`api`]: the control API and its client.
 //! - [`config`], [`home`]: configuration and the agent's home directory.
+//! - [`fatal`]: how a part that cannot go on stops the agent with one line.
+//! - [`net`]: checks on listen addresses; [`http`]: the hardened HTTP server.
 //! - [`cli`]: the `pinmesh` command line.
 
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod fatal;
 pub mod home;
+pub mod http;
 pub mod ipfs;
+pub mod net;
 pub mod node;
 pub mod reconcile;
 pub mod replica;

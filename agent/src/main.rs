@@ -30,6 +30,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !matches!(cli.command, pinmesh_agent::cli::Command::Run(_)) {
+        default_sigpipe();
+    }
     match pinmesh_agent::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -56,3 +59,18 @@ fn one_malloc_arena() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn one_malloc_arena() {}
+
+/// A client command whose output is cut (`pinmesh pin ls | head -1`) ends quietly, as other
+/// Unix tools do, instead of panicking on the failed write. Not for `run`: the daemon's sockets
+/// must never kill it.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    // SAFETY: restores the default disposition of one signal; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn default_sigpipe() {}

@@ -19,7 +19,9 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
+use crate::fatal::{self, Fatal};
 use crate::home::{Home, write_private};
+use crate::http;
 use crate::ipfs::embedded::{EmbeddedBackend, EmbeddedOptions};
 use crate::ipfs::kubo::KuboBackend;
 use crate::ipfs::{PinBackend, PinLimits, peering};
@@ -48,6 +50,8 @@ pub struct NodeHandle {
     pub swarm: mpsc::Sender<SwarmCommand>,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    /// Why a critical part stopped the agent, when it says.
+    failure: Fatal,
     /// Stopped last, once nothing uses it any more.
     backend: Option<Arc<dyn PinBackend>>,
 }
@@ -91,7 +95,17 @@ impl Node {
             .await
             .with_context(|| format!("cannot bind the API to {}", config.api_listen))?;
         let api_addr = listener.local_addr()?;
+        // Taken libp2p ports next (libp2p itself would share them; see `net`).
+        for addr in &config.listen {
+            crate::net::ensure_port_free(addr, "network.listen (init --listen)")?;
+        }
+        if config.raw.ipfs.api.is_none() && config.raw.ipfs.embedded {
+            for addr in &config.ipfs_listen {
+                crate::net::ensure_port_free(addr, "[ipfs] listen (init --ipfs-listen)")?;
+            }
+        }
         let span = info_span!("node", peer = %short(&peer_id));
+        span.in_scope(|| warn_about(&config));
 
         let cache = config.raw.storage.cache_mib as usize * 1024 * 1024;
         let (store, persisted) = Store::open(&home.database(), cache)
@@ -138,6 +152,7 @@ impl Node {
             }
         };
         let cancel = CancellationToken::new();
+        let failure = Fatal::new(cancel.clone());
         let tasks = TaskTracker::new();
         let guard = StartGuard {
             cancel: cancel.clone(),
@@ -150,7 +165,7 @@ impl Node {
         });
 
         let flags = Arc::new(Flags::default());
-        let mut swarm = swarm::build(keypair, config.secret, &flags)?;
+        let mut swarm = swarm::build(keypair, config.secret, &config.raw.cluster.name, &flags)?;
         for addr in &config.listen {
             swarm
                 .listen_on(addr.clone())
@@ -173,6 +188,8 @@ impl Node {
                 repair_delay: config.raw.sync.repair_delay,
                 ipfs: backend.is_some(),
                 peering,
+                fatal: failure.clone(),
+                database: home.database(),
             },
         )?;
 
@@ -239,12 +256,26 @@ impl Node {
             }
         };
         let stop = cancel.clone();
+        let fatal = failure.clone();
+        let database = home.database();
         tasks.spawn_blocking(move || {
-            if replica_thread.join().is_err() {
-                tracing::error!("the replica thread panicked");
-            }
-            stop.cancel();
+            match replica_thread.join() {
+                Ok(Ok(())) => stop.cancel(),
+                Ok(Err(reason)) => fatal.raise(format!("{}: {reason}", database.display())),
+                Err(_) => fatal.raise("the replica thread panicked".into()),
+            };
         });
+        // The pinset is checked against its digest now and every `storage.scrub_interval`.
+        tasks.spawn(
+            scrub(
+                store.clone(),
+                home.database(),
+                config.raw.storage.scrub_interval,
+                failure.clone(),
+                cancel.child_token(),
+            )
+            .instrument(span.clone()),
+        );
 
         // The listen addresses, once the swarm bound them; then the API address file.
         let ready = async {
@@ -291,29 +322,22 @@ impl Node {
             token: token.into(),
             cluster: config.raw.cluster.name.clone().into(),
             peer_id,
+            listings: Arc::new(tokio::sync::Semaphore::new(config.raw.api.max_listings)),
+            max_listings: config.raw.api.max_listings,
             tasks: tasks.clone(),
         });
         let api_cancel = cancel.child_token();
         let stop = cancel.clone();
+        let limits = http::Limits {
+            max_connections: config.raw.api.max_connections,
+            header_timeout: config.raw.api.header_timeout,
+            send_timeout: config.raw.api.send_timeout,
+            drain: API_DRAIN,
+        };
+        let stats = Arc::new(http::ServerStats::default());
         tasks.spawn(
             async move {
-                // Small answers (acks, long-poll wake-ups) must not wait on Nagle and delayed ACKs.
-                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                let serve = axum::serve(listener, router)
-                    .with_graceful_shutdown(api_cancel.clone().cancelled_owned());
-                // Open requests (long waits, slow listings) get a moment, not forever.
-                let cut = async {
-                    api_cancel.cancelled().await;
-                    tokio::time::sleep(API_DRAIN).await;
-                };
-                tokio::select! {
-                    served = serve => if let Err(err) = served {
-                        warn!(error = %err, "API server failed");
-                    },
-                    _ = cut => warn!("API requests still open at shutdown were cut"),
-                }
+                http::serve(listener, router, limits, stats, api_cancel).await;
                 stop.cancel();
             }
             .instrument(span.clone()),
@@ -331,6 +355,7 @@ impl Node {
             swarm: swarm_tx,
             cancel,
             tasks,
+            failure,
             backend,
         })
     }
@@ -361,6 +386,11 @@ impl NodeHandle {
         }
     }
 
+    /// Why the agent stopped by itself, when a critical part said so (a full disk).
+    pub fn failure(&self) -> Option<String> {
+        self.failure.reason()
+    }
+
     /// Resolves when the agent is stopping: asked to, or a critical task ended.
     pub async fn stopped(&self) {
         self.cancel.cancelled().await;
@@ -370,6 +400,59 @@ impl NodeHandle {
 impl Drop for NodeHandle {
     fn drop(&mut self) {
         self.cancel.cancel();
+    }
+}
+
+/// Checks the stored pinset against its digest at start and every `interval`; a mismatch (or a
+/// read that fails or panics) stops the agent with the way to recover. Dropping it is safe.
+async fn scrub(
+    store: Store,
+    database: std::path::PathBuf,
+    interval: Duration,
+    fatal: Fatal,
+    cancel: CancellationToken,
+) {
+    loop {
+        let started = std::time::Instant::now();
+        let checking = store.clone();
+        let found = tokio::task::spawn_blocking(move || checking.scrub()).await;
+        let damage = match found {
+            Ok(Ok(pins)) => {
+                info!(
+                    pins,
+                    ms = started.elapsed().as_millis() as u64,
+                    "pinset verified"
+                );
+                None
+            }
+            Ok(Err(err)) => Some(err.to_string()),
+            Err(err) => Some(format!("reading it failed: {err}")),
+        };
+        if let Some(damage) = damage {
+            fatal.raise(fatal::damaged(&database, &damage));
+            return;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Settings that work but that an operator most likely does not want.
+fn warn_about(config: &crate::config::Validated) {
+    if config.secret == [0u8; 32] {
+        warn!(
+            "cluster.secret is all zeros (as in config/example.toml): anyone can join this \
+             cluster; make one with `pinmesh init` and give it to every member"
+        );
+    }
+    if !config.api_listen.ip().is_loopback() {
+        warn!(
+            api = %config.api_listen,
+            "the control API does not listen on loopback: whoever reaches it with the token \
+             controls the agent, and anyone can open connections to it"
+        );
     }
 }
 

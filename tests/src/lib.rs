@@ -47,6 +47,48 @@ pub fn pinmesh_in(dir: &std::path::Path, args: &[&str]) -> Output {
         .expect("spawn pinmesh")
 }
 
+/// A command's standard output, as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A command's standard error, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts a failure with exactly one line on stderr containing `needle`.
+pub fn assert_one_line_error(out: &Output, needle: &str) {
+    assert!(
+        !out.status.success(),
+        "expected failure; stdout: {}",
+        stdout(out)
+    );
+    let err = stderr(out);
+    assert_eq!(err.trim().lines().count(), 1, "stderr: {err}");
+    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+}
+
+/// `pinmesh init` arguments for loopback with free ports: agent, API, embedded IPFS node.
+pub const LOOPBACK: [&str; 6] = [
+    "--listen",
+    "/ip4/127.0.0.1/tcp/0",
+    "--api-listen",
+    "127.0.0.1:0",
+    "--ipfs-listen",
+    "/ip4/127.0.0.1/tcp/0",
+];
+
+/// `pinmesh init` in `dir` on loopback with free ports (agent, API, embedded IPFS node), plus
+/// `extra`.
+pub fn init_loopback(dir: &std::path::Path, extra: &[&str]) {
+    let mut args = vec!["init"];
+    args.extend_from_slice(&LOOPBACK);
+    args.extend_from_slice(extra);
+    let out = pinmesh_in(dir, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// Runs `pinmesh` with `args` in a throwaway home.
 pub fn pinmesh(args: &[&str]) -> Output {
     let home = TempDir::new().expect("temp dir");
@@ -236,7 +278,7 @@ impl Rogue {
         let key = libp2p::identity::Keypair::generate_ed25519();
         let flags = pinmesh_agent::swarm::Flags::default();
         let mut swarm =
-            pinmesh_agent::swarm::build(key.clone(), secret, &flags).expect("rogue swarm");
+            pinmesh_agent::swarm::build(key.clone(), secret, cluster, &flags).expect("rogue swarm");
         let topic = pinmesh_agent::swarm::topic(cluster);
         swarm
             .behaviour_mut()

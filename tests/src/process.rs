@@ -30,15 +30,8 @@ impl AgentProcess {
         let out = Command::new(bin)
             .arg("--dir")
             .arg(home)
-            .args([
-                "init",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--api-listen",
-                "127.0.0.1:0",
-                "--ipfs-listen",
-                "/ip4/127.0.0.1/tcp/0",
-            ])
+            .arg("init")
+            .args(crate::LOOPBACK)
             .args(init_args)
             .output()
             .context("run pinmesh init")?;
@@ -51,6 +44,11 @@ impl AgentProcess {
     /// `pinmesh run` in an existing home.
     /// Its warnings and errors go to `home/agent.log`.
     pub fn run(bin: &Path, home: &Path) -> anyhow::Result<AgentProcess> {
+        Self::run_with(bin, home, &[])
+    }
+
+    /// `pinmesh run ARGS` in an existing home.
+    pub fn run_with(bin: &Path, home: &Path, args: &[&str]) -> anyhow::Result<AgentProcess> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -60,6 +58,7 @@ impl AgentProcess {
             .arg("--dir")
             .arg(home)
             .arg("run")
+            .args(args)
             .env("PINMESH_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(log)
@@ -84,6 +83,19 @@ impl AgentProcess {
             addr: addr.context("agent printed no listen address")?,
             home: home.to_path_buf(),
         })
+    }
+
+    /// Stops the agent as a supervisor would (SIGTERM: a final flush, a clean close) and
+    /// waits for it to exit.
+    pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .context("kill -TERM")?;
+        if !sent.success() {
+            bail!("kill -TERM failed");
+        }
+        Ok(self.child.wait()?)
     }
 
     /// Resident memory, from /proc.

@@ -2,31 +2,13 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use pinmesh_protocol::sim::sim_cid;
-use pinmesh_tests::{pinmesh, pinmesh_bin, pinmesh_in};
+use pinmesh_tests::{
+    assert_one_line_error, init_loopback, pinmesh, pinmesh_bin, pinmesh_in, stderr, stdout,
+};
 use tempfile::TempDir;
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Asserts a failure with exactly one line on stderr containing `needle`.
-fn assert_one_line_error(out: &Output, needle: &str) {
-    assert!(
-        !out.status.success(),
-        "expected failure; stdout: {}",
-        stdout(out)
-    );
-    let err = stderr(out);
-    assert_eq!(err.trim().lines().count(), 1, "stderr: {err}");
-    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
-}
 
 #[test]
 fn simulate_converges_and_reports_json() {
@@ -177,19 +159,7 @@ impl Drop for Agent {
 #[test]
 fn acknowledged_pins_survive_kill_9() {
     let dir = TempDir::new().expect("temp dir");
-    let out = pinmesh_in(
-        dir.path(),
-        &[
-            "init",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--ipfs-listen",
-            "/ip4/127.0.0.1/tcp/0",
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    init_loopback(dir.path(), &[]);
     let agent = Agent::start(dir.path());
     assert!(agent.api.starts_with("http://127.0.0.1:"), "{}", agent.api);
     let mut acked = Vec::new();
@@ -238,21 +208,6 @@ fn acknowledged_pins_survive_kill_9() {
     let out = pinmesh_in(dir.path(), &["debug", "peers"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).lines().last(), Some("CONVERGED"));
-}
-
-fn init_loopback(dir: &Path, extra: &[&str]) {
-    let mut args = vec![
-        "init",
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--api-listen",
-        "127.0.0.1:0",
-        "--ipfs-listen",
-        "/ip4/127.0.0.1/tcp/0",
-    ];
-    args.extend_from_slice(extra);
-    let out = pinmesh_in(dir, &args);
-    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 fn client_of(dir: &Path, agent: &Agent) -> pinmesh_agent::api::client::Client {

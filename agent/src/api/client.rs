@@ -1,6 +1,6 @@
 //! The control API's client, used by the CLI and by tests.
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -279,6 +279,9 @@ impl Client {
                 )?;
                 count += 1;
             }
+        }
+        if !buf.is_empty() {
+            bail!("{what} ended in the middle of a line: the answer is incomplete");
         }
         Ok(count)
     }

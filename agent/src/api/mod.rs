@@ -2,8 +2,9 @@
 //! `DIR/api.token`. The CLI is its client ([`client`]).
 //!
 //! Receives requests; sends local operations to the replica (answered once durable), commands
-//! to the swarm, and reads committed state from the store. `GET /v1/pins` streams NDJSON from
-//! one read transaction through a bounded channel, never the whole pinset in memory.
+//! to the swarm, and reads committed state from the store. Listings (`GET /v1/pins`,
+//! `GET /v1/status`) stream NDJSON a page at a time, each page from its own short read
+//! transaction ([`stream_pages`]), never the whole pinset in memory.
 
 pub mod client;
 pub mod status;
@@ -29,10 +30,18 @@ use crate::replica::{LocalError, LocalOp, ReplicaHandle};
 use crate::store::{LOG, PINS, Store};
 use crate::swarm::{Flags, SwarmCommand, SwarmInfo};
 
-/// Lines of `pin ls` buffered between the reading thread and the HTTP body.
+/// Lines of a listing buffered between its producer and the HTTP body.
 const LIST_BUFFER: usize = 256;
+/// Entries read per read transaction of a streamed listing.
+const LIST_PAGE: usize = 1_000;
 /// Most pins in one `POST /v1/pins/batch`.
 pub const MAX_BATCH_PINS: usize = 10_000;
+/// Largest `POST /v1/pins/batch` body: 1 KiB of JSON for each of the most pins, which holds a
+/// CID, a name of the longest allowed (255 bytes) and a few options. Other requests keep
+/// axum's 2 MiB.
+pub const MAX_BATCH_BYTES: usize = MAX_BATCH_PINS * 1024;
+/// Largest error body turned into JSON (axum's rejections are short sentences).
+const MAX_ERROR_BODY: usize = 64 << 10;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -51,6 +60,9 @@ pub struct ApiState {
     pub token: Arc<str>,
     pub cluster: Arc<str>,
     pub peer_id: libp2p::PeerId,
+    /// Streamed listings in progress (`api.max_listings` permits).
+    pub listings: Arc<tokio::sync::Semaphore>,
+    pub max_listings: usize,
     /// Work handlers start that may outlive them (streamed listings) runs here, so the node's
     /// shutdown waits for it and the database is closed when `shutdown` returns.
     pub tasks: tokio_util::task::TaskTracker,
@@ -69,6 +81,9 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The agent's disk is full (507).
+    #[error("{0}")]
+    DiskFull(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -81,6 +96,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::DiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (
@@ -100,6 +116,7 @@ impl From<LocalError> for ApiError {
             LocalError::Spec(_) => ApiError::BadRequest(err.to_string()),
             LocalError::Store(_) => ApiError::Internal(err.to_string()),
             LocalError::Stopped => ApiError::Unavailable(err.to_string()),
+            LocalError::DiskFull(_) => ApiError::DiskFull(err.to_string()),
         }
     }
 }
@@ -261,7 +278,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/peers", get(peers))
         .route("/v1/peers/join", post(join))
         .route("/v1/pins", post(pin).get(list))
-        .route("/v1/pins/batch", post(pin_batch))
+        .route(
+            "/v1/pins/batch",
+            post(pin_batch).layer(axum::extract::DefaultBodyLimit::max(MAX_BATCH_BYTES)),
+        )
         .route("/v1/pins/{cid}", delete(unpin).get(show))
         .route("/v1/status", get(status::status))
         .route("/v1/status/cluster", get(status::cluster_status))
@@ -273,8 +293,33 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/debug/state", get(debug_state))
         .route("/v1/debug/peers", get(debug_peers))
         .route("/v1/debug/refresh", post(refresh))
+        .fallback(|| async { ApiError::NotFound("no such API route".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn(json_errors))
         .with_state(state)
+}
+
+/// Every error answers `{"error": "..."}`: axum's own rejections (bad JSON 400/422, too large
+/// 413, wrong content type 415, unknown route 404, wrong method 405) come as plain text.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let text = match axum::body::to_bytes(response.into_body(), MAX_ERROR_BODY).await {
+        Ok(bytes) if !bytes.is_empty() => String::from_utf8_lossy(&bytes).trim().to_string(),
+        _ => status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_string(),
+    };
+    (status, Json(ErrorBody { error: text })).into_response()
 }
 
 async fn authorize(State(state): State<ApiState>, request: Request, next: Next) -> Response {
@@ -282,7 +327,11 @@ async fn authorize(State(state): State<ApiState>, request: Request, next: Next) 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| {
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
     // Constant-time enough for a loopback API: compare hashes, not strings.
     let ok = presented
         .is_some_and(|p| blake3::hash(p.as_bytes()) == blake3::hash(state.token.as_bytes()));
@@ -407,6 +456,12 @@ fn pin_op(req: PinRequest) -> Result<LocalOp, ApiError> {
             ApiError::BadRequest(format!("origin {origin:?} is not a multiaddr: {e}"))
         })?;
     }
+    let controls = |text: &str| text.chars().any(char::is_control);
+    if controls(&req.name) || req.metadata.iter().any(|(k, v)| controls(k) || controls(v)) {
+        return Err(ApiError::BadRequest(format!(
+            "the name and metadata of {cid} may not contain control characters"
+        )));
+    }
     let defaults = PinSpec::default();
     let spec = PinSpec {
         name: req.name,
@@ -483,37 +538,118 @@ async fn show(
     }
 }
 
-/// Streams every pin as NDJSON, from one read transaction, through a bounded channel.
-async fn list(State(state): State<ApiState>) -> Response {
-    let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(LIST_BUFFER);
+/// Streams every pin as NDJSON, a page at a time.
+async fn list(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let store = state.store.clone();
-    state.tasks.spawn_blocking(move || {
-        let result = (|| -> Result<(), String> {
-            let txn = store.db().begin_read().map_err(|e| e.to_string())?;
-            let table = txn.open_table(PINS).map_err(|e| e.to_string())?;
-            for item in table.iter().map_err(|e| e.to_string())? {
-                let (k, v) = item.map_err(|e| e.to_string())?;
-                let cid = Cid::try_from(k.value()).map_err(|e| e.to_string())?;
-                let versions = codec::decode_entry(v.value()).map_err(|e| e.to_string())?;
-                if let Some(info) = PinInfo::from_versions(&cid, &versions) {
-                    let mut line = serde_json::to_string(&info).map_err(|e| e.to_string())?;
-                    line.push('\n');
-                    if tx.blocking_send(Ok(line)).is_err() {
-                        return Ok(()); // the client went away
-                    }
+    stream_pages(&state.tasks, listing_permit(&state)?, move |after| {
+        pins_page(&store, after)
+    })
+}
+
+/// One page of `GET /v1/pins`: up to [`LIST_PAGE`] pins after the key `after`.
+fn pins_page(store: &Store, after: Option<Vec<u8>>) -> Result<Page, String> {
+    use std::ops::Bound;
+    let txn = store.db().begin_read().map_err(|e| e.to_string())?;
+    let table = txn.open_table(PINS).map_err(|e| e.to_string())?;
+    let lower = match &after {
+        Some(key) => Bound::Excluded(key.as_slice()),
+        None => Bound::Unbounded,
+    };
+    let mut lines = Vec::new();
+    let mut last = None;
+    let mut seen = 0;
+    for item in table
+        .range::<&[u8]>((lower, Bound::Unbounded))
+        .map_err(|e| e.to_string())?
+    {
+        let (k, v) = item.map_err(|e| e.to_string())?;
+        let cid = Cid::try_from(k.value()).map_err(|e| e.to_string())?;
+        let versions = codec::decode_entry(v.value()).map_err(|e| e.to_string())?;
+        if let Some(info) = PinInfo::from_versions(&cid, &versions) {
+            let mut line = serde_json::to_string(&info).map_err(|e| e.to_string())?;
+            line.push('\n');
+            lines.push(line);
+        }
+        seen += 1;
+        if seen == LIST_PAGE {
+            last = Some(k.value().to_vec());
+            break;
+        }
+    }
+    Ok(Page { lines, next: last })
+}
+
+/// A place among the `api.max_listings` streamed listings, or 503.
+pub(crate) fn listing_permit(
+    state: &ApiState,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    state.listings.clone().try_acquire_owned().map_err(|_| {
+        ApiError::Unavailable(format!(
+            "{} listings are being streamed already (api.max_listings); try again when one ends",
+            state.max_listings
+        ))
+    })
+}
+
+/// One page of a streamed listing.
+pub(crate) struct Page {
+    /// NDJSON lines, each ending in a newline.
+    pub lines: Vec<String>,
+    /// Where the next page starts; `None` at the end.
+    pub next: Option<Vec<u8>>,
+}
+
+/// Streams a listing as NDJSON, page by page. Each page is read by `read_page(after)` on a
+/// blocking thread in its own short read transaction, and nothing is held while the client
+/// reads: a slow or stalled client keeps neither a thread nor a transaction (which would keep
+/// every page written since alive in the file), and the server cuts it after
+/// `api.send_timeout`. A page that fails (or panics) ends the stream with an error, so the
+/// client never takes a cut listing for a whole one. `permit` is its place among the
+/// `api.max_listings`, held until it ends.
+pub(crate) fn stream_pages<F>(
+    tasks: &tokio_util::task::TaskTracker,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    read_page: F,
+) -> Result<Response, ApiError>
+where
+    F: Fn(Option<Vec<u8>>) -> Result<Page, String> + Send + Sync + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(LIST_BUFFER);
+    let read_page = Arc::new(read_page);
+    let blocking = tasks.clone();
+    tasks.spawn(async move {
+        let _permit = permit;
+        let mut after = None;
+        loop {
+            let read = read_page.clone();
+            let page = blocking
+                .spawn_blocking(move || read(after))
+                .await
+                .map_err(|e| format!("the listing failed: {e}"))
+                .and_then(|page| page);
+            let page = match page {
+                Ok(page) => page,
+                Err(err) => {
+                    tracing::error!(error = %err, "a streamed listing failed");
+                    let _ = tx.send(Err(std::io::Error::other(err))).await;
+                    return;
+                }
+            };
+            for line in page.lines {
+                if tx.send(Ok(line)).await.is_err() {
+                    return; // the client went away (or was cut)
                 }
             }
-            Ok(())
-        })();
-        if let Err(err) = result {
-            let _ = tx.blocking_send(Err(std::io::Error::other(err)));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return,
+            }
         }
     });
-    let stream = tokio_stream_from(rx);
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
-        .body(Body::from_stream(stream))
-        .unwrap_or_else(|e| ApiError::Internal(e.to_string()).into_response())
+        .body(Body::from_stream(tokio_stream_from(rx)))
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 pub(crate) fn tokio_stream_from<T: Send + 'static>(
@@ -696,4 +832,67 @@ async fn refresh(State(state): State<ApiState>) -> Result<Json<serde_json::Value
         .await
         .map_err(|_| ApiError::Unavailable("the network has stopped".into()))?;
     Ok(Json(serde_json::json!({})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads a streamed answer to its end: its bytes, or the error it ended with.
+    async fn body_of(response: Response) -> Result<String, String> {
+        axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .map_err(|e| e.to_string())
+    }
+
+    fn permit() -> tokio::sync::OwnedSemaphorePermit {
+        Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .expect("permit")
+    }
+
+    #[tokio::test]
+    async fn a_listing_is_streamed_page_by_page_to_its_end() {
+        let tasks = tokio_util::task::TaskTracker::new();
+        let response = stream_pages(&tasks, permit(), |after| {
+            let n = after.map_or(0, |a| a[0]);
+            Ok(Page {
+                lines: vec![format!("{n}\n")],
+                next: (n < 2).then(|| vec![n + 1]),
+            })
+        })
+        .expect("response");
+        assert_eq!(body_of(response).await.as_deref(), Ok("0\n1\n2\n"));
+    }
+
+    #[tokio::test]
+    async fn a_listing_whose_producer_fails_or_panics_ends_with_an_error() {
+        let tasks = tokio_util::task::TaskTracker::new();
+        let failing = stream_pages(&tasks, permit(), |after| match after {
+            None => Ok(Page {
+                lines: vec!["first\n".into()],
+                next: Some(vec![1]),
+            }),
+            Some(_) => Err("page 2 unreadable".into()),
+        })
+        .expect("response");
+        assert!(
+            body_of(failing).await.is_err(),
+            "a failed listing looked whole"
+        );
+        #[allow(clippy::panic)]
+        let panicking = stream_pages(&tasks, permit(), |after| match after {
+            None => Ok(Page {
+                lines: vec!["first\n".into()],
+                next: Some(vec![1]),
+            }),
+            Some(_) => panic!("a cursor inside a damaged page"),
+        })
+        .expect("response");
+        assert!(
+            body_of(panicking).await.is_err(),
+            "a panicked listing looked whole"
+        );
+    }
 }

@@ -12,7 +12,7 @@ use axum::response::Response;
 use libp2p::PeerId;
 use pinmesh_protocol::message::{MAX_STATUS_CIDS, MAX_STATUS_ERROR};
 use pinmesh_protocol::{Cid, PinStatusEntry};
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableDatabase;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
@@ -81,30 +81,26 @@ pub async fn status(
     }
     let (cids, filter) = query.parse()?;
     let peer_id = state.peer_id.to_string();
-    let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(LIST_BUFFER);
     let store = state.store.clone();
-    state.tasks.spawn_blocking(move || {
+    super::stream_pages(&state.tasks, super::listing_permit(&state)?, move |after| {
+        let mut lines = Vec::new();
         let mut emit = |line: StatusLine| -> bool {
-            if !filter.is_empty() && !filter.contains(&line.status) {
-                return true;
+            if filter.is_empty() || filter.contains(&line.status) {
+                let mut text = serde_json::to_string(&line).unwrap_or_default();
+                text.push('\n');
+                lines.push(text);
             }
-            let mut text = serde_json::to_string(&line).unwrap_or_default();
-            text.push('\n');
-            tx.blocking_send(Ok(text)).is_ok()
+            true
         };
-        let result = if cids.is_empty() {
-            scan_all(&store, &peer_id, &mut emit)
+        let next = if cids.is_empty() {
+            scan_page(&store, &peer_id, after, &mut emit)
         } else {
-            scan_some(&store, &peer_id, &cids, &mut emit)
-        };
-        if let Err(err) = result {
-            let _ = tx.blocking_send(Err(std::io::Error::other(err.to_string())));
+            // The CIDs asked for (a URL's worth): one page.
+            scan_some(&store, &peer_id, &cids, &mut emit).map(|()| None)
         }
-    });
-    Response::builder()
-        .header(header::CONTENT_TYPE, "application/x-ndjson")
-        .body(Body::from_stream(tokio_stream_from(rx)))
-        .map_err(|e| ApiError::Internal(e.to_string()))
+        .map_err(|e| e.to_string())?;
+        Ok(super::Page { lines, next })
+    })
 }
 
 /// A CID's line from its pinset entry (if any) and its status record (if any).
@@ -139,40 +135,65 @@ fn line_of(
     })
 }
 
-fn scan_all(
+/// One page of every status line: the pins of the pinset, then the CIDs the reconciler still
+/// tracks outside it. A page key is a phase byte (0: pins, 1: statuses) and the last key read.
+fn scan_page(
     store: &Store,
     peer_id: &str,
+    after: Option<Vec<u8>>,
     emit: &mut dyn FnMut(StatusLine) -> bool,
-) -> Result<(), StoreError> {
+) -> Result<Option<Vec<u8>>, StoreError> {
+    use std::ops::Bound;
     let txn = store.db().begin_read()?;
     let pins = txn.open_table(PINS)?;
     let statuses = open_status(&txn)?;
-    for item in pins.iter()? {
-        let (key, value) = item?;
-        let Ok(cid) = Cid::try_from(key.value()) else {
-            continue;
-        };
-        let record = status_in(&statuses, key.value())?;
-        if !emit(line_of(&cid, peer_id, Some(value.value()), record)?) {
-            return Ok(()); // the client went away
+    let (phase, from) = match &after {
+        Some(key) if !key.is_empty() => (key[0], Some(&key[1..])),
+        _ => (0, None),
+    };
+    fn lower(from: Option<&[u8]>) -> Bound<&[u8]> {
+        match from {
+            Some(key) => Bound::Excluded(key),
+            None => Bound::Unbounded,
         }
     }
-    if let Some(statuses) = &statuses {
-        for item in statuses.iter()? {
+    let next = |phase: u8, key: &[u8]| {
+        let mut next = vec![phase];
+        next.extend_from_slice(key);
+        Some(next)
+    };
+    let mut seen = 0;
+    if phase == 0 {
+        for item in pins.range::<&[u8]>((lower(from), Bound::Unbounded))? {
             let (key, value) = item?;
-            if pins.get(key.value())?.is_some() {
-                continue;
+            if let Ok(cid) = Cid::try_from(key.value()) {
+                let record = status_in(&statuses, key.value())?;
+                emit(line_of(&cid, peer_id, Some(value.value()), record)?);
             }
-            let Ok(cid) = Cid::try_from(key.value()) else {
-                continue;
-            };
-            let record = Some(decode_state(value.value())?);
-            if !emit(line_of(&cid, peer_id, None, record)?) {
-                return Ok(());
+            seen += 1;
+            if seen == super::LIST_PAGE {
+                return Ok(next(0, key.value()));
             }
         }
     }
-    Ok(())
+    let Some(statuses) = &statuses else {
+        return Ok(None);
+    };
+    let from = if phase == 1 { from } else { None };
+    for item in statuses.range::<&[u8]>((lower(from), Bound::Unbounded))? {
+        let (key, value) = item?;
+        seen += 1;
+        if pins.get(key.value())?.is_none()
+            && let Ok(cid) = Cid::try_from(key.value())
+        {
+            let record = Some(decode_state(value.value())?);
+            emit(line_of(&cid, peer_id, None, record)?);
+        }
+        if seen >= super::LIST_PAGE {
+            return Ok(next(1, key.value()));
+        }
+    }
+    Ok(None)
 }
 
 /// This agent's lines for `cids`, in order (answers a peer's `PinStatus`).
@@ -313,9 +334,11 @@ pub async fn cluster_status(
         .filter(|p| p.connected)
         .filter_map(|p| p.peer_id.parse().ok())
         .collect();
+    let permit = super::listing_permit(&state)?;
     let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(LIST_BUFFER);
     let tasks = state.tasks.clone();
     tasks.spawn(async move {
+        let _permit = permit;
         let mut after: Option<Vec<u8>> = None;
         let mut given = cids.chunks(CLUSTER_CHUNK);
         loop {

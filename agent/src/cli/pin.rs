@@ -114,7 +114,11 @@ pub async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
                     if json {
                         print_json(&pin)?;
                     } else {
-                        let name = if pin.name.is_empty() { "-" } else { &pin.name };
+                        let name = if pin.name.is_empty() {
+                            "-".into()
+                        } else {
+                            super::printable(&pin.name)
+                        };
                         let repl = if pin.replication_max == -1 {
                             "everywhere".to_string()
                         } else {

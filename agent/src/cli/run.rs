@@ -20,14 +20,33 @@ pub struct Args {
     /// A member to dial at start, ending in /p2p/<peer id>; repeat for several.
     #[arg(long = "bootstrap", value_name = "MULTIADDR", value_parser = parse_peer_addr)]
     bootstrap: Vec<libp2p::Multiaddr>,
+    /// Recover from a damaged database: keep it aside as pinmesh.redb.damaged-<time>, start
+    /// with a fresh one that rejoins the cluster from its peers (by snapshot), carrying over the
+    /// records of pins this agent made in its IPFS node and the remembered peers.
+    #[arg(long)]
+    resync: bool,
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     if !ctx.home.config().exists() {
+        // Never over an existing agent: a lost config.toml must not cost the agent its
+        // identity, token and peers (init refuses with one line naming what it found).
+        let found = ctx.home.agent_files();
+        if !found.is_empty() {
+            anyhow::bail!(
+                "{} has no config.toml but holds an agent's files ({}); restore config.toml \
+                 (nothing was changed)",
+                ctx.home.config().display(),
+                found.join(", ")
+            );
+        }
         // A fresh machine: make a new single-agent cluster rather than fail.
         let made = crate::home::init(&ctx.home, crate::home::InitOptions::default())?;
         super::init::report(ctx, &made)?;
         println!();
+    }
+    if args.resync {
+        resync(ctx)?;
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -35,6 +54,8 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|_| DEFAULT_LOG.into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person watching; never into a log file or a journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -62,13 +83,51 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
             }
             _ = node.stopped() => true,
         };
+        let failure = node.failure();
         node.shutdown().await;
         let _ = std::fs::remove_file(api_addr_file);
         if failed {
-            anyhow::bail!("a critical task of the agent stopped; see the log above");
+            // The reason of the part that stopped (it may only be known once all stopped).
+            match failure {
+                Some(reason) => anyhow::bail!("{reason}"),
+                None => anyhow::bail!("a critical task of the agent stopped; see the log above"),
+            }
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `run --resync`: a fresh database in place of the damaged one, then the usual start.
+fn resync(ctx: &Ctx) -> anyhow::Result<()> {
+    let config = crate::config::Config::load(&ctx.home.config())?;
+    let cache = config.raw.storage.cache_mib as usize * 1024 * 1024;
+    let done = crate::store::resync(&ctx.home.database(), cache, |bytes| {
+        crate::reconcile::decode_state(bytes).is_ok_and(|state| state.owned)
+    })?;
+    println!(
+        "resync: kept the damaged database as {}",
+        done.kept.display()
+    );
+    match &done.unreadable {
+        Some(why) => println!(
+            "resync: nothing could be read from it ({why}): pins this agent made in its IPFS \
+             node are no longer known as its own and stay pinned"
+        ),
+        None => println!(
+            "resync: carried over {} pins this agent made in its IPFS node and {} peers",
+            done.owned, done.peers
+        ),
+    }
+    if done.peers == 0 && config.bootstrap.is_empty() {
+        println!(
+            "resync: no peers known: the pinset starts empty unless a member is joined (`pinmesh join`)"
+        );
+    }
+    println!(
+        "resync: the pinset is fetched again from the peers; pins this agent acknowledged that \
+         no peer received before the damage are lost"
+    );
+    Ok(())
 }
 
 /// SIGINT or SIGTERM.

@@ -61,6 +61,8 @@ pub enum LocalError {
     Spec(#[from] pinmesh_protocol::SpecError),
     #[error("storage failed: {0}")]
     Store(String),
+    #[error("the disk is full: {0}; the agent is stopping (free space, then start it again)")]
+    DiskFull(String),
     #[error("the replica has stopped")]
     Stopped,
 }
@@ -96,6 +98,8 @@ pub enum Command {
         peer: String,
         record: crate::store::PeerRecord,
     },
+    /// Forget a peer's record (it belongs to another cluster).
+    ForgetPeer { peer: String },
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +159,11 @@ impl ReplicaHandle {
     /// Queues a peer record for the next commit; never waits (dropped if the queue is full).
     pub fn remember_peer(&self, peer: String, record: crate::store::PeerRecord) {
         let _ = self.tx.try_send(Command::RememberPeer { peer, record });
+    }
+
+    /// Queues the removal of a peer's record for the next commit; never waits.
+    pub fn forget_peer(&self, peer: String) {
+        let _ = self.tx.try_send(Command::ForgetPeer { peer });
     }
 
     /// Asks for pending non-durable commits to be made durable; never waits.
@@ -277,7 +286,7 @@ pub fn spawn(
     signer: NodeSigner,
     outputs: mpsc::Sender<Output>,
     changes: ChangeFeed,
-) -> std::io::Result<(ReplicaHandle, std::thread::JoinHandle<()>)> {
+) -> std::io::Result<(ReplicaHandle, std::thread::JoinHandle<Result<(), String>>)> {
     let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
     let actor = ActorId::derive(&signer.public_key(), persisted.incarnation);
     let initial = state_of(
@@ -363,7 +372,10 @@ struct GroupResult {
 }
 
 impl Replica {
-    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    /// Runs until every handle is dropped (`Ok`), or until the database file cannot be written
+    /// (`Err` with why): redb refuses all writes after an I/O error, so carrying on would leave
+    /// an agent that looks alive and can never write again. Its caller stops the agent.
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) -> Result<(), String> {
         while let Some(first) = rx.blocking_recv() {
             let mut group = vec![first];
             while group.len() < GROUP_MAX {
@@ -372,32 +384,56 @@ impl Replica {
                     Err(_) => break,
                 }
             }
-            self.run_group(group);
+            if let Err(fatal) = self.run_group(group) {
+                // Everything still queued is refused; the handles see `Stopped`.
+                rx.close();
+                return Err(fatal);
+            }
         }
         debug!("replica stopped: every handle dropped");
+        Ok(())
     }
 
-    fn run_group(&mut self, group: Vec<Command>) {
+    /// `Err`: the database failed with an I/O error and no further write can succeed.
+    fn run_group(&mut self, group: Vec<Command>) -> Result<(), String> {
         let flush = group.iter().any(|c| matches!(c, Command::Flush));
         if flush && group.len() == 1 && !self.dirty {
-            return; // nothing to make durable
+            return Ok(()); // nothing to make durable
         }
         let saved = (self.head.clone(), self.counter);
         let (result, committed) = self.apply_group(group);
-        match committed {
-            Ok(()) => self.release(result),
-            Err(err) => {
-                // Nothing was committed: forget the in-memory changes too.
-                (self.head, self.counter) = saved;
-                self.stage = None;
-                error!(error = %err, "write transaction failed; the group is dropped");
-                for (reply, _) in result.replies {
-                    let _ = reply.send(Err(LocalError::Store(err.to_string())));
-                }
-                for (reply, _) in result.snapshot_replies {
-                    let _ = reply.send(Err(format!("storage failed: {err}")));
-                }
+        let err = match committed {
+            Ok(()) => {
+                self.release(result);
+                return Ok(());
             }
+            Err(err) => err,
+        };
+        // Nothing was committed: forget the in-memory changes too.
+        (self.head, self.counter) = saved;
+        self.stage = None;
+        error!(error = %err, "write transaction failed; the group is dropped");
+        let io_failure = err.io_failure();
+        let refusal = match io_failure {
+            Some(true) => LocalError::DiskFull(err.to_string()),
+            _ => LocalError::Store(err.to_string()),
+        };
+        for (reply, _) in result.replies {
+            let _ = reply.send(Err(refusal.clone()));
+        }
+        for (reply, _) in result.snapshot_replies {
+            let _ = reply.send(Err(format!("storage failed: {err}")));
+        }
+        match io_failure {
+            Some(true) => Err(format!(
+                "the disk is full ({err}); free space and start the agent again: every \
+                 acknowledged write is kept"
+            )),
+            Some(false) => Err(format!(
+                "the database file cannot be written ({err}); start the agent again once the \
+                 disk is fixed: every acknowledged write is kept"
+            )),
+            None => Ok(()),
         }
     }
 
@@ -434,6 +470,9 @@ impl Replica {
                         Command::RememberPeer { peer, record } => {
                             peers
                                 .insert(peer.as_str(), codec::encode_stored(&record).as_slice())?;
+                        }
+                        Command::ForgetPeer { peer } => {
+                            peers.remove(peer.as_str())?;
                         }
                         Command::Snapshot { chunk, reply } => {
                             result.local = true; // a finished snapshot is worth a durable commit

@@ -6,6 +6,8 @@
 //! Every table name carries a layout version; a layout change means a new name and a named
 //! migration function.
 
+mod resync;
+
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
@@ -13,10 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pinmesh_protocol::codec::{self, DecodeError};
+use pinmesh_protocol::digest::{Digest, entry_hash};
 use pinmesh_protocol::snapshot::chunk_from;
 use pinmesh_protocol::{DeltaBatch, EntryStore, Head, SnapshotChunk, SnapshotHead};
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+
+pub use self::resync::{Resynced, resync};
 
 /// CID bytes -> canonical encoded versions (protocol `codec::encode_entry`). Never empty.
 pub const PINS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pins-1");
@@ -60,12 +65,35 @@ pub struct PeerRecord {
 pub enum StoreError {
     #[error("database: {0}")]
     Db(#[from] redb::Error),
+    /// The stored pinset does not match its digest (found by a scrub or a snapshot served).
+    #[error("{0}")]
+    Damaged(String),
     #[error("corrupt {what} in the database: {source}")]
     Corrupt {
         what: &'static str,
         #[source]
         source: DecodeError,
     },
+}
+
+impl StoreError {
+    /// An I/O failure of the database file. redb refuses every later write after one ("close
+    /// and re-open the database"), so the agent must stop rather than carry on unable to
+    /// write. `Some(true)`: the disk is full.
+    pub fn io_failure(&self) -> Option<bool> {
+        match self {
+            StoreError::Db(redb::Error::Io(err)) => Some(is_disk_full(err)),
+            StoreError::Db(redb::Error::PreviousIo) => Some(false),
+            _ => None,
+        }
+    }
+}
+
+/// ENOSPC (or a quota that is exhausted).
+pub fn is_disk_full(err: &std::io::Error) -> bool {
+    err.kind() == std::io::ErrorKind::StorageFull
+        || err.kind() == std::io::ErrorKind::QuotaExceeded
+        || err.raw_os_error() == Some(libc::ENOSPC)
 }
 
 macro_rules! from_redb {
@@ -107,9 +135,10 @@ impl Store {
     /// Opens (or creates) the database at `path` with a page cache of `cache_bytes`, creating
     /// every table and, for a new database, a fresh incarnation.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<(Store, Persisted), StoreError> {
-        let db = redb::Builder::new()
+        let mut db = redb::Builder::new()
             .set_cache_size(cache_bytes)
             .create(path)?;
+        compact_if_bloated(&mut db, path)?;
         let txn = db.begin_write()?;
         let persisted = {
             for def in [PINS, STAGE] {
@@ -150,6 +179,31 @@ impl Store {
         };
         txn.commit()?;
         Ok((Store { db: Arc::new(db) }, persisted))
+    }
+
+    /// Recomputes the pinset's digest and count from every stored entry, in one read
+    /// transaction with the head they must match. Returns the count; `Damaged` on a mismatch
+    /// (a changed byte anywhere in a CID or an entry changes its hash).
+    pub fn scrub(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let head = read_head(&txn)?;
+        let table = txn.open_table(PINS)?;
+        let mut digest = Digest::ZERO;
+        let mut pins = 0u64;
+        for item in table.iter()? {
+            let (key, value) = item?;
+            digest.toggle(&entry_hash(key.value(), value.value()));
+            pins += 1;
+        }
+        if pins != head.pins || digest != head.digest {
+            return Err(StoreError::Damaged(format!(
+                "its {pins} pins hash to {}, the state it recorded is {} pins hashing to {}",
+                &digest.to_hex()[..16],
+                head.pins,
+                &head.digest.to_hex()[..16]
+            )));
+        }
+        Ok(pins)
     }
 
     pub fn db(&self) -> &Database {
@@ -231,6 +285,10 @@ struct OpenSnapshot {
     started: Instant,
     /// The cursor the next request must continue from.
     cursor: Option<Vec<u8>>,
+    /// What the entries must add up to (the head read with them), and what they added up to
+    /// so far: a server whose store is damaged finds out when it serves the last chunk.
+    expected: (u64, Digest),
+    served: (u64, Digest),
 }
 
 impl Snapshots {
@@ -295,6 +353,8 @@ impl Store {
                         peer: peer.to_string(),
                         started: Instant::now(),
                         cursor: None,
+                        expected: (head.pins, head.digest),
+                        served: (0, Digest::ZERO),
                     },
                 );
                 (id, Some(head))
@@ -332,15 +392,31 @@ impl Store {
             pins: h.pins,
             state_digest: h.digest,
         });
+        let hashes: Vec<Digest> = entries.iter().map(|(k, v)| entry_hash(k, v)).collect();
         let chunk = chunk_from(id, head, &mut entries.into_iter().peekable(), limit, budget)
             .map_err(|source| StoreError::Corrupt {
                 what: "pin entry",
                 source,
             })?;
+        for hash in &hashes[..chunk.entries.len()] {
+            snapshot.served.0 += 1;
+            snapshot.served.1.toggle(hash);
+        }
         match &chunk.next {
             Some(next) => snapshot.cursor = Some(next.to_vec()),
             None => {
+                let (served, expected) = (snapshot.served, snapshot.expected);
                 open.remove(&id);
+                if served != expected {
+                    return Err(ServeError::Store(StoreError::Damaged(format!(
+                        "a snapshot served from it held {} pins hashing to {}, its recorded state \
+                         is {} pins hashing to {}",
+                        served.0,
+                        &served.1.to_hex()[..16],
+                        expected.0,
+                        &expected.1.to_hex()[..16]
+                    ))));
+                }
             }
         }
         Ok(chunk)
@@ -377,4 +453,37 @@ impl EntryStore for PinsTable<'_> {
         self.0.remove(cid)?;
         Ok(())
     }
+}
+
+/// A file smaller than this is never compacted at start (cheap either way).
+const COMPACT_MIN_BYTES: u64 = 64 << 20;
+
+/// Compacts the database when its file is more than twice what it holds: pages freed while a
+/// long read transaction kept old versions alive stay in the file, which never shrinks by
+/// itself. Runs at start, before anything else opens the database.
+fn compact_if_bloated(db: &mut Database, path: &Path) -> Result<(), StoreError> {
+    let file = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if file < COMPACT_MIN_BYTES {
+        return Ok(());
+    }
+    let stats = db.begin_write()?.stats()?;
+    let used = stats.allocated_pages() * stats.page_size() as u64;
+    if file <= used.saturating_mul(2) {
+        return Ok(());
+    }
+    tracing::info!(
+        file_mib = file >> 20,
+        used_mib = used >> 20,
+        "compacting the database (it holds much less than its file)"
+    );
+    let started = std::time::Instant::now();
+    db.compact()
+        .map_err(|e| StoreError::Db(redb::Error::from(e)))?;
+    let after = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    tracing::info!(
+        file_mib = after >> 20,
+        ms = started.elapsed().as_millis() as u64,
+        "database compacted"
+    );
+    Ok(())
 }

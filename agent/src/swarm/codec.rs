@@ -13,8 +13,35 @@ use libp2p::request_response;
 use pinmesh_protocol::codec::{self, MAX_REQUEST, MAX_RESPONSE};
 use pinmesh_protocol::{Request, Response};
 
-/// Protocol name of the sync request-response protocol.
-pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/pinmesh/sync/1");
+/// The sync protocol of release 0.1, bound to no cluster. Peers that still speak it only are
+/// recognised (and told to upgrade), never synced with.
+pub const LEGACY_SYNC_PROTOCOL: &str = "/pinmesh/sync/1";
+
+/// A short id of a cluster name, for protocol names: `blake3("pinmesh cluster " + name)`, the
+/// first 8 bytes in hex.
+pub fn cluster_id(cluster: &str) -> String {
+    let hash = blake3::hash(format!("pinmesh cluster {cluster}").as_bytes());
+    hex::encode(&hash.as_bytes()[..8])
+}
+
+/// The sync protocol of `cluster`: `/pinmesh/<cluster id>/sync/2`. Bound to the cluster, so a
+/// peer of another cluster that shares the secret cannot negotiate it (no request of one
+/// cluster reaches the other), and identify tells agents which cluster a peer is in.
+pub fn sync_protocol(cluster: &str) -> StreamProtocol {
+    StreamProtocol::try_from_owned(format!("/pinmesh/{}/sync/2", cluster_id(cluster)))
+        .expect("a hex id makes a valid protocol name")
+}
+
+/// The Kademlia protocol of `cluster`, bound to it like [`sync_protocol`].
+pub fn kad_protocol(cluster: &str) -> StreamProtocol {
+    StreamProtocol::try_from_owned(format!("/pinmesh/{}/kad/1.0.0", cluster_id(cluster)))
+        .expect("a hex id makes a valid protocol name")
+}
+
+/// Whether `protocol` is some pinmesh cluster's sync protocol (this one's or another's).
+pub fn is_sync_protocol(protocol: &str) -> bool {
+    protocol.starts_with("/pinmesh/") && protocol.ends_with("/sync/2")
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct SyncCodec {

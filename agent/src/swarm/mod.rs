@@ -37,11 +37,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-pub use self::codec::{SYNC_PROTOCOL, SyncCodec};
+pub use self::codec::{SyncCodec, cluster_id, sync_protocol};
 use crate::api::status::StatusLine;
+use crate::fatal::Fatal;
 use crate::ipfs::peering::{self, Peering};
 use crate::replica::{Output, ReplicaHandle};
-use crate::store::{PeerRecord, ServeError, Snapshots, Store};
+use crate::store::{PeerRecord, ServeError, Snapshots, Store, StoreError};
 use pinmesh_protocol::snapshot::Progress;
 
 /// Commands queued to the swarm from the API. Small: each carries a reply and callers await it.
@@ -59,6 +60,9 @@ const SNAPSHOT_CHUNK_BYTES: usize = 2 << 20;
 const MAX_SERVING: usize = 8;
 /// A snapshot fetch with no chunk for this long is abandoned.
 const SNAPSHOT_STALL: Duration = Duration::from_secs(60);
+/// A peer whose snapshot this agent refused (it did not match its own digest) is not asked for
+/// another for this long: its store is likely damaged, and each try moves the whole pinset.
+const SNAPSHOT_REFUSED_BACKOFF: Duration = Duration::from_secs(600);
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
@@ -76,13 +80,16 @@ impl Behaviour {
     }
 }
 
-/// Builds the swarm for `keypair` in the network of `secret`; sync answers received are
-/// counted in `flags`.
+/// Builds the swarm for `keypair` in the network of `secret`, speaking the sync and Kademlia
+/// protocols of `cluster`; sync answers received are counted in `flags`.
 pub fn build(
     keypair: Keypair,
     secret: [u8; 32],
+    cluster: &str,
     flags: &Flags,
 ) -> anyhow::Result<Swarm<Behaviour>> {
+    let sync_name = sync_protocol(cluster);
+    let kad_name = codec::kad_protocol(cluster);
     let codec = SyncCodec::counting(flags.sync_bytes_in.clone());
     let psk = PreSharedKey::new(secret);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
@@ -118,7 +125,7 @@ pub fn build(
             let gossipsub =
                 gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)?;
             let peer_id = key.public().to_peer_id();
-            let mut kad_config = kad::Config::new(StreamProtocol::new("/pinmesh/kad/1.0.0"));
+            let mut kad_config = kad::Config::new(kad_name);
             kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
             let mut kad = kad::Behaviour::with_config(
                 peer_id,
@@ -134,7 +141,7 @@ pub fn build(
             ));
             let sync = request_response::Behaviour::with_codec(
                 codec,
-                [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+                [(sync_name, ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
             );
             Ok(Behaviour {
@@ -183,6 +190,9 @@ pub struct SwarmInfo {
     pub listen: Vec<String>,
     pub peers: Vec<PeerView>,
     pub rejected_messages: u64,
+    /// Peers of another cluster (same secret, another name) refused since start.
+    #[serde(default)]
+    pub foreign_peers: u64,
 }
 
 /// What this agent knows of one peer.
@@ -214,6 +224,8 @@ pub struct Flags {
     pub sync_bytes_in: Arc<AtomicU64>,
     /// Bytes of gossip messages received.
     pub gossip_bytes_in: AtomicU64,
+    /// Peers found to belong to another cluster (sharing the secret) and cut off.
+    pub foreign_peers: AtomicU64,
 }
 
 /// A sync answer read from the store off the event loop.
@@ -263,6 +275,22 @@ pub struct EventLoop {
     sync_target: Option<AppliedVector>,
     /// Peers that answered a Status request.
     answered: HashSet<PeerId>,
+    /// Connected peers that do not speak this cluster's sync protocol (an older release, a
+    /// plain libp2p node): they cannot answer, so `synced` does not wait for them.
+    outsiders: HashSet<PeerId>,
+    /// Peers of another cluster (same secret, another cluster name): cut off, forgotten and
+    /// never dialled again while this agent runs.
+    foreign: HashSet<PeerId>,
+    /// Origins whose author is not a trusted writer (learned from their signed batches): their
+    /// deltas are never pulled, and `synced` does not wait for them.
+    untrusted_origins: HashSet<ActorId>,
+    /// This cluster's sync protocol name, to recognise members in identify.
+    sync_protocol: StreamProtocol,
+    /// Peers whose snapshot was refused, until when they are not asked again.
+    snapshot_refused: HashMap<PeerId, Instant>,
+    /// Stops the agent when serving finds the store damaged.
+    fatal: Fatal,
+    database: std::path::PathBuf,
     flush_ticks: u64,
     ipfs: bool,
     peering: Option<Peering>,
@@ -289,6 +317,10 @@ pub struct Wiring {
     pub ipfs: bool,
     /// Where this agent's IPFS node's addresses come from and where peers' go.
     pub peering: Option<Peering>,
+    /// Stops the agent (a damaged store found while serving a snapshot).
+    pub fatal: Fatal,
+    /// The database file, to name it when it is damaged.
+    pub database: std::path::PathBuf,
 }
 
 impl EventLoop {
@@ -326,6 +358,13 @@ impl EventLoop {
             in_flight: HashMap::new(),
             sync_target: None,
             answered: HashSet::new(),
+            outsiders: HashSet::new(),
+            foreign: HashSet::new(),
+            untrusted_origins: HashSet::new(),
+            sync_protocol: sync_protocol(&wiring.cluster),
+            snapshot_refused: HashMap::new(),
+            fatal: wiring.fatal,
+            database: wiring.database,
             flush_ticks: 0,
             ipfs: wiring.ipfs,
             peering: wiring.peering,
@@ -390,12 +429,24 @@ impl EventLoop {
                 num_established,
                 ..
             } => {
+                if self.foreign.contains(&peer_id) {
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
                 let peer = self.peers.entry(peer_id).or_default();
                 peer.connections = num_established.get() as usize;
                 if endpoint.is_dialer() {
                     peer.addrs.insert(endpoint.get_remote_address().clone());
                 }
-                for reply in self.pending_dials.remove(&peer_id).unwrap_or_default() {
+                let joined = self.pending_dials.remove(&peer_id).unwrap_or_default();
+                if !joined.is_empty() && self.flags.synced.swap(false, Ordering::Relaxed) {
+                    // Joined a peer at runtime (maybe a whole other part of the cluster): synced
+                    // again only once it answered. A join that never connects changes nothing.
+                    info!(%peer_id, "joined a peer: catching up before reporting synced");
+                    self.sync_target = None;
+                    self.answered.clear();
+                }
+                for reply in joined {
                     let _ = reply.send(Ok(peer_id));
                 }
                 if num_established.get() == 1 {
@@ -415,6 +466,11 @@ impl EventLoop {
             } => {
                 if let Some(peer) = self.peers.get_mut(&peer_id) {
                     peer.connections = num_established as usize;
+                }
+                if num_established == 0 {
+                    // Judged again on its next connection (it may have been upgraded).
+                    self.outsiders.remove(&peer_id);
+                    self.check_synced();
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
@@ -451,6 +507,9 @@ impl EventLoop {
                     .report_message_validation_result(&message_id, &propagation_source, verdict);
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if !self.is_member(peer_id, &info.protocols) {
+                    return;
+                }
                 let peer = self.peers.entry(peer_id).or_default();
                 for addr in info.listen_addrs {
                     self.swarm
@@ -488,6 +547,14 @@ impl EventLoop {
                 ..
             }) => {
                 debug!(%peer, error = %error, "sync request failed");
+                if matches!(
+                    error,
+                    request_response::OutboundFailure::UnsupportedProtocols
+                ) {
+                    // Connected, but not to this cluster's protocol: it will never answer.
+                    self.outsiders.insert(peer);
+                    self.check_synced();
+                }
                 if let Some(reply) = self.pending_status.remove(&request_id) {
                     let _ = reply.send(Err(error.to_string()));
                 }
@@ -528,7 +595,9 @@ impl EventLoop {
                     return MessageAcceptance::Reject;
                 }
                 if !self.may_write(source) {
-                    warn!(%source, "batch by an untrusted writer rejected");
+                    if self.untrusted_origins.insert(batch.origin) {
+                        warn!(%source, origin = %batch.origin, "batches by an untrusted writer are rejected");
+                    }
                     return MessageAcceptance::Reject;
                 }
                 // Authenticated: this peer is the origin's author, and holds all its deltas.
@@ -553,6 +622,7 @@ impl EventLoop {
         match &summary.applied {
             Some(theirs) => {
                 if is_status && !self.flags.synced.load(Ordering::Relaxed) {
+                    // Origins found untrusted are left out when the target is checked.
                     self.sync_target
                         .get_or_insert_with(AppliedVector::new)
                         .union(theirs);
@@ -564,13 +634,18 @@ impl EventLoop {
                     .applied
                     .missing_from(theirs)
                     .into_iter()
-                    .filter(|(origin, _, _)| *origin != own)
+                    .filter(|(origin, _, _)| {
+                        *origin != own && !self.untrusted_origins.contains(origin)
+                    })
                     .collect();
                 let behind = missing.iter().fold(0u64, |n, (_, s, e)| {
                     n.saturating_add((e - s).saturating_add(1))
                 });
-                if (mine.head.applied.is_empty() && summary.pins > 0) || behind > SNAPSHOT_THRESHOLD
-                {
+                // A snapshot carries others' writes without their signatures: only from a peer
+                // trusted to write. From any other, signed deltas (whose authors are checked).
+                let wants_snapshot = (mine.head.applied.is_empty() && summary.pins > 0)
+                    || behind > SNAPSHOT_THRESHOLD;
+                if wants_snapshot && self.may_write(peer_id) {
                     // Deltas for the same gap would be redundant; the tail follows the snapshot.
                     self.start_snapshot(peer_id);
                 } else {
@@ -604,10 +679,21 @@ impl EventLoop {
         let all_answered = self
             .swarm
             .connected_peers()
+            .filter(|p| !self.outsiders.contains(p))
             .all(|p| self.answered.contains(p));
+        // Every origin of the target held, except those of untrusted writers (never applied).
+        let caught_up = |target: &AppliedVector| {
+            self.replica
+                .state()
+                .head
+                .applied
+                .missing_from(target)
+                .iter()
+                .all(|(origin, _, _)| self.untrusted_origins.contains(origin))
+        };
         if let Some(target) = &self.sync_target
             && all_answered
-            && self.replica.state().head.applied.is_superset(target)
+            && caught_up(target)
         {
             info!("synced with the cluster");
             self.flags.synced.store(true, Ordering::Relaxed);
@@ -714,8 +800,13 @@ impl EventLoop {
                     let trusted = author_peer(&batch).is_some_and(|a| self.may_write(a));
                     match batch.verify(&self.cluster) {
                         Ok(()) if !trusted => {
+                            // Signed by its author, whose key the origin derives from: that
+                            // origin is never pulled again.
                             self.flags.rejected.fetch_add(1, Ordering::Relaxed);
-                            warn!(%peer, origin = %batch.origin, "repair answer holds a batch by an untrusted writer; dropped");
+                            if self.untrusted_origins.insert(batch.origin) {
+                                warn!(%peer, origin = %batch.origin, "repair answer holds batches by an untrusted writer; not asking for that origin again");
+                            }
+                            self.in_flight.remove(&batch.origin);
                         }
                         Ok(()) => {
                             origin = Some(batch.origin);
@@ -851,6 +942,7 @@ impl EventLoop {
                 let store = self.store.clone();
                 let snapshots = self.snapshots.clone();
                 let served = self.served_tx.clone();
+                let (fatal, database) = (self.fatal.clone(), self.database.clone());
                 tokio::task::spawn_blocking(move || {
                     let _permit = permit;
                     let limit = limit.clamp(1, SNAPSHOT_CHUNK_ENTRIES) as usize;
@@ -867,6 +959,12 @@ impl EventLoop {
                         Err(err @ (ServeError::Busy | ServeError::Unknown(_))) => {
                             Response::Refused {
                                 reason: err.to_string(),
+                            }
+                        }
+                        Err(ServeError::Store(err @ StoreError::Damaged(_))) => {
+                            fatal.raise(crate::fatal::damaged(&database, &err.to_string()));
+                            Response::Refused {
+                                reason: "storage error".into(),
                             }
                         }
                         Err(ServeError::Store(err)) => {
@@ -949,6 +1047,12 @@ impl EventLoop {
         {
             return;
         }
+        let now = Instant::now();
+        self.snapshot_refused.retain(|_, until| *until > now);
+        if self.snapshot_refused.contains_key(&peer) {
+            debug!(%peer, "not asking again for a snapshot refused lately");
+            return;
+        }
         info!(%peer, "fetching a snapshot");
         self.fetch = Some(Fetch {
             peer,
@@ -990,7 +1094,9 @@ impl EventLoop {
                 self.check_synced();
             }
             Err(err) => {
-                warn!(%peer, error = %err, "snapshot refused; will retry");
+                warn!(%peer, error = %err, "snapshot refused; not asking that peer for another for 10 minutes");
+                self.snapshot_refused
+                    .insert(peer, Instant::now() + SNAPSHOT_REFUSED_BACKOFF);
                 self.fetch = None;
             }
         }
@@ -1048,19 +1154,25 @@ impl EventLoop {
                     let _ = reply.send(Err(format!("{addr} does not end with /p2p/<peer id>")));
                     return;
                 };
+                if peer_id == *self.swarm.local_peer_id() {
+                    let _ = reply.send(Err(format!("{addr} is this agent's own address")));
+                    return;
+                }
+                if self.foreign.contains(&peer_id) {
+                    let _ = reply.send(Err(format!(
+                        "{peer_id} belongs to another cluster (it shares the secret, not the \
+                         cluster name)"
+                    )));
+                    return;
+                }
                 if self.swarm.is_connected(&peer_id) {
                     let _ = reply.send(Ok(peer_id));
                     return;
                 }
-                match self.swarm.dial(addr.clone()) {
+                // The peer becomes known once connected (its address is then recorded), so a
+                // join that fails leaves no peer behind to list or to dial again.
+                match self.swarm.dial(addr) {
                     Ok(()) => {
-                        // Joining a cluster at runtime: synced again only once it answered.
-                        if self.flags.synced.swap(false, Ordering::Relaxed) {
-                            info!(%peer_id, "joining a peer: catching up before reporting synced");
-                            self.sync_target = None;
-                            self.answered.clear();
-                        }
-                        self.peers.entry(peer_id).or_default().addrs.insert(addr);
                         self.pending_dials.entry(peer_id).or_default().push(reply);
                     }
                     Err(err) => {
@@ -1099,9 +1211,52 @@ impl EventLoop {
                     listen: self.swarm.listeners().map(ToString::to_string).collect(),
                     peers,
                     rejected_messages: self.flags.rejected.load(Ordering::Relaxed),
+                    foreign_peers: self.flags.foreign_peers.load(Ordering::Relaxed),
                 });
             }
         }
+    }
+
+    /// Whether a peer that identified itself with `protocols` is a member of this cluster. A
+    /// peer of another cluster (it speaks another cluster's sync protocol) is cut off and
+    /// forgotten, and logged once; an older or foreign libp2p node is left connected (gossip
+    /// still reaches an older agent) but `synced` does not wait for it.
+    fn is_member(&mut self, peer_id: PeerId, protocols: &[StreamProtocol]) -> bool {
+        if protocols.contains(&self.sync_protocol) {
+            self.outsiders.remove(&peer_id);
+            return true;
+        }
+        let other_cluster = protocols
+            .iter()
+            .any(|p| codec::is_sync_protocol(p.as_ref()));
+        if other_cluster {
+            if self.foreign.insert(peer_id) {
+                self.flags.foreign_peers.fetch_add(1, Ordering::Relaxed);
+                warn!(%peer_id, "peer belongs to another cluster (same secret, another cluster name); disconnecting and forgetting it");
+            }
+            self.peers.remove(&peer_id);
+            self.answered.remove(&peer_id);
+            self.swarm.behaviour_mut().kad.remove_peer(&peer_id);
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .blacklist_peer(&peer_id);
+            self.replica.forget_peer(peer_id.to_string());
+            let _ = self.swarm.disconnect_peer_id(peer_id);
+        } else {
+            if self.outsiders.insert(peer_id) {
+                let legacy = protocols
+                    .iter()
+                    .any(|p| p.as_ref() == codec::LEGACY_SYNC_PROTOCOL);
+                if legacy {
+                    warn!(%peer_id, "peer runs an older pinmesh that cannot sync with this one; upgrade it");
+                } else {
+                    debug!(%peer_id, "peer speaks no pinmesh sync protocol");
+                }
+            }
+            self.check_synced();
+        }
+        false
     }
 
     /// Stores a peer's addresses (through the replica, the only writer) so a restart can dial

@@ -165,11 +165,13 @@ async fn floor_gossip_hop(trials: usize) -> anyhow::Result<(Duration, Duration)>
     let mut a = build(
         libp2p::identity::Keypair::generate_ed25519(),
         secret,
+        "floor",
         &flags,
     )?;
     let mut b = build(
         libp2p::identity::Keypair::generate_ed25519(),
         secret,
+        "floor",
         &flags,
     )?;
     let t = topic("floor");

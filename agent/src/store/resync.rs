@@ -1,0 +1,190 @@
+//! `pinmesh run --resync`: replaces a damaged database with a fresh one that rejoins the
+//! cluster by snapshot, keeping what cannot be had from peers.
+//!
+//! The damaged file is renamed, never deleted. From it, where it can still be read, the new
+//! database takes the reconciler's records of pins this agent made in its IPFS node (so they are
+//! still removed when the pinset no longer wants them, not leaked) and the remembered peers (so
+//! the agent finds the cluster again). The pinset itself comes from the peers: writes this
+//! agent acknowledged but no peer received before the damage are lost.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use redb::{ReadableDatabase, ReadableTable};
+
+use super::{PEERS, STATUS, Store};
+
+/// What a resync did.
+#[derive(Debug)]
+pub struct Resynced {
+    /// Where the damaged database was moved.
+    pub kept: PathBuf,
+    /// Reconciler records carried over (pins this agent made in its IPFS node).
+    pub owned: usize,
+    /// Remembered peers carried over.
+    pub peers: usize,
+    /// Why nothing could be read from the damaged file, if so.
+    pub unreadable: Option<String>,
+}
+
+type Rows<K> = Vec<(K, Vec<u8>)>;
+
+/// Moves the database at `path` aside and creates a fresh one holding the status records that
+/// `keep_status` accepts (by their stored bytes) and the peer records of the old one. Fails
+/// without changing anything when the database is in use (the agent is running).
+pub fn resync(
+    path: &Path,
+    cache_bytes: usize,
+    keep_status: impl Fn(&[u8]) -> bool,
+) -> anyhow::Result<Resynced> {
+    if !path.exists() {
+        anyhow::bail!("{} does not exist: nothing to resync", path.display());
+    }
+    // Reading a damaged file may fail or panic anywhere inside redb: whatever it yields.
+    let read = catch_unwind(AssertUnwindSafe(|| read_salvage(path, &keep_status)));
+    let (owned, peers, unreadable) = match read {
+        Ok(Ok((owned, peers))) => (owned, peers, None),
+        Ok(Err(err)) if err.in_use => anyhow::bail!(
+            "{} is in use: stop the running agent before resyncing",
+            path.display()
+        ),
+        Ok(Err(err)) => (Vec::new(), Vec::new(), Some(err.message)),
+        Err(_) => (
+            Vec::new(),
+            Vec::new(),
+            Some("reading it crashed inside the database library".into()),
+        ),
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let kept = path.with_extension(format!("redb.damaged-{stamp}"));
+    std::fs::rename(path, &kept)
+        .with_context(|| format!("cannot move {} aside", path.display()))?;
+    let (store, _) = Store::open(path, cache_bytes)
+        .with_context(|| format!("cannot create a new {}", path.display()))?;
+    let txn = store.db().begin_write()?;
+    {
+        let mut status = txn.open_table(STATUS)?;
+        for (key, value) in &owned {
+            status.insert(key.as_slice(), value.as_slice())?;
+        }
+        let mut table = txn.open_table(PEERS)?;
+        for (peer, record) in &peers {
+            table.insert(peer.as_str(), record.as_slice())?;
+        }
+    }
+    txn.commit()?;
+    Ok(Resynced {
+        kept,
+        owned: owned.len(),
+        peers: peers.len(),
+        unreadable,
+    })
+}
+
+struct SalvageError {
+    in_use: bool,
+    message: String,
+}
+
+fn read_salvage(
+    path: &Path,
+    keep_status: &dyn Fn(&[u8]) -> bool,
+) -> Result<(Rows<Vec<u8>>, Rows<String>), SalvageError> {
+    let fail = |err: &dyn std::fmt::Display| SalvageError {
+        in_use: false,
+        message: err.to_string(),
+    };
+    let db = match redb::Database::open(path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            return Err(SalvageError {
+                in_use: true,
+                message: String::new(),
+            });
+        }
+        Err(err) => return Err(fail(&err)),
+    };
+    let txn = db.begin_read().map_err(|e| fail(&e))?;
+    let mut owned = Vec::new();
+    // Each table on its own: a damaged one does not cost the other.
+    if let Ok(table) = txn.open_table(STATUS)
+        && let Ok(rows) = table.iter()
+    {
+        for (key, value) in rows.map_while(Result::ok) {
+            if keep_status(value.value()) {
+                owned.push((key.value().to_vec(), value.value().to_vec()));
+            }
+        }
+    }
+    let mut peers = Vec::new();
+    if let Ok(table) = txn.open_table(PEERS)
+        && let Ok(rows) = table.iter()
+    {
+        for (key, value) in rows.map_while(Result::ok) {
+            peers.push((key.value().to_string(), value.value().to_vec()));
+        }
+    }
+    Ok((owned, peers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resync_keeps_the_old_file_and_carries_over_owned_records_and_peers() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let path = dir.path().join("pinmesh.redb");
+        {
+            let (store, _) = Store::open(&path, 4 << 20).expect("open");
+            let txn = store.db().begin_write().expect("write");
+            {
+                let mut status = txn.open_table(STATUS).expect("status");
+                status
+                    .insert(b"cid-a".as_slice(), b"owned".as_slice())
+                    .expect("insert");
+                status
+                    .insert(b"cid-b".as_slice(), b"other".as_slice())
+                    .expect("insert");
+                let mut peers = txn.open_table(PEERS).expect("peers");
+                let record = super::super::PeerRecord {
+                    addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+                    last_seen: 1,
+                };
+                let bytes = pinmesh_protocol::codec::encode_stored(&record);
+                peers.insert("peer-1", bytes.as_slice()).expect("insert");
+            }
+            txn.commit().expect("commit");
+            // In use: refused, nothing moved.
+            let err = resync(&path, 4 << 20, |_| true).expect_err("in use");
+            assert!(err.to_string().contains("in use"), "{err}");
+        }
+        let done = resync(&path, 4 << 20, |v| v == b"owned").expect("resync");
+        assert_eq!((done.owned, done.peers, done.unreadable), (1, 1, None));
+        assert!(done.kept.exists(), "the damaged file is kept");
+        let (store, persisted) = Store::open(&path, 4 << 20).expect("reopen");
+        assert_eq!(persisted.head.pins, 0, "a fresh pinset");
+        let txn = store.db().begin_read().expect("read");
+        let status = txn.open_table(STATUS).expect("status");
+        assert!(status.get(b"cid-a".as_slice()).expect("get").is_some());
+        assert!(status.get(b"cid-b".as_slice()).expect("get").is_none());
+        assert_eq!(store.peers().expect("peers").len(), 1);
+    }
+
+    #[test]
+    fn an_unreadable_file_is_still_moved_aside() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let path = dir.path().join("pinmesh.redb");
+        std::fs::write(&path, b"not a database at all").expect("write");
+        let done = resync(&path, 4 << 20, |_| true).expect("resync");
+        assert!(done.unreadable.is_some());
+        assert_eq!(
+            std::fs::read(&done.kept).expect("kept"),
+            b"not a database at all"
+        );
+        Store::open(&path, 4 << 20).expect("a fresh database");
+    }
+}
