@@ -59,7 +59,16 @@ pub async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
                     let addr = peer.addrs.first().map_or("-", String::as_str);
                     println!("{}  {state}  {addr}", peer.peer_id);
                 }
-                eprintln!("{} peers", info.peers.len());
+                if info.foreign_peers > 0 {
+                    eprintln!(
+                        "{} peers; {} of another cluster refused (same secret, another cluster \
+                         name: see the log)",
+                        info.peers.len(),
+                        info.foreign_peers
+                    );
+                } else {
+                    eprintln!("{} peers", info.peers.len());
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
