@@ -33,6 +33,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+/// A listener that cannot accept (out of file descriptors) says so at most this often.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// What one listener allows.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -63,6 +66,7 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
     let mut warned = false;
+    let mut accept_warned = None;
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -71,8 +75,14 @@ pub async fn serve(
         let (tcp, remote) = match accepted {
             Ok(accepted) => accepted,
             Err(err) => {
-                // Out of file descriptors, most likely: let some close instead of spinning.
-                warn!(error = %err, "API cannot accept a connection");
+                // Out of file descriptors, most likely: let some close instead of spinning,
+                // and say so once in a while, not every time.
+                if accept_warned
+                    .is_none_or(|at: std::time::Instant| at.elapsed() >= ACCEPT_WARN_EVERY)
+                {
+                    warn!(error = %err, "API cannot accept connections");
+                    accept_warned = Some(std::time::Instant::now());
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_millis(100)) => continue,

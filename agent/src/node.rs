@@ -386,9 +386,10 @@ impl NodeHandle {
         }
     }
 
-    /// Why the agent stopped by itself, when a critical part said so (a full disk).
-    pub fn failure(&self) -> Option<String> {
-        self.failure.reason()
+    /// Why the agent stopped by itself, when a critical part said so (a full disk): the
+    /// handle outlives the node, for reading after `shutdown`.
+    pub fn fatal(&self) -> Fatal {
+        self.failure.clone()
     }
 
     /// Resolves when the agent is stopping: asked to, or a critical task ended.

@@ -137,6 +137,8 @@ fn line_of(
 
 /// One page of every status line: the pins of the pinset, then the CIDs the reconciler still
 /// tracks outside it. A page key is a phase byte (0: pins, 1: statuses) and the last key read.
+/// Pages are read in separate transactions, so a CID unpinned while the listing runs may show
+/// in both phases (its status then, and again at the end).
 fn scan_page(
     store: &Store,
     peer_id: &str,

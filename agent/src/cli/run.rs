@@ -46,7 +46,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         println!();
     }
     if args.resync {
-        resync(ctx)?;
+        resync(ctx, !args.bootstrap.is_empty())?;
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -83,8 +83,9 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
             }
             _ = node.stopped() => true,
         };
-        let failure = node.failure();
+        let fatal = node.fatal();
         node.shutdown().await;
+        let failure = fatal.reason();
         let _ = std::fs::remove_file(api_addr_file);
         if failed {
             // The reason of the part that stopped (it may only be known once all stopped).
@@ -98,10 +99,14 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// `run --resync`: a fresh database in place of the damaged one, then the usual start.
-fn resync(ctx: &Ctx) -> anyhow::Result<()> {
+/// Refused when no peer is known (the file names none, none is configured or given): an
+/// agent that starts alone is synced at once with an empty pinset, and would unpin everything
+/// it had pinned in its IPFS node.
+fn resync(ctx: &Ctx, bootstrap_given: bool) -> anyhow::Result<()> {
     let config = crate::config::Config::load(&ctx.home.config())?;
     let cache = config.raw.storage.cache_mib as usize * 1024 * 1024;
-    let done = crate::store::resync(&ctx.home.database(), cache, |bytes| {
+    let need_peers = config.bootstrap.is_empty() && !bootstrap_given;
+    let done = crate::store::resync(&ctx.home.database(), cache, need_peers, |bytes| {
         crate::reconcile::decode_state(bytes).is_ok_and(|state| state.owned)
     })?;
     println!(
@@ -117,11 +122,6 @@ fn resync(ctx: &Ctx) -> anyhow::Result<()> {
             "resync: carried over {} pins this agent made in its IPFS node and {} peers",
             done.owned, done.peers
         ),
-    }
-    if done.peers == 0 && config.bootstrap.is_empty() {
-        println!(
-            "resync: no peers known: the pinset starts empty unless a member is joined (`pinmesh join`)"
-        );
     }
     println!(
         "resync: the pinset is fetched again from the peers; pins this agent acknowledged that \

@@ -138,7 +138,10 @@ impl Store {
         let mut db = redb::Builder::new()
             .set_cache_size(cache_bytes)
             .create(path)?;
-        compact_if_bloated(&mut db, path)?;
+        if let Err(err) = compact_if_bloated(&mut db, path) {
+            // Only space is at stake (a disk too full to compact into, say): start anyway.
+            tracing::warn!(error = %err, "cannot compact the database; starting without");
+        }
         let txn = db.begin_write()?;
         let persisted = {
             for def in [PINS, STAGE] {

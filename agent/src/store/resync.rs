@@ -33,9 +33,12 @@ type Rows<K> = Vec<(K, Vec<u8>)>;
 /// Moves the database at `path` aside and creates a fresh one holding the status records that
 /// `keep_status` accepts (by their stored bytes) and the peer records of the old one. Fails
 /// without changing anything when the database is in use (the agent is running).
+/// With `need_peers`, a damaged file that names no peer is refused (nothing changed): the
+/// fresh agent would find nobody to fetch the pinset from.
 pub fn resync(
     path: &Path,
     cache_bytes: usize,
+    need_peers: bool,
     keep_status: impl Fn(&[u8]) -> bool,
 ) -> anyhow::Result<Resynced> {
     if !path.exists() {
@@ -56,6 +59,13 @@ pub fn resync(
             Some("reading it crashed inside the database library".into()),
         ),
     };
+    if need_peers && peers.is_empty() {
+        anyhow::bail!(
+            "{} names no peer to fetch the pinset from, and none is configured: pass \
+             `--bootstrap MULTIADDR` of a member with --resync (nothing was changed)",
+            path.display()
+        );
+    }
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -97,7 +107,8 @@ fn read_salvage(
         in_use: false,
         message: err.to_string(),
     };
-    let db = match redb::Database::open(path) {
+    // Read-only: opening it for writing could "repair" the damaged file before it is kept.
+    let db = match redb::ReadOnlyDatabase::open(path) {
         Ok(db) => db,
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
             return Err(SalvageError {
@@ -159,10 +170,10 @@ mod tests {
             }
             txn.commit().expect("commit");
             // In use: refused, nothing moved.
-            let err = resync(&path, 4 << 20, |_| true).expect_err("in use");
+            let err = resync(&path, 4 << 20, false, |_| true).expect_err("in use");
             assert!(err.to_string().contains("in use"), "{err}");
         }
-        let done = resync(&path, 4 << 20, |v| v == b"owned").expect("resync");
+        let done = resync(&path, 4 << 20, true, |v| v == b"owned").expect("resync");
         assert_eq!((done.owned, done.peers, done.unreadable), (1, 1, None));
         assert!(done.kept.exists(), "the damaged file is kept");
         let (store, persisted) = Store::open(&path, 4 << 20).expect("reopen");
@@ -179,7 +190,10 @@ mod tests {
         let dir = tempfile::TempDir::new().expect("dir");
         let path = dir.path().join("pinmesh.redb");
         std::fs::write(&path, b"not a database at all").expect("write");
-        let done = resync(&path, 4 << 20, |_| true).expect("resync");
+        let err = resync(&path, 4 << 20, true, |_| true).expect_err("no peers");
+        assert!(err.to_string().contains("no peer"), "{err}");
+        assert!(path.exists(), "nothing moved");
+        let done = resync(&path, 4 << 20, false, |_| true).expect("resync");
         assert!(done.unreadable.is_some());
         assert_eq!(
             std::fs::read(&done.kept).expect("kept"),

@@ -63,6 +63,8 @@ const SNAPSHOT_STALL: Duration = Duration::from_secs(60);
 /// A peer whose snapshot this agent refused (it did not match its own digest) is not asked for
 /// another for this long: its store is likely damaged, and each try moves the whole pinset.
 const SNAPSHOT_REFUSED_BACKOFF: Duration = Duration::from_secs(600);
+/// How the staging of a snapshot says its entries do not add up to its head.
+const MISMATCH: &str = "does not match its head";
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
@@ -273,6 +275,13 @@ pub struct EventLoop {
     /// The union of the applied vectors peers reported at start; synced once we hold it and
     /// every connected peer has answered.
     sync_target: Option<AppliedVector>,
+    /// With `cluster.trusted_writers` set, what untrusted members reported: a target only
+    /// while no trusted writer has answered (a member could report counters nobody trusted
+    /// wrote).
+    untrusted_target: Option<AppliedVector>,
+    /// Synced was given up for a `join`: if the joined peer leaves (or turns out not to be a
+    /// member) before anyone answered, the agent is synced as it was.
+    rejoining: bool,
     /// Peers that answered a Status request.
     answered: HashSet<PeerId>,
     /// Connected peers that do not speak this cluster's sync protocol (an older release, a
@@ -281,6 +290,11 @@ pub struct EventLoop {
     /// Peers of another cluster (same secret, another cluster name): cut off, forgotten and
     /// never dialled again while this agent runs.
     foreign: HashSet<PeerId>,
+    /// Connected peers this agent has sent its identify to: a peer of another cluster is cut
+    /// off only once it has had ours, so both sides learn what happened.
+    identify_sent: HashSet<PeerId>,
+    /// Peers identified as members of this cluster since they connected.
+    identified: HashSet<PeerId>,
     /// Origins whose author is not a trusted writer (learned from their signed batches): their
     /// deltas are never pulled, and `synced` does not wait for them.
     untrusted_origins: HashSet<ActorId>,
@@ -358,8 +372,12 @@ impl EventLoop {
             in_flight: HashMap::new(),
             sync_target: None,
             answered: HashSet::new(),
+            untrusted_target: None,
+            rejoining: false,
             outsiders: HashSet::new(),
             foreign: HashSet::new(),
+            identify_sent: HashSet::new(),
+            identified: HashSet::new(),
             untrusted_origins: HashSet::new(),
             sync_protocol: sync_protocol(&wiring.cluster),
             snapshot_refused: HashMap::new(),
@@ -430,6 +448,9 @@ impl EventLoop {
                 ..
             } => {
                 if self.foreign.contains(&peer_id) {
+                    for reply in self.pending_dials.remove(&peer_id).unwrap_or_default() {
+                        let _ = reply.send(Err(format!("{peer_id} belongs to another cluster")));
+                    }
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
@@ -444,6 +465,8 @@ impl EventLoop {
                     // again only once it answered. A join that never connects changes nothing.
                     info!(%peer_id, "joined a peer: catching up before reporting synced");
                     self.sync_target = None;
+                    self.untrusted_target = None;
+                    self.rejoining = true;
                     self.answered.clear();
                 }
                 for reply in joined {
@@ -470,6 +493,11 @@ impl EventLoop {
                 if num_established == 0 {
                     // Judged again on its next connection (it may have been upgraded).
                     self.outsiders.remove(&peer_id);
+                    self.identify_sent.remove(&peer_id);
+                    if !self.identified.remove(&peer_id) {
+                        // Never shown to be a member: nothing to list or to remember.
+                        self.peers.remove(&peer_id);
+                    }
                     self.check_synced();
                 }
             }
@@ -505,6 +533,12 @@ impl EventLoop {
                     .behaviour_mut()
                     .gossipsub
                     .report_message_validation_result(&message_id, &propagation_source, verdict);
+            }
+            BehaviourEvent::Identify(identify::Event::Sent { peer_id, .. }) => {
+                self.identify_sent.insert(peer_id);
+                if self.foreign.contains(&peer_id) {
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                }
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 if !self.is_member(peer_id, &info.protocols) {
@@ -595,7 +629,7 @@ impl EventLoop {
                     return MessageAcceptance::Reject;
                 }
                 if !self.may_write(source) {
-                    if self.untrusted_origins.insert(batch.origin) {
+                    if self.mark_untrusted(batch.origin) {
                         warn!(%source, origin = %batch.origin, "batches by an untrusted writer are rejected");
                     }
                     return MessageAcceptance::Reject;
@@ -623,9 +657,14 @@ impl EventLoop {
             Some(theirs) => {
                 if is_status && !self.flags.synced.load(Ordering::Relaxed) {
                     // Origins found untrusted are left out when the target is checked.
-                    self.sync_target
-                        .get_or_insert_with(AppliedVector::new)
-                        .union(theirs);
+                    let target = if self.trusted_writers.is_empty()
+                        || self.trusted_writers.contains(&peer_id)
+                    {
+                        &mut self.sync_target
+                    } else {
+                        &mut self.untrusted_target
+                    };
+                    target.get_or_insert_with(AppliedVector::new).union(theirs);
                     self.answered.insert(peer_id);
                 }
                 let own = mine.summary.actor;
@@ -645,7 +684,11 @@ impl EventLoop {
                 // trusted to write. From any other, signed deltas (whose authors are checked).
                 let wants_snapshot = (mine.head.applied.is_empty() && summary.pins > 0)
                     || behind > SNAPSHOT_THRESHOLD;
-                if wants_snapshot && self.may_write(peer_id) {
+                let refused_lately = self
+                    .snapshot_refused
+                    .get(&peer_id)
+                    .is_some_and(|until| *until > Instant::now());
+                if wants_snapshot && self.may_write(peer_id) && !refused_lately {
                     // Deltas for the same gap would be redundant; the tail follows the snapshot.
                     self.start_snapshot(peer_id);
                 } else {
@@ -676,11 +719,23 @@ impl EventLoop {
         }
         // One peer that is itself behind must not make us synced: wait for every connected
         // peer's answer (each is asked on connecting and again on every beacon).
-        let all_answered = self
+        let members: Vec<PeerId> = self
             .swarm
             .connected_peers()
-            .filter(|p| !self.outsiders.contains(p))
-            .all(|p| self.answered.contains(p));
+            .filter(|p| !self.outsiders.contains(p) && !self.foreign.contains(p))
+            .copied()
+            .collect();
+        if self.rejoining
+            && members.is_empty()
+            && self.sync_target.is_none()
+            && self.untrusted_target.is_none()
+        {
+            info!("the joined peer left without answering; synced as before the join");
+            self.rejoining = false;
+            self.flags.synced.store(true, Ordering::Relaxed);
+            return;
+        }
+        let all_answered = members.iter().all(|p| self.answered.contains(p));
         // Every origin of the target held, except those of untrusted writers (never applied).
         let caught_up = |target: &AppliedVector| {
             self.replica
@@ -691,12 +746,14 @@ impl EventLoop {
                 .iter()
                 .all(|(origin, _, _)| self.untrusted_origins.contains(origin))
         };
-        if let Some(target) = &self.sync_target
+        let target = self.sync_target.as_ref().or(self.untrusted_target.as_ref());
+        if let Some(target) = target
             && all_answered
             && caught_up(target)
         {
             info!("synced with the cluster");
             self.flags.synced.store(true, Ordering::Relaxed);
+            self.rejoining = false;
             self.answered.clear();
             self.send_beacon();
         }
@@ -723,8 +780,23 @@ impl EventLoop {
         }
     }
 
+    /// Records that `origin`'s author is not a trusted writer (its signed batch showed it):
+    /// nothing more is pulled for it, and `synced` stops waiting for it. True the first time.
+    fn mark_untrusted(&mut self, origin: ActorId) -> bool {
+        self.in_flight.remove(&origin);
+        self.repairs.retain(|(_, _, o, _)| *o != origin);
+        let new = self.untrusted_origins.insert(origin);
+        if new {
+            self.check_synced();
+        }
+        new
+    }
+
     /// Adds a repair, merged into the one already pending for `origin` if any.
     fn schedule_repair(&mut self, due: Instant, peer: PeerId, origin: ActorId, wanted: RangeSet) {
+        if self.untrusted_origins.contains(&origin) {
+            return;
+        }
         if let Some(existing) = self.repairs.iter_mut().find(|(_, _, o, _)| *o == origin) {
             existing.0 = existing.0.min(due);
             existing.3.union(&wanted);
@@ -803,10 +875,9 @@ impl EventLoop {
                             // Signed by its author, whose key the origin derives from: that
                             // origin is never pulled again.
                             self.flags.rejected.fetch_add(1, Ordering::Relaxed);
-                            if self.untrusted_origins.insert(batch.origin) {
+                            if self.mark_untrusted(batch.origin) {
                                 warn!(%peer, origin = %batch.origin, "repair answer holds batches by an untrusted writer; not asking for that origin again");
                             }
-                            self.in_flight.remove(&batch.origin);
                         }
                         Ok(()) => {
                             origin = Some(batch.origin);
@@ -1093,10 +1164,15 @@ impl EventLoop {
                     .send_request(&peer, Request::Status);
                 self.check_synced();
             }
-            Err(err) => {
-                warn!(%peer, error = %err, "snapshot refused; not asking that peer for another for 10 minutes");
+            Err(err) if err.contains(MISMATCH) => {
+                // Its entries do not add up to its own head: its store is likely damaged.
+                warn!(%peer, error = %err, "snapshot refused; that peer is asked for deltas only for 10 minutes");
                 self.snapshot_refused
                     .insert(peer, Instant::now() + SNAPSHOT_REFUSED_BACKOFF);
+                self.fetch = None;
+            }
+            Err(err) => {
+                warn!(%peer, error = %err, "snapshot not joined; will retry");
                 self.fetch = None;
             }
         }
@@ -1224,6 +1300,7 @@ impl EventLoop {
     fn is_member(&mut self, peer_id: PeerId, protocols: &[StreamProtocol]) -> bool {
         if protocols.contains(&self.sync_protocol) {
             self.outsiders.remove(&peer_id);
+            self.identified.insert(peer_id);
             return true;
         }
         let other_cluster = protocols
@@ -1242,7 +1319,10 @@ impl EventLoop {
                 .gossipsub
                 .blacklist_peer(&peer_id);
             self.replica.forget_peer(peer_id.to_string());
-            let _ = self.swarm.disconnect_peer_id(peer_id);
+            if self.identify_sent.contains(&peer_id) {
+                let _ = self.swarm.disconnect_peer_id(peer_id);
+            } // else once ours is sent
+            self.check_synced();
         } else {
             if self.outsiders.insert(peer_id) {
                 let legacy = protocols
