@@ -748,3 +748,41 @@ fn a_damaged_database_is_found_and_resync_rejoins_from_peers() {
     assert!(kept, "the damaged file was not kept");
     drop((a, b));
 }
+
+// The rest of the list: warnings an operator needs, plain logs in a file, a cut pipe.
+#[test]
+fn warnings_are_logged_plainly_and_a_cut_pipe_ends_pin_ls_quietly() {
+    let dir = TempDir::new().expect("dir");
+    init_loopback(dir.path(), &["--secret", &"0".repeat(64)]);
+    let agent = AgentProcess::run(&pinmesh_bin(), dir.path()).expect("agent runs");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let batch: Vec<PinRequest> = (0..5_000u64)
+        .map(|n| PinRequest::new(sim_cid(n), format!("pin-{n}")))
+        .collect();
+    runtime
+        .block_on(agent.client.pin_many(&batch))
+        .expect("pins");
+    // agent.log is the agent's stderr, a file: the warning is there, with no colour codes.
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).expect("log");
+    assert!(log.contains("all zeros"), "{log}");
+    assert!(!log.contains('\u{1b}'), "ANSI codes in a log file: {log:?}");
+
+    // `pinmesh pin ls | head -1`: the reader goes away after one line.
+    let mut ls = Command::new(pinmesh_bin())
+        .args(["pin", "ls"])
+        .env("PINMESH_DIR", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut first = String::new();
+    BufReader::new(ls.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("a line");
+    assert!(first.starts_with("b"), "{first}");
+    let out = ls.wait_with_output().expect("wait");
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
+    drop(agent);
+}
