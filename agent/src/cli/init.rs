@@ -36,7 +36,8 @@ pub struct Args {
     /// Drive no IPFS node: replicate the pinset only.
     #[arg(long = "no-ipfs")]
     no_ipfs: bool,
-    /// Overwrite an existing configuration and identity.
+    /// Overwrite an existing configuration and identity (refused where DIR holds a database:
+    /// move the directory away to start a new agent).
     #[arg(long)]
     force: bool,
 }
