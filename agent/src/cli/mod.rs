@@ -137,3 +137,15 @@ pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(value)?);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_are_printed_escaped() {
+        assert_eq!(super::printable("holiday 2026"), "holiday 2026");
+        assert_eq!(
+            super::printable("\u{1b}[2Jgone\r\n"),
+            "\\u{1b}[2Jgone\\r\\n"
+        );
+    }
+}

@@ -138,7 +138,7 @@ impl Store {
         let mut db = redb::Builder::new()
             .set_cache_size(cache_bytes)
             .create(path)?;
-        if let Err(err) = compact_if_bloated(&mut db, path) {
+        if let Err(err) = compact_if_bloated(&mut db, path, COMPACT_MIN_BYTES) {
             // Only space is at stake (a disk too full to compact into, say): start anyway.
             tracing::warn!(error = %err, "cannot compact the database; starting without");
         }
@@ -464,9 +464,9 @@ const COMPACT_MIN_BYTES: u64 = 64 << 20;
 /// Compacts the database when its file is more than twice what it holds: pages freed while a
 /// long read transaction kept old versions alive stay in the file, which never shrinks by
 /// itself. Runs at start, before anything else opens the database.
-fn compact_if_bloated(db: &mut Database, path: &Path) -> Result<(), StoreError> {
+fn compact_if_bloated(db: &mut Database, path: &Path, min_bytes: u64) -> Result<(), StoreError> {
     let file = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    if file < COMPACT_MIN_BYTES {
+    if file < min_bytes {
         return Ok(());
     }
     let stats = db.begin_write()?.stats()?;
@@ -489,4 +489,127 @@ fn compact_if_bloated(db: &mut Database, path: &Path) -> Result<(), StoreError> 
         "database compacted"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use pinmesh_protocol::sim::sim_cid;
+    use pinmesh_protocol::{ActorId, Dot, MemPinset, Op, PinSpec};
+
+    use super::*;
+
+    /// A store holding 50 pins and their head, as the replica would have written them.
+    fn filled(path: &Path) -> Store {
+        let mut mem = MemPinset::new();
+        let actor = ActorId::derive(&[1; 32], 1);
+        for n in 0..50u64 {
+            let op = Op::Pin {
+                at: 1,
+                spec: PinSpec::named(format!("p{n}")),
+            };
+            mem.local(Dot::new(actor, n + 1), sim_cid(n), op);
+        }
+        let (store, _) = Store::open(path, 4 << 20).expect("open");
+        let txn = store.db().begin_write().expect("write");
+        {
+            let mut pins = txn.open_table(PINS).expect("pins");
+            for (cid, entry) in mem.entries().iter() {
+                pins.insert(cid, entry).expect("insert");
+            }
+            let mut meta = txn.open_table(META).expect("meta");
+            let head = codec::encode_stored(mem.head());
+            meta.insert(META_HEAD, head.as_slice()).expect("head");
+        }
+        txn.commit().expect("commit");
+        store
+    }
+
+    /// Moves one entry to a CID one bit away, as a flipped bit on disk would.
+    fn flip_a_cid(store: &Store) {
+        let key = sim_cid(7).to_bytes();
+        let mut changed = key.clone();
+        *changed.last_mut().expect("bytes") ^= 1;
+        let txn = store.db().begin_write().expect("write");
+        {
+            let mut pins = txn.open_table(PINS).expect("pins");
+            let value = pins
+                .remove(key.as_slice())
+                .expect("remove")
+                .expect("entry")
+                .value()
+                .to_vec();
+            pins.insert(changed.as_slice(), value.as_slice())
+                .expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+
+    /// Serves a whole snapshot in chunks of 8 entries; the error of the first chunk that fails.
+    fn serve_all(store: &Store) -> Result<u64, ServeError> {
+        let snapshots = Snapshots::default();
+        let (mut id, mut after, mut entries) = (None, None::<Vec<u8>>, 0);
+        loop {
+            let chunk =
+                store.snapshot_chunk(&snapshots, "peer", id, after.as_deref(), 8, 1 << 20)?;
+            entries += chunk.entries.len() as u64;
+            match chunk.next {
+                Some(next) => {
+                    id = Some(chunk.snapshot_id);
+                    after = Some(next.to_vec());
+                }
+                None => return Ok(entries),
+            }
+        }
+    }
+
+    #[test]
+    fn a_scrub_and_a_served_snapshot_find_one_changed_bit() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let store = filled(&dir.path().join("pinmesh.redb"));
+        assert_eq!(store.scrub().expect("consistent"), 50);
+        assert_eq!(serve_all(&store).expect("served"), 50);
+        flip_a_cid(&store);
+        let err = store.scrub().expect_err("damaged");
+        assert!(matches!(err, StoreError::Damaged(_)), "{err}");
+        let err = serve_all(&store).expect_err("damaged");
+        assert!(
+            matches!(err, ServeError::Store(StoreError::Damaged(_))),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_much_larger_than_its_data_is_compacted() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let path = dir.path().join("pinmesh.redb");
+        {
+            let (store, _) = Store::open(&path, 4 << 20).expect("open");
+            let value = vec![7u8; 4096];
+            let txn = store.db().begin_write().expect("write");
+            {
+                let mut stage = txn.open_table(STAGE).expect("stage");
+                for n in 0..4_000u32 {
+                    stage
+                        .insert(n.to_be_bytes().as_slice(), value.as_slice())
+                        .expect("insert");
+                }
+            }
+            txn.commit().expect("commit");
+            let txn = store.db().begin_write().expect("write");
+            txn.open_table(STAGE)
+                .expect("stage")
+                .retain(|_, _| false)
+                .expect("clear");
+            txn.commit().expect("commit");
+        }
+        let bloated = std::fs::metadata(&path).expect("file").len();
+        let mut db = redb::Builder::new().create(&path).expect("open");
+        compact_if_bloated(&mut db, &path, 0).expect("compact");
+        drop(db);
+        let compacted = std::fs::metadata(&path).expect("file").len();
+        assert!(
+            compacted * 2 < bloated,
+            "{bloated} bytes before, {compacted} after"
+        );
+    }
 }
