@@ -576,6 +576,16 @@ async fn an_untrusted_member_neither_blocks_synced_nor_causes_repeated_repair() 
     assert_eq!(t1.state().summary.pins, 5);
 }
 
+/// A process that is killed when dropped (a failed assertion must not leave it running).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The mount of a small tmpfs, unmounted when dropped.
 struct Tmpfs {
     dir: TempDir,
@@ -621,16 +631,19 @@ fn a_full_disk_stops_the_agent_with_one_line_and_loses_nothing() {
     init_loopback(&home, &[]);
     let log = TempDir::new().expect("log dir");
     let log_path = log.path().join("stderr");
-    let mut child = Command::new(pinmesh_bin())
-        .arg("--dir")
-        .arg(&home)
-        .arg("run")
-        .env("PINMESH_LOG", "off")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log_path).expect("log file"))
-        .spawn()
-        .expect("spawn");
-    let out = child.stdout.take().expect("stdout");
+    // Killed whatever happens, before the tmpfs is unmounted (declared after it).
+    let mut child = Running(
+        Command::new(pinmesh_bin())
+            .arg("--dir")
+            .arg(&home)
+            .arg("run")
+            .env("PINMESH_LOG", "off")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log_path).expect("log file"))
+            .spawn()
+            .expect("spawn"),
+    );
+    let out = child.0.stdout.take().expect("stdout");
     let api = BufReader::new(out)
         .lines()
         .map_while(Result::ok)
@@ -659,7 +672,7 @@ fn a_full_disk_stops_the_agent_with_one_line_and_loses_nothing() {
     // The agent exits by itself (a supervisor restarts it), with one line.
     let deadline = std::time::Instant::now() + CONVERGE;
     let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
+        if let Some(status) = child.0.try_wait().expect("wait") {
             break status;
         }
         assert!(std::time::Instant::now() < deadline, "the agent stayed up");
