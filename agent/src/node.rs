@@ -19,7 +19,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
-use crate::fatal::{self, Fatal};
+use crate::fatal::Fatal;
 use crate::home::{Home, write_private};
 use crate::http;
 use crate::ipfs::embedded::{EmbeddedBackend, EmbeddedOptions};
@@ -152,7 +152,7 @@ impl Node {
             }
         };
         let cancel = CancellationToken::new();
-        let failure = Fatal::new(cancel.clone());
+        let failure = Fatal::new(cancel.clone(), home.database());
         let tasks = TaskTracker::new();
         let guard = StartGuard {
             cancel: cancel.clone(),
@@ -189,7 +189,6 @@ impl Node {
                 ipfs: backend.is_some(),
                 peering,
                 fatal: failure.clone(),
-                database: home.database(),
             },
         )?;
 
@@ -257,11 +256,10 @@ impl Node {
         };
         let stop = cancel.clone();
         let fatal = failure.clone();
-        let database = home.database();
         tasks.spawn_blocking(move || {
             match replica_thread.join() {
                 Ok(Ok(())) => stop.cancel(),
-                Ok(Err(reason)) => fatal.raise(format!("{}: {reason}", database.display())),
+                Ok(Err(reason)) => fatal.unwritable(&reason),
                 Err(_) => fatal.raise("the replica thread panicked".into()),
             };
         });
@@ -269,7 +267,6 @@ impl Node {
         tasks.spawn(
             scrub(
                 store.clone(),
-                home.database(),
                 config.raw.storage.scrub_interval,
                 failure.clone(),
                 cancel.child_token(),
@@ -406,13 +403,7 @@ impl Drop for NodeHandle {
 
 /// Checks the stored pinset against its digest at start and every `interval`; a mismatch (or a
 /// read that fails or panics) stops the agent with the way to recover. Dropping it is safe.
-async fn scrub(
-    store: Store,
-    database: std::path::PathBuf,
-    interval: Duration,
-    fatal: Fatal,
-    cancel: CancellationToken,
-) {
+async fn scrub(store: Store, interval: Duration, fatal: Fatal, cancel: CancellationToken) {
     loop {
         let started = std::time::Instant::now();
         let checking = store.clone();
@@ -430,7 +421,7 @@ async fn scrub(
             Err(err) => Some(format!("reading it failed: {err}")),
         };
         if let Some(damage) = damage {
-            fatal.raise(fatal::damaged(&database, &damage));
+            fatal.damaged(&damage);
             return;
         }
         tokio::select! {

@@ -7,13 +7,17 @@
 //! transaction ([`stream_pages`]), never the whole pinset in memory.
 
 pub mod client;
+mod listing;
 pub mod status;
+
+pub(crate) use self::listing::{
+    LIST_BUFFER, LIST_PAGE, Page, listing_permit, stream_pages, tokio_stream_from,
+};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
@@ -30,10 +34,6 @@ use crate::replica::{LocalError, LocalOp, ReplicaHandle};
 use crate::store::{LOG, PINS, Store};
 use crate::swarm::{Flags, SwarmCommand, SwarmInfo};
 
-/// Lines of a listing buffered between its producer and the HTTP body.
-const LIST_BUFFER: usize = 256;
-/// Entries read per read transaction of a streamed listing.
-const LIST_PAGE: usize = 1_000;
 /// Most pins in one `POST /v1/pins/batch`.
 pub const MAX_BATCH_PINS: usize = 10_000;
 /// Largest `POST /v1/pins/batch` body: 1 KiB of JSON for each of the most pins, which holds a
@@ -277,7 +277,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/id", get(id))
         .route("/v1/peers", get(peers))
         .route("/v1/peers/join", post(join))
-        .route("/v1/pins", post(pin).get(list))
+        .route("/v1/pins", post(pin).get(listing::list))
         .route(
             "/v1/pins/batch",
             post(pin_batch).layer(axum::extract::DefaultBodyLimit::max(MAX_BATCH_BYTES)),
@@ -538,126 +538,6 @@ async fn show(
     }
 }
 
-/// Streams every pin as NDJSON, a page at a time.
-async fn list(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let store = state.store.clone();
-    stream_pages(&state.tasks, listing_permit(&state)?, move |after| {
-        pins_page(&store, after)
-    })
-}
-
-/// One page of `GET /v1/pins`: up to [`LIST_PAGE`] pins after the key `after`.
-fn pins_page(store: &Store, after: Option<Vec<u8>>) -> Result<Page, String> {
-    use std::ops::Bound;
-    let txn = store.db().begin_read().map_err(|e| e.to_string())?;
-    let table = txn.open_table(PINS).map_err(|e| e.to_string())?;
-    let lower = match &after {
-        Some(key) => Bound::Excluded(key.as_slice()),
-        None => Bound::Unbounded,
-    };
-    let mut lines = Vec::new();
-    let mut last = None;
-    let mut seen = 0;
-    for item in table
-        .range::<&[u8]>((lower, Bound::Unbounded))
-        .map_err(|e| e.to_string())?
-    {
-        let (k, v) = item.map_err(|e| e.to_string())?;
-        let cid = Cid::try_from(k.value()).map_err(|e| e.to_string())?;
-        let versions = codec::decode_entry(v.value()).map_err(|e| e.to_string())?;
-        if let Some(info) = PinInfo::from_versions(&cid, &versions) {
-            let mut line = serde_json::to_string(&info).map_err(|e| e.to_string())?;
-            line.push('\n');
-            lines.push(line);
-        }
-        seen += 1;
-        if seen == LIST_PAGE {
-            last = Some(k.value().to_vec());
-            break;
-        }
-    }
-    Ok(Page { lines, next: last })
-}
-
-/// A place among the `api.max_listings` streamed listings, or 503.
-pub(crate) fn listing_permit(
-    state: &ApiState,
-) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-    state.listings.clone().try_acquire_owned().map_err(|_| {
-        ApiError::Unavailable(format!(
-            "{} listings are being streamed already (api.max_listings); try again when one ends",
-            state.max_listings
-        ))
-    })
-}
-
-/// One page of a streamed listing.
-pub(crate) struct Page {
-    /// NDJSON lines, each ending in a newline.
-    pub lines: Vec<String>,
-    /// Where the next page starts; `None` at the end.
-    pub next: Option<Vec<u8>>,
-}
-
-/// Streams a listing as NDJSON, page by page. Each page is read by `read_page(after)` on a
-/// blocking thread in its own short read transaction, and nothing is held while the client
-/// reads: a slow or stalled client keeps neither a thread nor a transaction (which would keep
-/// every page written since alive in the file), and the server cuts it after
-/// `api.send_timeout`. A page that fails (or panics) ends the stream with an error, so the
-/// client never takes a cut listing for a whole one. `permit` is its place among the
-/// `api.max_listings`, held until it ends.
-pub(crate) fn stream_pages<F>(
-    tasks: &tokio_util::task::TaskTracker,
-    permit: tokio::sync::OwnedSemaphorePermit,
-    read_page: F,
-) -> Result<Response, ApiError>
-where
-    F: Fn(Option<Vec<u8>>) -> Result<Page, String> + Send + Sync + 'static,
-{
-    let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(LIST_BUFFER);
-    let read_page = Arc::new(read_page);
-    let blocking = tasks.clone();
-    tasks.spawn(async move {
-        let _permit = permit;
-        let mut after = None;
-        loop {
-            let read = read_page.clone();
-            let page = blocking
-                .spawn_blocking(move || read(after))
-                .await
-                .map_err(|e| format!("the listing failed: {e}"))
-                .and_then(|page| page);
-            let page = match page {
-                Ok(page) => page,
-                Err(err) => {
-                    tracing::error!(error = %err, "a streamed listing failed");
-                    let _ = tx.send(Err(std::io::Error::other(err))).await;
-                    return;
-                }
-            };
-            for line in page.lines {
-                if tx.send(Ok(line)).await.is_err() {
-                    return; // the client went away (or was cut)
-                }
-            }
-            match page.next {
-                Some(next) => after = Some(next),
-                None => return,
-            }
-        }
-    });
-    Response::builder()
-        .header(header::CONTENT_TYPE, "application/x-ndjson")
-        .body(Body::from_stream(tokio_stream_from(rx)))
-        .map_err(|e| ApiError::Internal(e.to_string()))
-}
-
-pub(crate) fn tokio_stream_from<T: Send + 'static>(
-    mut rx: mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send + 'static {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
 async fn digest(
     State(state): State<ApiState>,
     Query(query): Query<WaitQuery>,
@@ -832,67 +712,4 @@ async fn refresh(State(state): State<ApiState>) -> Result<Json<serde_json::Value
         .await
         .map_err(|_| ApiError::Unavailable("the network has stopped".into()))?;
     Ok(Json(serde_json::json!({})))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Reads a streamed answer to its end: its bytes, or the error it ended with.
-    async fn body_of(response: Response) -> Result<String, String> {
-        axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .map_err(|e| e.to_string())
-    }
-
-    fn permit() -> tokio::sync::OwnedSemaphorePermit {
-        Arc::new(tokio::sync::Semaphore::new(1))
-            .try_acquire_owned()
-            .expect("permit")
-    }
-
-    #[tokio::test]
-    async fn a_listing_is_streamed_page_by_page_to_its_end() {
-        let tasks = tokio_util::task::TaskTracker::new();
-        let response = stream_pages(&tasks, permit(), |after| {
-            let n = after.map_or(0, |a| a[0]);
-            Ok(Page {
-                lines: vec![format!("{n}\n")],
-                next: (n < 2).then(|| vec![n + 1]),
-            })
-        })
-        .expect("response");
-        assert_eq!(body_of(response).await.as_deref(), Ok("0\n1\n2\n"));
-    }
-
-    #[tokio::test]
-    async fn a_listing_whose_producer_fails_or_panics_ends_with_an_error() {
-        let tasks = tokio_util::task::TaskTracker::new();
-        let failing = stream_pages(&tasks, permit(), |after| match after {
-            None => Ok(Page {
-                lines: vec!["first\n".into()],
-                next: Some(vec![1]),
-            }),
-            Some(_) => Err("page 2 unreadable".into()),
-        })
-        .expect("response");
-        assert!(
-            body_of(failing).await.is_err(),
-            "a failed listing looked whole"
-        );
-        #[allow(clippy::panic)]
-        let panicking = stream_pages(&tasks, permit(), |after| match after {
-            None => Ok(Page {
-                lines: vec!["first\n".into()],
-                next: Some(vec![1]),
-            }),
-            Some(_) => panic!("a cursor inside a damaged page"),
-        })
-        .expect("response");
-        assert!(
-            body_of(panicking).await.is_err(),
-            "a panicked listing looked whole"
-        );
-    }
 }

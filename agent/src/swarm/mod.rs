@@ -10,6 +10,7 @@
 //! batches to the replica; sync answers to peers (read from the store off the event loop).
 
 mod codec;
+mod membership;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -38,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use self::codec::{SyncCodec, cluster_id, sync_protocol};
+use self::membership::{Membership, Verdict};
 use crate::api::status::StatusLine;
 use crate::fatal::Fatal;
 use crate::ipfs::peering::{self, Peering};
@@ -284,27 +286,15 @@ pub struct EventLoop {
     rejoining: bool,
     /// Peers that answered a Status request.
     answered: HashSet<PeerId>,
-    /// Connected peers that do not speak this cluster's sync protocol (an older release, a
-    /// plain libp2p node): they cannot answer, so `synced` does not wait for them.
-    outsiders: HashSet<PeerId>,
-    /// Peers of another cluster (same secret, another cluster name): cut off, forgotten and
-    /// never dialled again while this agent runs.
-    foreign: HashSet<PeerId>,
-    /// Connected peers this agent has sent its identify to: a peer of another cluster is cut
-    /// off only once it has had ours, so both sides learn what happened.
-    identify_sent: HashSet<PeerId>,
-    /// Peers identified as members of this cluster since they connected.
-    identified: HashSet<PeerId>,
+    /// Which peers are members of this cluster, of another one, or of none.
+    membership: Membership,
     /// Origins whose author is not a trusted writer (learned from their signed batches): their
     /// deltas are never pulled, and `synced` does not wait for them.
     untrusted_origins: HashSet<ActorId>,
-    /// This cluster's sync protocol name, to recognise members in identify.
-    sync_protocol: StreamProtocol,
     /// Peers whose snapshot was refused, until when they are not asked again.
     snapshot_refused: HashMap<PeerId, Instant>,
     /// Stops the agent when serving finds the store damaged.
     fatal: Fatal,
-    database: std::path::PathBuf,
     flush_ticks: u64,
     ipfs: bool,
     peering: Option<Peering>,
@@ -333,8 +323,6 @@ pub struct Wiring {
     pub peering: Option<Peering>,
     /// Stops the agent (a damaged store found while serving a snapshot).
     pub fatal: Fatal,
-    /// The database file, to name it when it is damaged.
-    pub database: std::path::PathBuf,
 }
 
 impl EventLoop {
@@ -374,15 +362,10 @@ impl EventLoop {
             answered: HashSet::new(),
             untrusted_target: None,
             rejoining: false,
-            outsiders: HashSet::new(),
-            foreign: HashSet::new(),
-            identify_sent: HashSet::new(),
-            identified: HashSet::new(),
+            membership: Membership::new(sync_protocol(&wiring.cluster)),
             untrusted_origins: HashSet::new(),
-            sync_protocol: sync_protocol(&wiring.cluster),
             snapshot_refused: HashMap::new(),
             fatal: wiring.fatal,
-            database: wiring.database,
             flush_ticks: 0,
             ipfs: wiring.ipfs,
             peering: wiring.peering,
@@ -447,7 +430,7 @@ impl EventLoop {
                 num_established,
                 ..
             } => {
-                if self.foreign.contains(&peer_id) {
+                if self.membership.is_foreign(&peer_id) {
                     for reply in self.pending_dials.remove(&peer_id).unwrap_or_default() {
                         let _ = reply.send(Err(format!("{peer_id} belongs to another cluster")));
                     }
@@ -491,10 +474,7 @@ impl EventLoop {
                     peer.connections = num_established as usize;
                 }
                 if num_established == 0 {
-                    // Judged again on its next connection (it may have been upgraded).
-                    self.outsiders.remove(&peer_id);
-                    self.identify_sent.remove(&peer_id);
-                    if !self.identified.remove(&peer_id) {
+                    if !self.membership.disconnected(&peer_id) {
                         // Never shown to be a member: nothing to list or to remember.
                         self.peers.remove(&peer_id);
                     }
@@ -534,11 +514,11 @@ impl EventLoop {
                     .gossipsub
                     .report_message_validation_result(&message_id, &propagation_source, verdict);
             }
-            BehaviourEvent::Identify(identify::Event::Sent { peer_id, .. }) => {
-                self.identify_sent.insert(peer_id);
-                if self.foreign.contains(&peer_id) {
-                    let _ = self.swarm.disconnect_peer_id(peer_id);
-                }
+            // A peer of another cluster is cut off once it has had our identify.
+            BehaviourEvent::Identify(identify::Event::Sent { peer_id, .. })
+                if self.membership.identify_sent(peer_id) =>
+            {
+                let _ = self.swarm.disconnect_peer_id(peer_id);
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 if !self.is_member(peer_id, &info.protocols) {
@@ -586,7 +566,7 @@ impl EventLoop {
                     request_response::OutboundFailure::UnsupportedProtocols
                 ) {
                     // Connected, but not to this cluster's protocol: it will never answer.
-                    self.outsiders.insert(peer);
+                    self.membership.unsupported(peer);
                     self.check_synced();
                 }
                 if let Some(reply) = self.pending_status.remove(&request_id) {
@@ -684,11 +664,7 @@ impl EventLoop {
                 // trusted to write. From any other, signed deltas (whose authors are checked).
                 let wants_snapshot = (mine.head.applied.is_empty() && summary.pins > 0)
                     || behind > SNAPSHOT_THRESHOLD;
-                let refused_lately = self
-                    .snapshot_refused
-                    .get(&peer_id)
-                    .is_some_and(|until| *until > Instant::now());
-                if wants_snapshot && self.may_write(peer_id) && !refused_lately {
+                if wants_snapshot && self.may_write(peer_id) && !self.refused_lately(peer_id) {
                     // Deltas for the same gap would be redundant; the tail follows the snapshot.
                     self.start_snapshot(peer_id);
                 } else {
@@ -722,7 +698,7 @@ impl EventLoop {
         let members: Vec<PeerId> = self
             .swarm
             .connected_peers()
-            .filter(|p| !self.outsiders.contains(p) && !self.foreign.contains(p))
+            .filter(|p| self.membership.counts(p))
             .copied()
             .collect();
         if self.rejoining
@@ -1013,7 +989,7 @@ impl EventLoop {
                 let store = self.store.clone();
                 let snapshots = self.snapshots.clone();
                 let served = self.served_tx.clone();
-                let (fatal, database) = (self.fatal.clone(), self.database.clone());
+                let fatal = self.fatal.clone();
                 tokio::task::spawn_blocking(move || {
                     let _permit = permit;
                     let limit = limit.clamp(1, SNAPSHOT_CHUNK_ENTRIES) as usize;
@@ -1033,7 +1009,7 @@ impl EventLoop {
                             }
                         }
                         Err(ServeError::Store(err @ StoreError::Damaged(_))) => {
-                            fatal.raise(crate::fatal::damaged(&database, &err.to_string()));
+                            fatal.damaged(&err.to_string());
                             Response::Refused {
                                 reason: "storage error".into(),
                             }
@@ -1098,12 +1074,19 @@ impl EventLoop {
         }
     }
 
-    /// Starts fetching a snapshot from `peer`, unless one is under way.
     /// Whether `peer` may write the pinset (always, when no list is configured).
     fn may_write(&self, peer: PeerId) -> bool {
         self.trusted_writers.is_empty() || self.trusted_writers.contains(&peer)
     }
 
+    /// Whether a snapshot of `peer`'s was refused within [`SNAPSHOT_REFUSED_BACKOFF`].
+    fn refused_lately(&mut self, peer: PeerId) -> bool {
+        let now = Instant::now();
+        self.snapshot_refused.retain(|_, until| *until > now);
+        self.snapshot_refused.contains_key(&peer)
+    }
+
+    /// Starts fetching a snapshot from `peer`, unless one is under way.
     fn start_snapshot(&mut self, peer: PeerId) {
         if !self.may_write(peer) {
             // A snapshot carries others' writes without their signatures: take it only from
@@ -1118,9 +1101,7 @@ impl EventLoop {
         {
             return;
         }
-        let now = Instant::now();
-        self.snapshot_refused.retain(|_, until| *until > now);
-        if self.snapshot_refused.contains_key(&peer) {
+        if self.refused_lately(peer) {
             debug!(%peer, "not asking again for a snapshot refused lately");
             return;
         }
@@ -1234,7 +1215,7 @@ impl EventLoop {
                     let _ = reply.send(Err(format!("{addr} is this agent's own address")));
                     return;
                 }
-                if self.foreign.contains(&peer_id) {
+                if self.membership.is_foreign(&peer_id) {
                     let _ = reply.send(Err(format!(
                         "{peer_id} belongs to another cluster (it shares the secret, not the \
                          cluster name)"
@@ -1293,49 +1274,40 @@ impl EventLoop {
         }
     }
 
-    /// Whether a peer that identified itself with `protocols` is a member of this cluster. A
-    /// peer of another cluster (it speaks another cluster's sync protocol) is cut off and
-    /// forgotten, and logged once; an older or foreign libp2p node is left connected (gossip
-    /// still reaches an older agent) but `synced` does not wait for it.
+    /// Whether a peer that identified itself with `protocols` is a member of this cluster
+    /// (see the `membership` module). A peer of another cluster is logged once, cut off and forgotten;
+    /// one that speaks no sync protocol of this release stays connected but is not waited for.
     fn is_member(&mut self, peer_id: PeerId, protocols: &[StreamProtocol]) -> bool {
-        if protocols.contains(&self.sync_protocol) {
-            self.outsiders.remove(&peer_id);
-            self.identified.insert(peer_id);
-            return true;
-        }
-        let other_cluster = protocols
-            .iter()
-            .any(|p| codec::is_sync_protocol(p.as_ref()));
-        if other_cluster {
-            if self.foreign.insert(peer_id) {
-                self.flags.foreign_peers.fetch_add(1, Ordering::Relaxed);
-                warn!(%peer_id, "peer belongs to another cluster (same secret, another cluster name); disconnecting and forgetting it");
+        match self.membership.identified(peer_id, protocols) {
+            Verdict::Member => return true,
+            Verdict::Foreign { first } => {
+                if first {
+                    self.flags.foreign_peers.fetch_add(1, Ordering::Relaxed);
+                    warn!(%peer_id, "peer belongs to another cluster (same secret, another cluster name); disconnecting and forgetting it");
+                }
+                self.peers.remove(&peer_id);
+                self.answered.remove(&peer_id);
+                let behaviour = self.swarm.behaviour_mut();
+                behaviour.kad.remove_peer(&peer_id);
+                behaviour.gossipsub.blacklist_peer(&peer_id);
+                self.replica.forget_peer(peer_id.to_string());
+                if self.membership.may_cut(&peer_id) {
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                } // else once it has had our identify
             }
-            self.peers.remove(&peer_id);
-            self.answered.remove(&peer_id);
-            self.swarm.behaviour_mut().kad.remove_peer(&peer_id);
-            self.swarm
-                .behaviour_mut()
-                .gossipsub
-                .blacklist_peer(&peer_id);
-            self.replica.forget_peer(peer_id.to_string());
-            if self.identify_sent.contains(&peer_id) {
-                let _ = self.swarm.disconnect_peer_id(peer_id);
-            } // else once ours is sent
-            self.check_synced();
-        } else {
-            if self.outsiders.insert(peer_id) {
-                let legacy = protocols
-                    .iter()
-                    .any(|p| p.as_ref() == codec::LEGACY_SYNC_PROTOCOL);
+            Verdict::Outsider {
+                first: true,
+                legacy,
+            } => {
                 if legacy {
                     warn!(%peer_id, "peer runs an older pinmesh that cannot sync with this one; upgrade it");
                 } else {
                     debug!(%peer_id, "peer speaks no pinmesh sync protocol");
                 }
             }
-            self.check_synced();
+            Verdict::Outsider { first: false, .. } => {}
         }
+        self.check_synced();
         false
     }
 
