@@ -12,8 +12,11 @@
 //! - [`message`] and [`codec`]: wire messages, their versioned encoding and size limits.
 //! - [`snapshot`]: whole states in chunks, staged and checked before they are joined.
 //! - [`digest`]: state and applied digests.
+//! - [`catchup`]: how a replica catches up with its peers and knows it has: a sans-I/O state
+//!   machine the agent's swarm and the simulator both drive.
 //! - [`sim`]: a seeded multi-replica simulator.
 
+pub mod catchup;
 pub mod codec;
 pub mod delta;
 pub mod digest;

@@ -204,6 +204,21 @@ pub struct Summary {
     pub synced: bool,
 }
 
+impl Summary {
+    /// The summary of `actor`'s replica at `head`, with its applied vector, not yet synced.
+    pub fn of(actor: ActorId, head: &crate::pinset::Head) -> Self {
+        Summary {
+            actor,
+            pins: head.pins,
+            state_digest: head.digest,
+            applied_digest: head.applied.digest(),
+            applied: Some(head.applied.clone()),
+            low_water: Vec::new(),
+            synced: false,
+        }
+    }
+}
+
 /// Gossip on the cluster topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Gossip {

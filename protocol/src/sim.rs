@@ -1,42 +1,48 @@
-//! A seeded, deterministic simulator of many replicas and a hostile network.
+//! A seeded, deterministic simulator of many replicas and a hostile network, driving the same
+//! catch-up state machine ([`CatchUp`]) the agent runs.
 //!
-//! Replicas issue random pin, update and unpin operations, flush them as batches to every peer,
-//! and repair what the network loses the way the agent does (DESIGN.md, Flows):
+//! Replicas issue random pin, update and unpin operations and publish them as signed batches
+//! (gossip: lost, duplicated, delayed and reordered). Everything else is what the agent does,
+//! decided by [`CatchUp`] and carried out here as the agent's swarm carries it out:
 //!
-//! - a batch whose counters leave a hole in an origin's applied set schedules a `GetDeltas` to
-//!   its sender after `repair_delay` ticks, if the hole is still there;
-//! - every `beacon_interval` ticks each replica sends its applied vector; a receiver that lacks
-//!   some of it asks that peer for the missing ranges;
-//! - a late joiner is cut off from everyone until `join_at` but writes all the same; then it
-//!   joins a snapshot from a peer (encoded chunks, staged and checked) into its own state, and
-//!   its writes spread by repair;
-//! - every `full_join_every` ticks one replica joins a snapshot of another (anti-entropy), so
-//!   full-state joins run between states that both hold writes of their own.
+//! - replicas start and dial the ones started before them; each connection asks for a status;
+//! - beacons (encoded as the agent encodes them, the applied vector left out when too large)
+//!   and status answers show what a peer holds that a replica lacks; holes below a received
+//!   batch are asked for after `repair_delay`; the origin itself is asked first;
+//! - sync requests travel reliably unless they fail (`rpc_loss`, a partition, an isolated
+//!   replica), which the asker learns after `request_timeout` ticks;
+//! - a replica's log keeps `log_keep` deltas per origin, so peers further behind are answered
+//!   `Truncated` ([`deltas_answer`], as the agent answers) and fetch a snapshot; empty replicas
+//!   and those behind by more than `snapshot_threshold` do so at once. Snapshots are served in
+//!   encoded chunks, staged and checked, then joined;
+//! - a late joiner is cut off from everyone until `join_at` but writes all the same, then
+//!   starts, dials everyone and catches up; its writes spread by repair;
+//! - every `full_join_every` ticks one replica joins a snapshot of another directly
+//!   (anti-entropy), so full-state joins run between states that both hold writes of their own.
 //!
-//! Batches travel as the agent sends them: signed by their origin, encoded, decoded and
-//! verified by every receiver.
-//!
-//! The network drops (`loss`), duplicates (`duplicate`) and delays by 1..=`max_delay` ticks,
-//! which reorders, every message (repair traffic included), and during `partition` cuts the
-//! replicas into two halves. Time is a tick counter; nothing here reads a clock.
+//! During `partition` the two halves of the replicas cannot reach each other. Time is a tick
+//! counter, one millisecond of [`CatchUp`] time per tick; nothing here reads a clock. A run
+//! converges when every replica applied every delta and every catch-up machine says synced.
 //!
 //! [`oracle`] computes the expected final pinset from the history alone, without the join and
 //! without the deltas' own `observed` lists: a pinned version survives iff no later operation
 //! on its CID was made by a replica that had applied it (recorded in [`Sim::seen`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use cid::Cid;
 use ed25519_dalek::SigningKey;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::catchup::{self, CatchUp, Event, Input, Local, Output, Staged, deltas_answer};
 use crate::codec;
 use crate::delta::{Delta, Op};
-use crate::dot::{ActorId, AppliedVector, Dot, DotSet};
+use crate::dot::{ActorId, Dot, DotSet};
 use crate::entry::Version;
-use crate::message::{DeltaBatch, Gossip, Response, Signer};
+use crate::message::{DeltaBatch, Gossip, Request, Response, Signer, SnapshotChunk, Summary};
 use crate::pinset::{MemEntries, MemPinset};
 use crate::snapshot::{Progress, SnapshotStage};
 use crate::spec::{PinMode, PinSpec};
@@ -46,19 +52,19 @@ use crate::spec::{PinMode, PinSpec};
 pub struct SimConfig {
     pub seed: u64,
     pub replicas: usize,
-    /// Replicas (the last ones) cut off from all others until `join_at`, then joined by snapshot.
+    /// Replicas (the last ones) cut off from all others until `join_at`, then started.
     pub late_joiners: usize,
     pub join_at: u64,
     /// Every this many ticks, one replica joins a snapshot of another (0: never).
     pub full_join_every: u64,
-    /// Total operations to issue, spread over online replicas.
+    /// Total operations to issue, spread over all replicas.
     pub ops: usize,
     pub ops_per_tick: usize,
     /// Distinct CIDs operated on; fewer means more conflicts.
     pub cids: usize,
-    /// Probability that a message is lost.
+    /// Probability that a gossip message is lost.
     pub loss: f64,
-    /// Probability that a delivered message is delivered a second time.
+    /// Probability that a delivered gossip message is delivered a second time.
     pub duplicate: f64,
     /// Each delivery takes 1..=max_delay ticks.
     pub max_delay: u64,
@@ -66,10 +72,23 @@ pub struct SimConfig {
     pub partition: Option<(u64, u64)>,
     pub beacon_interval: u64,
     pub repair_delay: u64,
-    /// Most deltas per batch, and per repair response.
+    /// Most deltas per published batch.
     pub max_batch: usize,
     /// Replicas publish what they wrote every this many ticks (1: every tick).
     pub flush_every: u64,
+    /// Probability that a sync request fails (no answer).
+    pub rpc_loss: f64,
+    /// Ticks after which a request that failed is reported failed; also the repair patience.
+    pub request_timeout: u64,
+    /// Behind by more deltas than this, a replica catches up by snapshot.
+    pub snapshot_threshold: u64,
+    /// Bytes per snapshot chunk (small, so a snapshot takes several requests).
+    pub snapshot_chunk_bytes: usize,
+    /// Newest deltas each replica's log keeps per origin (0: all); peers further behind are
+    /// answered `Truncated`.
+    pub log_keep: u64,
+    /// Most batches per `GetDeltas` answer.
+    pub answer_batches: usize,
     /// Ticks allowed after the last operation (and the end of the partition) to converge.
     pub settle_ticks: u64,
 }
@@ -93,6 +112,12 @@ impl Default for SimConfig {
             repair_delay: 3,
             max_batch: 64,
             flush_every: 1,
+            rpc_loss: 0.05,
+            request_timeout: 12,
+            snapshot_threshold: 10_000,
+            snapshot_chunk_bytes: 16 << 10,
+            log_keep: 0,
+            answer_batches: 8,
             settle_ticks: 2000,
         }
     }
@@ -101,14 +126,24 @@ impl Default for SimConfig {
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
-    /// Tick at which every replica had applied every delta; `None` if it never happened.
+    /// Tick at which every replica had applied every delta and was synced; `None` if never.
     pub converged_at: Option<u64>,
     pub last_op_at: u64,
+    /// Messages sent (gossip copies and sync requests).
     pub sent: u64,
+    /// Gossip lost and sync requests failed.
     pub dropped: u64,
     pub duplicated: u64,
+    /// `GetDeltas` requests sent.
     pub repair_requests: u64,
+    /// Anti-entropy joins (`full_join_every`).
     pub snapshots: u64,
+    /// Snapshots fetched and joined by catch-up.
+    pub snapshot_catchups: u64,
+    /// `Truncated` answers received.
+    pub truncated: u64,
+    /// Snapshots that did not add up to their head, or could not be staged: none expected.
+    pub snapshot_failures: u64,
 }
 
 /// The cluster name the simulator signs batches for.
@@ -116,11 +151,13 @@ const CLUSTER: &str = "sim";
 
 #[derive(Debug, Clone)]
 enum Msg {
-    /// An encoded gossip message holding a signed batch.
-    Batch(Arc<Vec<u8>>),
-    Beacon(AppliedVector),
-    GetDeltas(Vec<(ActorId, u64, u64)>),
-    Deltas(Vec<Arc<Delta>>),
+    /// Encoded gossip: a signed batch or a beacon.
+    Gossip(Arc<Vec<u8>>),
+    Request(Request),
+    /// An encoded answer to a request.
+    Response(Arc<Vec<u8>>),
+    /// The request sent to this peer failed.
+    Failed,
 }
 
 /// One simulated replica.
@@ -129,16 +166,23 @@ pub struct SimReplica {
     pub actor: ActorId,
     key: SigningKey,
     pub pinset: MemPinset,
+    /// The catch-up machine, as the agent runs it.
+    pub catchup: CatchUp<usize, usize>,
     counter: u64,
-    /// Every delta applied, by dot: what this replica can serve to others.
-    log: BTreeMap<Dot, Arc<Delta>>,
-    outbox: Vec<Arc<Delta>>,
-    /// Origin -> tick of the last repair request for it (one in flight per origin).
-    requested: HashMap<ActorId, u64>,
-    /// (due tick, peer, origin): re-check a hole seen in a batch from `peer`.
-    gap_checks: Vec<(u64, usize, ActorId)>,
-    /// Cut off from every other replica before this tick.
+    /// The delta log: per origin, signed batches by their first counter.
+    log: BTreeMap<ActorId, BTreeMap<u64, Arc<DeltaBatch>>>,
+    outbox: Vec<Delta>,
+    /// Tick at which catch-up asked to be woken.
+    wake: Option<u64>,
+    started: bool,
+    /// Peers with a connection.
+    connected: HashSet<usize>,
+    /// Cut off from every other replica before this tick, and not started.
     isolated_until: u64,
+    /// Snapshots being served, by id: their chunks in order.
+    serving: BTreeMap<u64, Vec<SnapshotChunk>>,
+    /// The snapshot being received.
+    stage: Option<(SnapshotStage, MemEntries)>,
 }
 
 /// The simulation: replicas, the network between them, and the history of operations.
@@ -151,6 +195,7 @@ pub struct Sim {
     /// (delivery tick, sequence) -> (from, to, message).
     in_flight: BTreeMap<(u64, u64), (usize, usize, Msg)>,
     next_seq: u64,
+    next_snapshot_id: u64,
     issued: usize,
     /// Every operation, in issue order.
     pub history: Vec<Arc<Delta>>,
@@ -158,15 +203,24 @@ pub struct Sim {
     pub seen: Vec<Vec<Dot>>,
     /// CID bytes -> dots of every pin of it so far.
     pins_of: HashMap<Vec<u8>, Vec<Dot>>,
-    /// Hashes of batches already verified: each distinct batch is verified once per run (every
-    /// receiver still decodes it). The simulator models replication, not CPU.
-    verified: std::collections::HashSet<[u8; 32]>,
+    /// Signatures of batches already verified: each distinct batch is verified once per run
+    /// (every receiver still decodes it). The simulator models replication, not CPU.
+    verified: HashSet<[u8; 64]>,
     pub report: Report,
+}
+
+fn ms(ticks: u64) -> Duration {
+    Duration::from_millis(ticks)
 }
 
 impl Sim {
     pub fn new(cfg: SimConfig) -> Self {
         let first_late = cfg.replicas.saturating_sub(cfg.late_joiners);
+        let mut catchup_cfg = catchup::Config::agent(ms(cfg.beacon_interval), ms(cfg.repair_delay));
+        catchup_cfg.repair_patience = ms(cfg.request_timeout);
+        catchup_cfg.snapshot_threshold = cfg.snapshot_threshold;
+        catchup_cfg.snapshot_stall = ms(4 * cfg.request_timeout);
+        catchup_cfg.snapshot_refused_backoff = ms(10 * cfg.beacon_interval);
         let replicas = (0..cfg.replicas)
             .map(|i| {
                 let seed =
@@ -176,12 +230,16 @@ impl Sim {
                     actor: ActorId::derive(&key.public_key(), cfg.seed),
                     key,
                     pinset: MemPinset::new(),
+                    catchup: CatchUp::new(catchup_cfg.clone(), []),
                     counter: 0,
                     log: BTreeMap::new(),
                     outbox: Vec::new(),
-                    requested: HashMap::new(),
-                    gap_checks: Vec::new(),
+                    wake: None,
+                    started: false,
+                    connected: HashSet::new(),
                     isolated_until: if i >= first_late { cfg.join_at } else { 0 },
+                    serving: BTreeMap::new(),
+                    stage: None,
                 }
             })
             .collect();
@@ -192,16 +250,17 @@ impl Sim {
             replicas,
             in_flight: BTreeMap::new(),
             next_seq: 0,
+            next_snapshot_id: 0,
             issued: 0,
             history: Vec::new(),
             seen: Vec::new(),
             pins_of: HashMap::new(),
-            verified: std::collections::HashSet::new(),
+            verified: HashSet::new(),
             report: Report::default(),
         }
     }
 
-    /// Runs until every replica applied every delta, or the settle time runs out.
+    /// Runs until every replica applied every delta and is synced, or the settle time runs out.
     pub fn run(&mut self) -> &Report {
         let partition_end = self.cfg.partition.map_or(0, |(_, end)| end);
         loop {
@@ -211,7 +270,7 @@ impl Sim {
                 .last_op_at
                 .max(partition_end)
                 .max(self.cfg.join_at);
-            if self.issued == self.cfg.ops && self.tick >= quiet_since && self.all_applied() {
+            if self.issued == self.cfg.ops && self.tick >= quiet_since && self.converged() {
                 self.report.converged_at = Some(self.tick);
                 break;
             }
@@ -222,12 +281,12 @@ impl Sim {
         &self.report
     }
 
-    /// Every online replica has applied exactly the dots of the history.
-    fn all_applied(&self) -> bool {
+    /// Every replica has applied exactly the dots of the history, and is synced.
+    fn converged(&self) -> bool {
         let everything = self.history_dots();
         self.replicas
             .iter()
-            .all(|r| r.pinset.head().applied == everything)
+            .all(|r| r.catchup.synced() && r.pinset.head().applied == everything)
     }
 
     fn history_dots(&self) -> DotSet {
@@ -242,13 +301,16 @@ impl Sim {
         self.tick < self.replicas[r].isolated_until
     }
 
-    /// One tick: join late joiners, anti-entropy, issue operations, flush, beacon, deliver,
-    /// re-check holes.
+    fn now(&self) -> Duration {
+        ms(self.tick)
+    }
+
+    /// One tick: start replicas, anti-entropy, issue operations, publish, deliver, fire timers.
     pub fn step(&mut self) {
         self.tick += 1;
         for r in 0..self.replicas.len() {
-            if self.replicas[r].isolated_until == self.tick {
-                self.snapshot_join(r);
+            if !self.replicas[r].started && !self.isolated(r) {
+                self.start(r);
             }
         }
         if self.cfg.full_join_every > 0 && self.tick.is_multiple_of(self.cfg.full_join_every) {
@@ -261,12 +323,6 @@ impl Sim {
                 self.flush(r);
             }
         }
-        for r in 0..self.replicas.len() {
-            if (self.tick + r as u64).is_multiple_of(self.cfg.beacon_interval) {
-                let applied = self.replicas[r].pinset.head().applied.clone();
-                self.broadcast(r, Msg::Beacon(applied));
-            }
-        }
         while let Some(entry) = self.in_flight.first_entry() {
             if entry.key().0 > self.tick {
                 break;
@@ -275,17 +331,127 @@ impl Sim {
             self.deliver(from, to, msg);
         }
         for r in 0..self.replicas.len() {
-            self.check_gaps(r);
+            if self.replicas[r].wake.is_some_and(|at| at <= self.tick) {
+                self.replicas[r].wake = None;
+                self.feed(r, Input::Timer);
+            }
         }
     }
 
-    /// Replica `r` joins a snapshot of a random peer it can reach.
+    /// Starts replica `r`: it dials every replica started before it.
+    fn start(&mut self, r: usize) {
+        self.replicas[r].started = true;
+        let dial = (0..self.replicas.len())
+            .filter(|&p| p != r && self.replicas[p].started)
+            .collect();
+        self.feed(r, Input::Start { dial });
+    }
+
+    /// Hands `input` to replica `r`'s catch-up machine and carries out what it asks.
+    fn feed(&mut self, r: usize, input: Input<usize, usize>) {
+        let now = self.now();
+        let replica = &mut self.replicas[r];
+        let local = Local {
+            actor: replica.actor,
+            applied: &replica.pinset.head().applied,
+        };
+        replica.catchup.handle(now, &local, input);
+        while let Some(output) = self.replicas[r].catchup.poll() {
+            self.carry_out(r, output);
+        }
+    }
+
+    fn carry_out(&mut self, r: usize, output: Output<usize, usize>) {
+        match output {
+            Output::Send { peer, request } => self.request(r, peer, request),
+            Output::Beacon => {
+                let mut summary = self.summary(r);
+                let mut bytes = codec::encode_gossip(&Gossip::Beacon(summary.clone()));
+                if bytes.len() > codec::MAX_BEACON {
+                    summary.applied = None;
+                    bytes = codec::encode_gossip(&Gossip::Beacon(summary));
+                }
+                self.broadcast(r, Msg::Gossip(Arc::new(bytes)));
+            }
+            Output::Stage { peer, chunk } => {
+                let outcome = self.stage(r, chunk);
+                let joined = outcome == Staged::Progress(Progress::Complete);
+                self.feed(r, Input::Staged { peer, outcome });
+                if joined {
+                    self.feed(r, Input::LocalChanged);
+                }
+            }
+            Output::Dial(peer) => self.connect(r, peer),
+            Output::Bootstrap | Output::Synced(_) => {}
+            Output::Timer(at) => {
+                self.replicas[r].wake = Some(at.as_millis() as u64);
+            }
+            Output::Event(event) => match event {
+                Event::SnapshotJoined(_) => self.report.snapshot_catchups += 1,
+                Event::Truncated { .. } => self.report.truncated += 1,
+                Event::SnapshotMismatch(..) | Event::SnapshotFailed(..) => {
+                    self.report.snapshot_failures += 1
+                }
+                _ => {}
+            },
+        }
+    }
+
+    /// `r` dials `peer`: both sides see the connection, unless they cannot reach each other.
+    fn connect(&mut self, r: usize, peer: usize) {
+        if self.cut(r, peer) || !self.replicas[peer].started {
+            return;
+        }
+        if self.replicas[r].connected.insert(peer) {
+            self.feed(r, Input::Connected(peer));
+        }
+        if self.replicas[peer].connected.insert(r) {
+            self.feed(peer, Input::Connected(r));
+        }
+    }
+
+    fn summary(&self, r: usize) -> Summary {
+        let replica = &self.replicas[r];
+        let mut summary = Summary::of(replica.actor, replica.pinset.head());
+        summary.synced = replica.catchup.synced();
+        summary
+    }
+
+    /// Stages a snapshot chunk received by `r`, joining the snapshot when it is complete.
+    fn stage(&mut self, r: usize, chunk: SnapshotChunk) -> Staged {
+        let replica = &mut self.replicas[r];
+        if chunk.head.is_some() {
+            replica.stage = Some((SnapshotStage::new(), MemEntries::default()));
+        }
+        let Some((stage, entries)) = replica.stage.as_mut() else {
+            return Staged::Failed("a snapshot chunk arrived with no snapshot under way".into());
+        };
+        match stage.accept(entries, chunk) {
+            Ok(progress @ Progress::Continue { .. }) => Staged::Progress(progress),
+            Ok(Progress::Complete) => {
+                let (stage, entries) = replica.stage.take().expect("staged above");
+                match stage.finish::<std::convert::Infallible>() {
+                    Ok(head) => {
+                        replica.pinset.join(&MemPinset::from_parts(entries, head));
+                        Staged::Progress(Progress::Complete)
+                    }
+                    Err(err) => Staged::refused(&err),
+                }
+            }
+            Err(err) => {
+                replica.stage = None;
+                Staged::refused(&err)
+            }
+        }
+    }
+
+    /// Replica `r` joins a snapshot of a random peer it can reach, directly (anti-entropy).
     fn snapshot_join(&mut self, r: usize) {
         if self.isolated(r) {
             return;
         }
         let online: Vec<usize> = (0..self.replicas.len())
-            .filter(|&p| p != r && !self.isolated(p) && !self.partitioned(r, p))
+            .filter(|&p| p != r && !self.cut(r, p))
             .collect();
         if online.is_empty() {
             return;
@@ -305,19 +471,18 @@ impl Sim {
             let Ok(Response::SnapshotChunk(chunk)) = codec::decode_response(&bytes) else {
                 panic!("snapshot chunk does not round-trip");
             };
-            let progress = stage
+            stage
                 .accept(&mut entries, chunk)
                 .expect("snapshot chunk is valid");
-            debug_assert!(matches!(
-                progress,
-                Progress::Continue { .. } | Progress::Complete
-            ));
         }
         let head = stage
             .finish::<std::convert::Infallible>()
             .expect("snapshot matches its head");
         joiner.pinset.join(&MemPinset::from_parts(entries, head));
         self.report.snapshots += 1;
+        if joiner.started {
+            self.feed(r, Input::LocalChanged);
+        }
     }
 
     fn issue_ops(&mut self) {
@@ -352,8 +517,7 @@ impl Sim {
             if !delta.is_unpin() {
                 pins_of.push(dot);
             }
-            replica.log.insert(dot, delta.clone());
-            replica.outbox.push(delta.clone());
+            replica.outbox.push(Delta::clone(&delta));
             self.history.push(delta);
             self.issued += 1;
             self.report.last_op_at = self.tick;
@@ -375,23 +539,43 @@ impl Sim {
         spec
     }
 
+    /// Publishes what `r` wrote as signed batches, logged first as the agent logs them.
     fn flush(&mut self, r: usize) {
         if self.replicas[r].outbox.is_empty() {
             return;
         }
         let outbox = std::mem::take(&mut self.replicas[r].outbox);
-        for chunk in outbox.chunks(self.cfg.max_batch) {
-            let deltas: Vec<Delta> = chunk.iter().map(|d| Delta::clone(d)).collect();
-            let batch = DeltaBatch::sign(&self.replicas[r].key, CLUSTER, self.cfg.seed, &deltas);
-            let bytes = codec::encode_gossip(&Gossip::DeltaBatch(batch));
-            self.broadcast(r, Msg::Batch(Arc::new(bytes)));
+        for deltas in outbox.chunks(self.cfg.max_batch) {
+            let batch = DeltaBatch::sign(&self.replicas[r].key, CLUSTER, self.cfg.seed, deltas);
+            let bytes = codec::encode_gossip(&Gossip::DeltaBatch(batch.clone()));
+            self.log(r, Arc::new(batch));
+            self.broadcast(r, Msg::Gossip(Arc::new(bytes)));
+        }
+    }
+
+    /// Adds a batch to `r`'s log and drops what lies wholly below the newest `log_keep` deltas
+    /// of its origin (the batch straddling the cutoff stays), as the agent prunes.
+    fn log(&mut self, r: usize, batch: Arc<DeltaBatch>) {
+        let replica = &mut self.replicas[r];
+        let origin = batch.origin;
+        let newest = replica.pinset.head().applied.max(origin);
+        let log = replica.log.entry(origin).or_default();
+        log.entry(batch.first).or_insert(batch);
+        if self.cfg.log_keep == 0 {
+            return;
+        }
+        let Some(cutoff) = newest.checked_sub(self.cfg.log_keep).map(|c| c + 1) else {
+            return;
+        };
+        if let Some(&first_kept) = log.range(..=cutoff).next_back().map(|(k, _)| k) {
+            *log = log.split_off(&first_kept);
         }
     }
 
     fn broadcast(&mut self, from: usize, msg: Msg) {
         for to in 0..self.replicas.len() {
             if to != from {
-                self.send(from, to, msg.clone());
+                self.gossip(from, to, msg.clone());
             }
         }
     }
@@ -404,10 +588,24 @@ impl Sim {
         }
     }
 
-    fn send(&mut self, from: usize, to: usize, msg: Msg) {
+    /// Whether `a` and `b` cannot reach each other now.
+    fn cut(&self, a: usize, b: usize) -> bool {
+        self.isolated(a) || self.isolated(b) || self.partitioned(a, b)
+    }
+
+    fn delay(&mut self) -> u64 {
+        self.rng.gen_range(1..=self.cfg.max_delay)
+    }
+
+    fn enqueue(&mut self, at: u64, from: usize, to: usize, msg: Msg) {
+        self.next_seq += 1;
+        self.in_flight.insert((at, self.next_seq), (from, to, msg));
+    }
+
+    /// Gossip: lost, duplicated, delayed.
+    fn gossip(&mut self, from: usize, to: usize, msg: Msg) {
         self.report.sent += 1;
-        let cut = self.isolated(from) || self.isolated(to) || self.partitioned(from, to);
-        if cut || self.rng.gen_bool(self.cfg.loss) {
+        if self.cut(from, to) || self.rng.gen_bool(self.cfg.loss) {
             self.report.dropped += 1;
             return;
         }
@@ -418,121 +616,216 @@ impl Sim {
             1
         };
         for _ in 0..copies {
-            let at = self.tick + self.rng.gen_range(1..=self.cfg.max_delay);
-            self.next_seq += 1;
-            self.in_flight
-                .insert((at, self.next_seq), (from, to, msg.clone()));
+            let at = self.tick + self.delay();
+            self.enqueue(at, from, to, msg.clone());
         }
+    }
+
+    /// A sync request: delivered, or reported failed to the asker after `request_timeout`.
+    fn request(&mut self, from: usize, to: usize, request: Request) {
+        self.report.sent += 1;
+        if matches!(request, Request::GetDeltas { .. }) {
+            self.report.repair_requests += 1;
+        }
+        if self.cut(from, to) || self.rng.gen_bool(self.cfg.rpc_loss) {
+            self.report.dropped += 1;
+            let at = self.tick + self.cfg.request_timeout;
+            self.enqueue(at, to, from, Msg::Failed);
+            return;
+        }
+        let at = self.tick + self.delay();
+        self.enqueue(at, from, to, Msg::Request(request));
     }
 
     fn deliver(&mut self, from: usize, to: usize, msg: Msg) {
-        match msg {
-            Msg::Batch(bytes) => {
-                let batch = match codec::decode_gossip(&bytes) {
-                    Ok(Gossip::DeltaBatch(batch)) => batch,
-                    other => panic!("simulated batch does not decode: {other:?}"),
-                };
-                if self.verified.insert(*blake3::hash(&bytes).as_bytes()) {
-                    batch.verify(CLUSTER).expect("simulated batch verifies");
-                }
-                let deltas: Vec<Arc<Delta>> = batch.deltas().map(Arc::new).collect();
-                self.apply_all(to, &deltas);
-                let replica = &mut self.replicas[to];
-                let due = self.tick + self.cfg.repair_delay;
-                if let Some(origin) = deltas.first().map(|d| d.dot.actor) {
-                    let has_gap = replica
-                        .pinset
-                        .head()
-                        .applied
-                        .actor(origin)
-                        .is_some_and(|r| r.range_count() > 1 || r.contiguous() == 0);
-                    if has_gap {
-                        replica.gap_checks.push((due, from, origin));
-                    }
-                }
-            }
-            Msg::Deltas(deltas) => self.apply_all(to, &deltas),
-            Msg::Beacon(theirs) => {
-                let missing = self.replicas[to]
-                    .pinset
-                    .head()
-                    .applied
-                    .missing_from(&theirs);
-                self.request(to, from, missing);
-            }
-            Msg::GetDeltas(ranges) => {
-                let log = &self.replicas[to].log;
-                let found: Vec<Arc<Delta>> = ranges
-                    .iter()
-                    .flat_map(|&(actor, s, e)| {
-                        log.range(Dot::new(actor, s)..=Dot::new(actor, e))
-                            .map(|(_, d)| d.clone())
-                    })
-                    .take(self.cfg.max_batch * 8)
-                    .collect();
-                if !found.is_empty() {
-                    self.send(to, from, Msg::Deltas(found));
-                }
-            }
-        }
-    }
-
-    fn apply_all(&mut self, r: usize, deltas: &[Arc<Delta>]) {
-        let replica = &mut self.replicas[r];
-        for delta in deltas {
-            if replica.pinset.apply(delta).new {
-                replica.log.insert(delta.dot, delta.clone());
-            }
-        }
-    }
-
-    /// Asks `peer` for `missing`, skipping origins with a request still in flight.
-    fn request(&mut self, r: usize, peer: usize, missing: Vec<(ActorId, u64, u64)>) {
-        let patience = 2 * self.cfg.max_delay + 2;
-        let tick = self.tick;
-        let replica = &mut self.replicas[r];
-        let wanted: Vec<_> = missing
-            .into_iter()
-            .filter(|(origin, _, _)| {
-                replica
-                    .requested
-                    .get(origin)
-                    .is_none_or(|&at| tick >= at + patience)
-            })
-            .collect();
-        if wanted.is_empty() {
+        if !self.replicas[to].started {
             return;
         }
-        for (origin, _, _) in &wanted {
-            replica.requested.insert(*origin, tick);
+        match msg {
+            Msg::Gossip(bytes) => match codec::decode_gossip(&bytes) {
+                Ok(Gossip::DeltaBatch(batch)) => {
+                    self.verify(&batch);
+                    self.feed(
+                        to,
+                        Input::Authored {
+                            origin: batch.origin,
+                            peer: from,
+                        },
+                    );
+                    self.apply(to, from, batch);
+                }
+                Ok(Gossip::Beacon(summary)) => self.feed(
+                    to,
+                    Input::Summary {
+                        peer: from,
+                        summary,
+                        is_status: false,
+                    },
+                ),
+                Err(err) => panic!("simulated gossip does not decode: {err}"),
+            },
+            Msg::Request(request) => {
+                let response = self.serve(to, from, request);
+                let bytes = Arc::new(codec::encode_response(&response));
+                if self.cut(from, to) {
+                    self.report.dropped += 1;
+                    let at = self.tick + self.cfg.request_timeout;
+                    self.enqueue(at, to, from, Msg::Failed);
+                } else {
+                    let at = self.tick + self.delay();
+                    self.enqueue(at, to, from, Msg::Response(bytes));
+                }
+            }
+            Msg::Response(bytes) => {
+                let response = codec::decode_response(&bytes).expect("simulated answer decodes");
+                self.on_response(to, from, response);
+            }
+            Msg::Failed => self.feed(to, Input::RequestFailed { peer: from }),
         }
-        self.report.repair_requests += 1;
-        self.send(r, peer, Msg::GetDeltas(wanted));
     }
 
-    fn check_gaps(&mut self, r: usize) {
-        let tick = self.tick;
-        let due: Vec<(u64, usize, ActorId)>;
-        {
-            let checks = &mut self.replicas[r].gap_checks;
-            let (now, later) = checks.drain(..).partition(|(at, _, _)| *at <= tick);
-            *checks = later;
-            due = now;
-        }
-        for (_, peer, origin) in due {
-            let gaps: Vec<(ActorId, u64, u64)> = self.replicas[r]
-                .pinset
-                .head()
-                .applied
-                .actor(origin)
-                .map(|ranges| ranges.gaps())
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(s, e)| (origin, s, e))
-                .collect();
-            self.request(r, peer, gaps);
+    fn verify(&mut self, batch: &DeltaBatch) {
+        if self.verified.insert(batch.signature.0) {
+            batch.verify(CLUSTER).expect("simulated batch verifies");
         }
     }
+
+    /// Applies a verified batch received by `r` from `peer`, as the agent's replica does: new
+    /// deltas are logged, and holes left below them are reported.
+    fn apply(&mut self, r: usize, peer: usize, batch: DeltaBatch) {
+        let replica = &mut self.replicas[r];
+        if batch.origin == replica.actor {
+            return;
+        }
+        let mut new = false;
+        for delta in batch.deltas() {
+            new |= replica.pinset.apply(&delta).new;
+        }
+        if !new {
+            return;
+        }
+        let origin = batch.origin;
+        self.log(r, Arc::new(batch));
+        let gaps = self.replicas[r]
+            .pinset
+            .head()
+            .applied
+            .actor(origin)
+            .map(|ranges| ranges.gaps())
+            .unwrap_or_default();
+        if !gaps.is_empty() {
+            self.feed(
+                r,
+                Input::Gap {
+                    peer,
+                    origin,
+                    ranges: gaps,
+                },
+            );
+        }
+        self.feed(r, Input::LocalChanged);
+    }
+
+    /// `r` answers `peer`'s request.
+    fn serve(&mut self, r: usize, peer: usize, request: Request) -> Response {
+        match request {
+            Request::Status => Response::Status(self.summary(r)),
+            Request::GetDeltas { origin, from, to } => {
+                let empty = BTreeMap::new();
+                let log = self.replicas[r].log.get(&origin).unwrap_or(&empty);
+                let low = log.keys().next().copied();
+                // The batch holding `from` starts at or before it.
+                let start = log.range(..=from).next_back().map_or(from, |(k, _)| *k);
+                let batches = log
+                    .range(start..=to)
+                    .map(|(_, b)| b)
+                    .filter(|b| b.last().is_some_and(|last| last >= from))
+                    .take(self.cfg.answer_batches)
+                    .map(|b| DeltaBatch::clone(b))
+                    .collect();
+                deltas_answer(origin, from, batches, low)
+            }
+            Request::Snapshot {
+                snapshot_id, after, ..
+            } => {
+                let replica = &mut self.replicas[r];
+                let id = match snapshot_id {
+                    Some(id) => id,
+                    None => {
+                        self.next_snapshot_id += 1;
+                        let id = self.next_snapshot_id;
+                        let chunks = replica.pinset.snapshot(id, self.cfg.snapshot_chunk_bytes);
+                        replica.serving.insert(id, chunks);
+                        id
+                    }
+                };
+                let Some(chunks) = replica.serving.get(&id) else {
+                    return refused(format!("unknown snapshot {id} for {peer}"));
+                };
+                let at = match &after {
+                    None => 0,
+                    Some(after) => match chunks.iter().position(|c| c.next.as_ref() == Some(after))
+                    {
+                        Some(i) => i + 1,
+                        None => return refused("unknown cursor".into()),
+                    },
+                };
+                let chunk = chunks[at].clone();
+                if chunk.next.is_none() {
+                    replica.serving.remove(&id);
+                }
+                Response::SnapshotChunk(chunk)
+            }
+            Request::PinStatus { .. } | Request::IpfsNode => refused("no IPFS node".into()),
+        }
+    }
+
+    /// `r` received `response` from `peer`.
+    fn on_response(&mut self, r: usize, peer: usize, response: Response) {
+        match response {
+            Response::Status(summary) => self.feed(
+                r,
+                Input::Summary {
+                    peer,
+                    summary,
+                    is_status: true,
+                },
+            ),
+            Response::Deltas { batches } => {
+                let Some(origin) = batches.first().map(|b| b.origin) else {
+                    return;
+                };
+                let last = batches
+                    .iter()
+                    .filter_map(DeltaBatch::last)
+                    .max()
+                    .unwrap_or(0);
+                for batch in batches {
+                    self.verify(&batch);
+                    self.apply(r, peer, batch);
+                }
+                self.feed(r, Input::Deltas { peer, origin, last });
+            }
+            Response::Truncated {
+                origin,
+                first_available,
+            } => self.feed(
+                r,
+                Input::Truncated {
+                    peer,
+                    origin,
+                    first_available,
+                },
+            ),
+            Response::SnapshotChunk(chunk) => self.feed(r, Input::Chunk { peer, chunk }),
+            Response::Refused { .. } => self.feed(r, Input::Refused { peer }),
+            Response::PinStatus { .. } | Response::IpfsNode { .. } => {}
+        }
+    }
+}
+
+fn refused(reason: String) -> Response {
+    Response::Refused { reason }
 }
 
 /// A deterministic CIDv1 (raw, sha2-256 shaped) for simulator CID number `n`.

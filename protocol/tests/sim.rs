@@ -1,9 +1,10 @@
-//! Simulator runs: many replicas, a hostile network, a partition that heals. After repair every
-//! replica must hold exactly what the operation history says, by every measure we have.
+//! Simulator runs: many replicas, a hostile network, a partition that heals, each replica driven
+//! by the agent's own catch-up state machine. After catch-up every replica must hold exactly what
+//! the operation history says, by every measure we have, and say it is synced.
 
-use pinmesh_protocol::sim::{Sim, SimConfig, oracle};
+use pinmesh_protocol::sim::{Report, Sim, SimConfig, oracle};
 
-fn check_converged(seed: u64, cfg: SimConfig) {
+fn check_converged(seed: u64, cfg: SimConfig) -> Report {
     let mut sim = Sim::new(SimConfig { seed, ..cfg });
     let report = sim.run().clone();
     assert!(
@@ -53,7 +54,26 @@ fn check_converged(seed: u64, cfg: SimConfig) {
         "{report:?}"
     );
     assert!(report.snapshots > 0, "no full-state join ran: {report:?}");
+    assert_eq!(report.snapshot_failures, 0, "{report:?}");
+    for (i, replica) in sim.replicas.iter().enumerate() {
+        assert!(
+            replica.catchup.synced(),
+            "seed {seed}: replica {i} not synced"
+        );
+    }
     eprintln!("seed {seed}: {report:?}, {} pins", expected.len());
+    report
+}
+
+/// A big run must have taken every catch-up path: repairs, `Truncated` answers from pruned
+/// logs, and snapshots (late joiners, replicas far behind after the partition).
+fn check_big(seed: u64) {
+    let report = check_converged(seed, big());
+    assert!(report.truncated > 0, "no Truncated answer: {report:?}");
+    assert!(
+        report.snapshot_catchups >= 2,
+        "late joiners did not catch up by snapshot: {report:?}"
+    );
 }
 
 fn big() -> SimConfig {
@@ -73,6 +93,10 @@ fn big() -> SimConfig {
         repair_delay: 8,
         max_batch: 64,
         flush_every: 3,
+        rpc_loss: 0.1,
+        request_timeout: 14,
+        snapshot_threshold: 5_000,
+        log_keep: 150,
         settle_ticks: 3_000,
         ..SimConfig::default()
     }
@@ -80,17 +104,17 @@ fn big() -> SimConfig {
 
 #[test]
 fn thirty_two_replicas_twenty_thousand_ops_seed_1() {
-    check_converged(1, big());
+    check_big(1);
 }
 
 #[test]
 fn thirty_two_replicas_twenty_thousand_ops_seed_2() {
-    check_converged(2, big());
+    check_big(2);
 }
 
 #[test]
 fn thirty_two_replicas_twenty_thousand_ops_seed_3() {
-    check_converged(3, big());
+    check_big(3);
 }
 
 #[test]

@@ -47,6 +47,10 @@ pub fn run(args: Args, json: bool) -> anyhow::Result<ExitCode> {
         full_join_every: 50,
         beacon_interval: 20,
         repair_delay: 8,
+        rpc_loss: args.loss / 3.0,
+        request_timeout: 14,
+        snapshot_threshold: 5_000,
+        log_keep: 150,
         ..SimConfig::default()
     };
     let started = Instant::now();
@@ -67,19 +71,24 @@ pub fn run(args: Args, json: bool) -> anyhow::Result<ExitCode> {
             "messages_sent": report.sent,
             "messages_dropped": report.dropped,
             "repair_requests": report.repair_requests,
+            "truncated_answers": report.truncated,
+            "snapshot_catchups": report.snapshot_catchups,
             "state_digest": sim.replicas[0].pinset.head().digest.to_hex(),
             "elapsed_ms": started.elapsed().as_millis() as u64,
         });
         println!("{out}");
     } else {
         println!(
-            "{} replicas, {} ops, {:.0}% loss: {} messages, {} dropped, {} repair requests",
+            "{} replicas, {} ops, {:.0}% loss: {} messages, {} dropped, {} repair requests, \
+             {} truncated answers, {} snapshot catch-ups",
             args.replicas,
             args.ops,
             args.loss * 100.0,
             report.sent,
             report.dropped,
-            report.repair_requests
+            report.repair_requests,
+            report.truncated,
+            report.snapshot_catchups
         );
         match report.converged_at {
             Some(tick) if agree => println!(
