@@ -47,6 +47,8 @@ pub struct NodeHandle {
     pub home: Home,
     pub replica: ReplicaHandle,
     pub flags: Arc<Flags>,
+    /// Whether the agent has caught up with its peers (decided by catch-up in the swarm).
+    pub synced: watch::Receiver<bool>,
     pub swarm: mpsc::Sender<SwarmCommand>,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -165,6 +167,7 @@ impl Node {
         });
 
         let flags = Arc::new(Flags::default());
+        let (synced_tx, synced) = watch::channel(false);
         let mut swarm = swarm::build(keypair, config.secret, &config.raw.cluster.name, &flags)?;
         for addr in &config.listen {
             swarm
@@ -181,6 +184,7 @@ impl Node {
                 replica: replica.clone(),
                 store: store.clone(),
                 flags: flags.clone(),
+                synced: synced_tx,
                 outputs: outputs_rx,
                 commands: swarm_rx,
                 listen_tx,
@@ -224,7 +228,7 @@ impl Node {
                     store.clone(),
                     backend.clone(),
                     changes,
-                    flags.clone(),
+                    synced.clone(),
                     reconcile::Settings {
                         cluster: config.raw.cluster.name.clone(),
                         concurrency: ipfs.concurrency,
@@ -263,6 +267,10 @@ impl Node {
                 Err(_) => fatal.raise("the replica thread panicked".into()),
             };
         });
+        tasks.spawn(
+            replica::flush_periodically(replica.clone(), cancel.child_token())
+                .instrument(span.clone()),
+        );
         // The pinset is checked against its digest now and every `storage.scrub_interval`.
         tasks.spawn(
             scrub(
@@ -312,6 +320,7 @@ impl Node {
             store,
             swarm: swarm_tx.clone(),
             flags: flags.clone(),
+            synced: synced.clone(),
             reconciler: reconciler.clone(),
             ipfs: backend.clone(),
             add_timeout: config.raw.ipfs.pin_timeout,
@@ -349,6 +358,7 @@ impl Node {
             home,
             replica,
             flags,
+            synced,
             swarm: swarm_tx,
             cancel,
             tasks,
@@ -381,6 +391,11 @@ impl NodeHandle {
         if let Some(backend) = backend {
             backend.stop().await;
         }
+    }
+
+    /// Whether the agent has caught up with its peers.
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
     }
 
     /// Why the agent stopped by itself, when a critical part said so (a full disk): the

@@ -145,12 +145,7 @@ async fn a_restarted_agent_keeps_its_state_and_catches_up() {
         .await
         .expect("caught up after restart");
     let synced = wait_for(&cluster.running(), CONVERGE, |_| {
-        cluster.running().iter().all(|a| {
-            a.node()
-                .flags
-                .synced
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
+        cluster.running().iter().all(|a| a.node().is_synced())
     })
     .await;
     assert!(synced.is_ok(), "every agent reports synced");
@@ -219,14 +214,7 @@ async fn a_new_agent_joins_a_100k_pin_cluster_by_snapshot() {
         newcomer.state().snapshots_joined >= 1,
         "caught up by snapshot"
     );
-    let synced = wait_for(&[newcomer], CONVERGE, |_| {
-        newcomer
-            .node()
-            .flags
-            .synced
-            .load(std::sync::atomic::Ordering::Relaxed)
-    })
-    .await;
+    let synced = wait_for(&[newcomer], CONVERGE, |_| newcomer.node().is_synced()).await;
     assert!(synced.is_ok(), "the newcomer reports synced");
     // It holds the state, not just the digest.
     let shown = newcomer

@@ -49,6 +49,8 @@ pub struct ApiState {
     pub store: Store,
     pub swarm: mpsc::Sender<SwarmCommand>,
     pub flags: Arc<Flags>,
+    /// Whether the agent has caught up with its peers.
+    pub synced: tokio::sync::watch::Receiver<bool>,
     /// Absent when no IPFS node is configured.
     pub reconciler: Option<crate::reconcile::ReconcilerHandle>,
     /// The node `add` stores content in; absent when none is configured.
@@ -544,9 +546,10 @@ async fn digest(
 ) -> Result<Json<DigestInfo>, ApiError> {
     let deadline = query.deadline()?;
     let mut watch = state.replica.watch();
+    let mut synced_rx = state.synced.clone();
     loop {
         let replica = state.replica.state();
-        let synced = state.flags.synced.load(Ordering::Relaxed);
+        let synced = *synced_rx.borrow_and_update();
         let done = query.pins.is_none_or(|p| replica.summary.pins == p)
             && query.synced.is_none_or(|s| s == synced);
         if done || tokio::time::Instant::now() >= deadline {
@@ -563,7 +566,11 @@ async fn digest(
                 gossip_bytes_in: state.flags.gossip_bytes_in.load(Ordering::Relaxed),
             }));
         }
-        next_change(&mut watch, deadline).await;
+        tokio::select! {
+            _ = watch.changed() => {}
+            _ = synced_rx.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
     }
 }
 

@@ -42,7 +42,6 @@ use tracing::{debug, info, warn};
 use crate::ipfs::{IpfsError, PinBackend, PinLimits, content_key, twin};
 use crate::replica::{Changes, now_ms};
 use crate::store::{PINS, STATUS, Store, StoreError, decode_pin_entry};
-use crate::swarm::Flags;
 
 /// How often a node that is down is asked whether it is back.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
@@ -298,7 +297,7 @@ pub fn spawn(
     store: Store,
     backend: Arc<dyn PinBackend>,
     changes: Changes,
-    flags: Arc<Flags>,
+    synced: watch::Receiver<bool>,
     settings: Settings,
     cancel: CancellationToken,
 ) -> (ReconcilerHandle, impl Future<Output = ()> + Send + 'static) {
@@ -309,7 +308,7 @@ pub fn spawn(
     let reconciler = Reconciler {
         store,
         backend,
-        flags,
+        synced,
         settings,
         actual: HashMap::new(),
         listing_started: None,
@@ -347,7 +346,8 @@ pub fn spawn(
 struct Reconciler {
     store: Store,
     backend: Arc<dyn PinBackend>,
-    flags: Arc<Flags>,
+    /// Whether the agent has caught up with its peers: unpins wait for it.
+    synced: watch::Receiver<bool>,
     settings: Settings,
     /// The node's pins by content (see [`content_key`]): the last listing plus our own calls.
     actual: HashMap<Cid, PinMode>,
@@ -412,6 +412,7 @@ impl Reconciler {
         cancel: CancellationToken,
     ) {
         info!(backend = %self.backend.describe(), "reconciler started");
+        let mut synced = self.synced.clone();
         loop {
             if Instant::now() >= self.relist_at && !self.node_down {
                 self.full_cycle().await;
@@ -422,7 +423,7 @@ impl Reconciler {
                 warn!(error = %err, "cannot list the IPFS node's pins");
                 self.relist_failed = Some(Instant::now());
             }
-            if !self.waiting_for_sync.is_empty() && self.flags.synced.load(Ordering::Relaxed) {
+            if !self.waiting_for_sync.is_empty() && *self.synced.borrow() {
                 for cid in std::mem::take(&mut self.waiting_for_sync) {
                     self.enqueue_now(cid, false);
                 }
@@ -452,6 +453,8 @@ impl Reconciler {
                     self.last_enqueued = Some(now);
                 }
                 Some(command) = commands.recv() => self.on_command(command),
+                // Unpins waiting for `synced` go at the top of the loop.
+                Ok(()) = synced.changed(), if !self.waiting_for_sync.is_empty() => {}
                 Some(first) = claims.recv() => {
                     // Every claim waiting shares one durable commit.
                     let mut batch = vec![first];
@@ -526,10 +529,6 @@ impl Reconciler {
             && self.running.len() < self.settings.concurrency
         {
             wake = wake.min(self.paced_until);
-        }
-        if !self.waiting_for_sync.is_empty() {
-            // `synced` is a flag, not an event: look again shortly.
-            wake = wake.min(Instant::now() + Duration::from_millis(500));
         }
         wake
     }
@@ -903,7 +902,7 @@ impl Reconciler {
                     return Ok(None);
                 };
                 if owned && have.is_some() {
-                    if !self.flags.synced.load(Ordering::Relaxed) {
+                    if !*self.synced.borrow() {
                         // Not caught up: the cluster may still want it. Queued again once
                         // synced.
                         self.waiting_for_sync.insert(*cid);

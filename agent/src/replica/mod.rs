@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use libp2p::PeerId;
 use libp2p::identity::ed25519;
+use pinmesh_protocol::catchup::Staged;
 use pinmesh_protocol::pinset::{self, join_encoded_entry, local_op, prune_entry};
 use pinmesh_protocol::snapshot::{Progress, SnapshotError, SnapshotStage};
 use pinmesh_protocol::{
@@ -24,6 +25,7 @@ use pinmesh_protocol::{
 };
 use redb::{Durability, ReadableTable};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::store::{
@@ -41,8 +43,8 @@ const GROUP_MAX: usize = 512;
 const BATCH_CHANGES: usize = 1024;
 /// Most encoded bytes of changes per published batch: well under the gossip size limit.
 const BATCH_BYTES: usize = 512 << 10;
-/// Remote-only groups commit without fsync; the swarm's timer asks for a durable flush, and any
-/// group this long after the last durable commit is durable itself.
+/// Remote-only groups commit without fsync; [`flush_periodically`] asks for a durable flush this
+/// often, and any group this long after the last durable commit is durable itself.
 const DURABLE_EVERY: Duration = Duration::from_millis(200);
 
 /// A local operation requested through the API.
@@ -89,7 +91,7 @@ pub enum Command {
     /// against its head and joined.
     Snapshot {
         chunk: SnapshotChunk,
-        reply: oneshot::Sender<Result<Progress, String>>,
+        reply: oneshot::Sender<Staged>,
     },
     /// Make any non-durable commit durable (sent on a timer).
     Flush,
@@ -146,14 +148,18 @@ impl ReplicaHandle {
     }
 
     /// Stages a snapshot chunk; resolves once it is written (and, for the last, joined).
-    pub async fn snapshot(&self, chunk: SnapshotChunk) -> Result<Progress, String> {
+    pub async fn snapshot(&self, chunk: SnapshotChunk) -> Staged {
+        let stopped = || Staged::Failed("the replica has stopped".into());
         let (reply, rx) = oneshot::channel();
-        self.tx
+        if self
+            .tx
             .send(Command::Snapshot { chunk, reply })
             .await
-            .map_err(|_| "the replica has stopped".to_string())?;
-        rx.await
-            .map_err(|_| "the replica has stopped".to_string())?
+            .is_err()
+        {
+            return stopped();
+        }
+        rx.await.unwrap_or_else(|_| stopped())
     }
 
     /// Queues a peer record for the next commit; never waits (dropped if the queue is full).
@@ -344,6 +350,18 @@ fn state_of(actor: ActorId, head: &Head, counter: u64, incarnation: u64) -> Repl
     }
 }
 
+/// Makes remote-only commits durable within [`DURABLE_EVERY`] (they commit without fsync, and a
+/// replica that receives nothing more would keep the last ones in memory). Runs until `cancel`.
+pub async fn flush_periodically(replica: ReplicaHandle, cancel: CancellationToken) {
+    let mut every = tokio::time::interval(DURABLE_EVERY);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = every.tick() => replica.flush(),
+        }
+    }
+}
+
 /// Unix milliseconds.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -352,13 +370,13 @@ pub fn now_ms() -> u64 {
 }
 
 type Reply = oneshot::Sender<Result<Vec<Receipt>, LocalError>>;
-type SnapshotReply = oneshot::Sender<Result<Progress, String>>;
+type SnapshotReply = oneshot::Sender<Staged>;
 
 /// What one group produced, released only after its commit.
 #[derive(Default)]
 struct GroupResult {
     replies: Vec<(Reply, Result<Vec<Receipt>, LocalError>)>,
-    snapshot_replies: Vec<(SnapshotReply, Result<Progress, String>)>,
+    snapshot_replies: Vec<(SnapshotReply, Staged)>,
     publish: Vec<DeltaBatch>,
     repairs: Vec<Output>,
     /// Origins whose log grew in this group.
@@ -422,7 +440,7 @@ impl Replica {
             let _ = reply.send(Err(refusal.clone()));
         }
         for (reply, _) in result.snapshot_replies {
-            let _ = reply.send(Err(format!("storage failed: {err}")));
+            let _ = reply.send(Staged::Failed(format!("storage failed: {err}")));
         }
         match io_failure {
             Some(true) => Err(format!(
@@ -477,7 +495,7 @@ impl Replica {
                         Command::Snapshot { chunk, reply } => {
                             result.local = true; // a finished snapshot is worth a durable commit
                             let outcome = self.apply_snapshot(&mut pins, &mut staged, chunk)?;
-                            let joined = matches!(outcome, Ok(Progress::Complete));
+                            let joined = outcome == Staged::Progress(Progress::Complete);
                             result.changed |= joined;
                             result.rescan |= joined;
                             pending_snapshot.push((reply, outcome));
@@ -563,24 +581,24 @@ impl Replica {
         pins: &mut PinsTable<'_>,
         staged: &mut PinsTable<'_>,
         chunk: SnapshotChunk,
-    ) -> Result<Result<Progress, String>, StoreError> {
+    ) -> Result<Staged, StoreError> {
         if chunk.head.is_some() {
             staged.0.retain(|_, _| false)?;
             self.stage = Some(SnapshotStage::new());
         }
         let Some(stage) = self.stage.as_mut() else {
-            return Ok(Err(
-                "a snapshot chunk arrived with no snapshot under way".into()
+            return Ok(Staged::Failed(
+                "a snapshot chunk arrived with no snapshot under way".into(),
             ));
         };
         let outcome = stage.accept(staged, chunk);
-        let refused = |this: &mut Self, staged: &mut PinsTable<'_>, err: String| {
+        let refused = |this: &mut Self, staged: &mut PinsTable<'_>, err: Staged| {
             this.stage = None;
-            staged.0.retain(|_, _| false).map(|_| Err(err))
+            staged.0.retain(|_, _| false).map(|_| err)
         };
         match outcome {
             Err(SnapshotError::Store(e)) => Err(StoreError::Db(e.into())),
-            Err(e) => Ok(refused(self, staged, e.to_string())?),
+            Err(e) => Ok(refused(self, staged, Staged::refused(&e))?),
             Ok(progress @ Progress::Continue { .. }) => {
                 if let Some(stage) = &self.stage {
                     info!(
@@ -589,13 +607,13 @@ impl Replica {
                         "receiving a snapshot"
                     );
                 }
-                Ok(Ok(progress))
+                Ok(Staged::Progress(progress))
             }
             Ok(Progress::Complete) => {
                 let stage = self.stage.take().unwrap_or_default();
                 let remote = match stage.finish::<redb::StorageError>() {
                     Ok(head) => head,
-                    Err(e) => return Ok(refused(self, staged, e.to_string())?),
+                    Err(e) => return Ok(refused(self, staged, Staged::refused(&e))?),
                 };
                 let mut local_only = Vec::new();
                 for item in pins.0.iter()? {
@@ -624,7 +642,7 @@ impl Replica {
                     self.counter = ours;
                 }
                 staged.0.retain(|_, _| false)?;
-                Ok(Ok(Progress::Complete))
+                Ok(Staged::Progress(Progress::Complete))
             }
         }
     }
@@ -700,7 +718,7 @@ impl Replica {
             let _ = reply.send(outcome);
         }
         for (reply, outcome) in result.snapshot_replies {
-            if matches!(outcome, Ok(Progress::Complete)) {
+            if outcome == Staged::Progress(Progress::Complete) {
                 self.snapshots_joined += 1;
             }
             let _ = reply.send(outcome);

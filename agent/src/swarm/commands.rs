@@ -1,0 +1,93 @@
+//! What the API asks of the swarm ([`SwarmCommand`]) and the view of it the API shows.
+
+use std::sync::atomic::Ordering;
+
+use libp2p::PeerId;
+use libp2p::multiaddr::Protocol;
+use pinmesh_protocol::Request;
+use pinmesh_protocol::catchup::Input;
+
+use super::{EventLoop, PeerView, SwarmCommand, SwarmInfo};
+
+impl EventLoop {
+    pub(super) fn on_command(&mut self, command: SwarmCommand) {
+        match command {
+            SwarmCommand::Dial { addr, reply } => {
+                let Some(Protocol::P2p(peer_id)) = addr.iter().last() else {
+                    let _ = reply.send(Err(format!("{addr} does not end with /p2p/<peer id>")));
+                    return;
+                };
+                if peer_id == *self.swarm.local_peer_id() {
+                    let _ = reply.send(Err(format!("{addr} is this agent's own address")));
+                    return;
+                }
+                if self.membership.is_foreign(&peer_id) {
+                    let _ = reply.send(Err(format!(
+                        "{peer_id} belongs to another cluster (it shares the secret, not the \
+                         cluster name)"
+                    )));
+                    return;
+                }
+                if self.swarm.is_connected(&peer_id) {
+                    let _ = reply.send(Ok(peer_id));
+                    return;
+                }
+                // The peer becomes known once connected (its address is then recorded), so a
+                // join that fails leaves no peer behind to list or to dial again.
+                match self.swarm.dial(addr) {
+                    Ok(()) => {
+                        self.pending_dials.entry(peer_id).or_default().push(reply);
+                    }
+                    Err(err) => {
+                        let _ = reply.send(Err(err.to_string()));
+                    }
+                }
+            }
+            SwarmCommand::Refresh => self.feed(Input::Refresh),
+            SwarmCommand::PinStatus { peer, cids, reply } => {
+                if !self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Err("not connected".into()));
+                    return;
+                }
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_request(&peer, Request::PinStatus { cids });
+                self.pending_status.insert(id, reply);
+            }
+            SwarmCommand::Info { reply } => {
+                let _ = reply.send(self.info());
+            }
+        }
+    }
+
+    fn info(&self) -> SwarmInfo {
+        let now = self.started.elapsed();
+        let mut ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        ids.extend(self.catchup.known().filter(|p| !self.peers.contains_key(p)));
+        let peers = ids
+            .into_iter()
+            .map(|id| {
+                let state = self.peers.get(&id);
+                let heard = self.catchup.heard_from(&id);
+                PeerView {
+                    peer_id: id.to_string(),
+                    connected: state.is_some_and(|p| p.connections > 0),
+                    addrs: state
+                        .map(|p| p.addrs.iter().map(ToString::to_string).collect())
+                        .unwrap_or_default(),
+                    last_heard_ms: heard.map(|(at, _)| now.saturating_sub(at).as_millis() as u64),
+                    summary: heard.map(|(_, s)| s.clone()),
+                }
+            })
+            .collect();
+        SwarmInfo {
+            peer_id: self.swarm.local_peer_id().to_string(),
+            listen: self.swarm.listeners().map(ToString::to_string).collect(),
+            peers,
+            rejected_messages: self.flags.rejected.load(Ordering::Relaxed),
+            foreign_peers: self.flags.foreign_peers.load(Ordering::Relaxed),
+        }
+    }
+}
