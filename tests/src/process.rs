@@ -1,4 +1,5 @@
-//! `pinmesh run` as a separate process, for benchmarks that measure agents from outside.
+//! `pinmesh run` as a separate process: the one harness of the black-box tests and of the
+//! benchmarks that measure agents from outside.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -11,6 +12,8 @@ use pinmesh_agent::api::client::Client;
 pub struct AgentProcess {
     child: Child,
     pub client: Client,
+    /// Its API's base URL, as it printed it.
+    pub api: String,
     /// Its first libp2p listen address, with `/p2p/`.
     pub addr: String,
     pub home: PathBuf,
@@ -77,9 +80,11 @@ impl AgentProcess {
             }
         }
         let token = std::fs::read_to_string(home.join("api.token"))?;
+        let api = api.context("agent printed no API address")?;
         Ok(AgentProcess {
             child,
-            client: Client::new(api.context("agent printed no API address")?, token.trim()),
+            client: Client::new(api.clone(), token.trim()),
+            api,
             addr: addr.context("agent printed no listen address")?,
             home: home.to_path_buf(),
         })
@@ -96,6 +101,12 @@ impl AgentProcess {
             bail!("kill -TERM failed");
         }
         Ok(self.child.wait()?)
+    }
+
+    /// Kills the agent with SIGKILL (no flush, no close) and reaps it.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Resident memory, from /proc.

@@ -1,10 +1,9 @@
 //! Scenarios driving the real `pinmesh` binary as a user would.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
 use pinmesh_protocol::sim::sim_cid;
+use pinmesh_tests::process::AgentProcess;
 use pinmesh_tests::{
     assert_one_line_error, init_loopback, pinmesh, pinmesh_bin, pinmesh_in, stderr, stdout,
 };
@@ -105,62 +104,16 @@ fn init_refuses_to_overwrite_and_a_broken_config_stops_run() {
     assert_one_line_error(&pinmesh_in(dir.path(), &["run"]), "config.toml");
 }
 
-/// A running `pinmesh run` process.
-struct Agent {
-    child: Child,
-    api: String,
-    /// Its first listen address, with /p2p/.
-    addr: String,
-}
-
-impl Agent {
-    /// Starts `pinmesh run` and waits for it to print its API address.
-    fn start(dir: &Path) -> Agent {
-        let mut child = Command::new(pinmesh_bin())
-            .args(["run"])
-            .env("PINMESH_DIR", dir)
-            .env("PINMESH_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn pinmesh run");
-        let out = child.stdout.take().expect("stdout");
-        let (mut api, mut addr) = (None, None);
-        for line in BufReader::new(out).lines() {
-            let line = line.expect("read stdout");
-            if let Some(rest) = line.strip_prefix("listening on ") {
-                addr.get_or_insert_with(|| rest.to_string());
-            }
-            if let Some(rest) = line.strip_prefix("api: ") {
-                api = Some(rest.to_string());
-                break;
-            }
-        }
-        Agent {
-            child,
-            api: api.expect("agent printed its API address"),
-            addr: addr.expect("agent printed a listen address"),
-        }
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `pinmesh run` in an initialised home; its warnings go to `agent.log` there.
+fn start(dir: &Path) -> AgentProcess {
+    AgentProcess::run(&pinmesh_bin(), dir).expect("start pinmesh run")
 }
 
 #[test]
 fn acknowledged_pins_survive_kill_9() {
     let dir = TempDir::new().expect("temp dir");
     init_loopback(dir.path(), &[]);
-    let agent = Agent::start(dir.path());
+    let agent = start(dir.path());
     assert!(agent.api.starts_with("http://127.0.0.1:"), "{}", agent.api);
     let mut acked = Vec::new();
     for n in 0..25 {
@@ -176,7 +129,7 @@ fn acknowledged_pins_survive_kill_9() {
     assert!(out.status.success(), "{}", stderr(&out));
     agent.kill9();
 
-    let _agent = Agent::start(dir.path());
+    let _agent = start(dir.path());
     let out = pinmesh_in(dir.path(), &["pin", "ls", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let listed: Vec<serde_json::Value> = stdout(&out)
@@ -210,24 +163,19 @@ fn acknowledged_pins_survive_kill_9() {
     assert_eq!(stdout(&out).lines().last(), Some("CONVERGED"));
 }
 
-fn client_of(dir: &Path, agent: &Agent) -> pinmesh_agent::api::client::Client {
-    let token = std::fs::read_to_string(dir.join("api.token")).expect("token");
-    pinmesh_agent::api::client::Client::new(agent.api.clone(), token.trim())
-}
-
 #[test]
 fn an_agent_killed_mid_load_loses_nothing_it_acknowledged_and_catches_up() {
     use pinmesh_agent::api::PinRequest;
     let (a_dir, b_dir) = (TempDir::new().expect("dir"), TempDir::new().expect("dir"));
     let secret: String = "5e".repeat(32);
     init_loopback(a_dir.path(), &["--secret", &secret]);
-    let a = Agent::start(a_dir.path());
+    let a = start(a_dir.path());
     init_loopback(b_dir.path(), &["--secret", &secret, "--bootstrap", &a.addr]);
-    let b = Agent::start(b_dir.path());
+    let b = start(b_dir.path());
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
 
     // A writer pins at A without pause; A is killed after its 300th acknowledgement.
-    let a_client = client_of(a_dir.path(), &a);
+    let a_client = a.client.clone();
     let (acked_tx, acked_rx) = std::sync::mpsc::channel::<String>();
     let writer = runtime.spawn(async move {
         for n in 0.. {
@@ -251,13 +199,13 @@ fn an_agent_killed_mid_load_loses_nothing_it_acknowledged_and_catches_up() {
     acked.extend(acked_rx.try_iter());
 
     // B keeps working while A is down.
-    let b_client = client_of(b_dir.path(), &b);
+    let b_client = b.client.clone();
     runtime
         .block_on(b_client.pin(&PinRequest::new(sim_cid(1_000_000), "while A was down")))
         .expect("pin at B");
 
-    let a = Agent::start(a_dir.path());
-    let a_client = client_of(a_dir.path(), &a);
+    let a = start(a_dir.path());
+    let a_client = a.client.clone();
     let mut listed = std::collections::BTreeSet::new();
     runtime
         .block_on(a_client.list(|p| {
