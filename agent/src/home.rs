@@ -9,9 +9,8 @@
 //! DIR/ipfs/          the embedded IPFS node: its identity.key, blocks and pins
 //! ```
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::fs;
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use libp2p::identity::Keypair;
@@ -82,24 +81,7 @@ impl Home {
     }
 }
 
-/// Writes `bytes` to `path` readable by the owner only, replacing any previous file atomically.
-pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut options = OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
+pub use crate::files::write_private;
 
 /// A random token of 32 bytes, hex.
 pub fn random_hex32() -> String {

@@ -234,3 +234,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SendTimeout<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+/// A stream of what arrives on `rx` (a response body fed by a task).
+pub fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

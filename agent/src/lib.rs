@@ -9,6 +9,7 @@
 //! - [`api`]: the control API and its client.
 //! - [`config`], [`home`]: configuration and the agent's home directory.
 //! - [`fatal`]: how a part that cannot go on stops the agent with one line.
+//! - [`files`]: files written atomically and privately.
 //! - [`net`]: checks on listen addresses; [`http`]: the hardened HTTP server.
 //! - [`cli`]: the `pinmesh` command line.
 
@@ -16,6 +17,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod fatal;
+pub mod files;
 pub mod home;
 pub mod http;
 pub mod ipfs;

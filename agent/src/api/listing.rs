@@ -130,14 +130,8 @@ where
     });
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
-        .body(Body::from_stream(tokio_stream_from(rx)))
+        .body(Body::from_stream(crate::http::tokio_stream_from(rx)))
         .map_err(|e| ApiError::Internal(e.to_string()))
-}
-
-pub(crate) fn tokio_stream_from<T: Send + 'static>(
-    mut rx: mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send + 'static {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 #[cfg(test)]

@@ -10,9 +10,7 @@ pub mod client;
 mod listing;
 pub mod status;
 
-pub(crate) use self::listing::{
-    LIST_BUFFER, LIST_PAGE, Page, listing_permit, stream_pages, tokio_stream_from,
-};
+pub(crate) use self::listing::{LIST_BUFFER, LIST_PAGE, Page, listing_permit, stream_pages};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,6 +28,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::http::tokio_stream_from;
 use crate::replica::{LocalError, LocalOp, ReplicaHandle};
 use crate::store::{LOG, PINS, Store};
 use crate::swarm::{Flags, SwarmCommand, SwarmInfo};

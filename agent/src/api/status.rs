@@ -10,7 +10,7 @@ use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::Response;
 use libp2p::PeerId;
-use pinmesh_protocol::message::{MAX_STATUS_CIDS, MAX_STATUS_ERROR};
+use pinmesh_protocol::message::MAX_STATUS_CIDS;
 use pinmesh_protocol::{Cid, PinStatusEntry};
 use redb::ReadableDatabase;
 use serde::{Deserialize, Serialize};
@@ -18,24 +18,12 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use super::{ApiError, ApiState, LIST_BUFFER, parse_cid, tokio_stream_from};
-use crate::reconcile::{PinState, Status, allocated_here, decode_state, open_status, status_in};
-use crate::store::{PINS, Store, StoreError, decode_pin_entry};
-use crate::swarm::SwarmCommand;
+use crate::reconcile::Status;
+pub use crate::reconcile::status::{NO_IPFS, StatusLine};
 
-/// One CID's status on one peer: a line of `GET /v1/status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatusLine {
-    pub cid: String,
-    pub peer_id: String,
-    pub status: Status,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub attempts: u32,
-    /// Unix milliseconds of the last change; 0 when the reconciler has not looked yet.
-    pub updated: u64,
-    /// This agent added the pin to its node (and will remove it when unwanted).
-    pub owned: bool,
-}
+use crate::reconcile::status::{lines_for, scan_page, scan_some};
+use crate::store::{PINS, Store, StoreError};
+use crate::swarm::SwarmCommand;
 
 /// `?cids=A,B&filter=pin_error,queued`.
 #[derive(Debug, Default, Deserialize)]
@@ -93,7 +81,7 @@ pub async fn status(
             true
         };
         let next = if cids.is_empty() {
-            scan_page(&store, &peer_id, after, &mut emit)
+            scan_page(&store, &peer_id, super::LIST_PAGE, after, &mut emit)
         } else {
             // The CIDs asked for (a URL's worth): one page.
             scan_some(&store, &peer_id, &cids, &mut emit).map(|()| None)
@@ -101,163 +89,6 @@ pub async fn status(
         .map_err(|e| e.to_string())?;
         Ok(super::Page { lines, next })
     })
-}
-
-/// A CID's line from its pinset entry (if any) and its status record (if any).
-fn line_of(
-    cid: &Cid,
-    peer_id: &str,
-    entry: Option<&[u8]>,
-    record: Option<PinState>,
-) -> Result<StatusLine, StoreError> {
-    let wanted = match entry {
-        Some(bytes) => {
-            let versions = decode_pin_entry(bytes)?;
-            pinmesh_protocol::entry::winner(&versions).map(|w| w.spec.clone())
-        }
-        None => None,
-    };
-    let line = |status: Status, record: Option<&PinState>| StatusLine {
-        cid: cid.to_string(),
-        peer_id: peer_id.to_string(),
-        status,
-        error: record.and_then(|r| r.error.clone()),
-        attempts: record.map_or(0, |r| r.attempts),
-        updated: record.map_or(0, |r| r.updated_ms),
-        owned: record.is_some_and(|r| r.owned),
-    };
-    Ok(match (wanted, record) {
-        (Some(spec), _) if !allocated_here(&spec) => line(Status::Remote, None),
-        (_, Some(record)) => line(record.status, Some(&record)),
-        // Wanted, and the reconciler has not looked at it yet.
-        (Some(_), None) => line(Status::Queued, None),
-        (None, None) => line(Status::Unpinned, None),
-    })
-}
-
-/// One page of every status line: the pins of the pinset, then the CIDs the reconciler still
-/// tracks outside it. A page key is a phase byte (0: pins, 1: statuses) and the last key read.
-/// Pages are read in separate transactions, so a CID unpinned while the listing runs may show
-/// in both phases (its status then, and again at the end).
-fn scan_page(
-    store: &Store,
-    peer_id: &str,
-    after: Option<Vec<u8>>,
-    emit: &mut dyn FnMut(StatusLine) -> bool,
-) -> Result<Option<Vec<u8>>, StoreError> {
-    use std::ops::Bound;
-    let txn = store.db().begin_read()?;
-    let pins = txn.open_table(PINS)?;
-    let statuses = open_status(&txn)?;
-    let (phase, from) = match &after {
-        Some(key) if !key.is_empty() => (key[0], Some(&key[1..])),
-        _ => (0, None),
-    };
-    fn lower(from: Option<&[u8]>) -> Bound<&[u8]> {
-        match from {
-            Some(key) => Bound::Excluded(key),
-            None => Bound::Unbounded,
-        }
-    }
-    let next = |phase: u8, key: &[u8]| {
-        let mut next = vec![phase];
-        next.extend_from_slice(key);
-        Some(next)
-    };
-    let mut seen = 0;
-    if phase == 0 {
-        for item in pins.range::<&[u8]>((lower(from), Bound::Unbounded))? {
-            let (key, value) = item?;
-            if let Ok(cid) = Cid::try_from(key.value()) {
-                let record = status_in(&statuses, key.value())?;
-                emit(line_of(&cid, peer_id, Some(value.value()), record)?);
-            }
-            seen += 1;
-            if seen == super::LIST_PAGE {
-                return Ok(next(0, key.value()));
-            }
-        }
-    }
-    let Some(statuses) = &statuses else {
-        return Ok(None);
-    };
-    let from = if phase == 1 { from } else { None };
-    for item in statuses.range::<&[u8]>((lower(from), Bound::Unbounded))? {
-        let (key, value) = item?;
-        seen += 1;
-        if pins.get(key.value())?.is_none()
-            && let Ok(cid) = Cid::try_from(key.value())
-        {
-            let record = Some(decode_state(value.value())?);
-            emit(line_of(&cid, peer_id, None, record)?);
-        }
-        if seen >= super::LIST_PAGE {
-            return Ok(next(1, key.value()));
-        }
-    }
-    Ok(None)
-}
-
-/// This agent's lines for `cids`, in order (answers a peer's `PinStatus`).
-pub fn lines_for(
-    store: &Store,
-    peer_id: &str,
-    cids: &[Cid],
-) -> Result<Vec<StatusLine>, StoreError> {
-    let mut lines = Vec::with_capacity(cids.len());
-    scan_some(store, peer_id, cids, &mut |line| {
-        lines.push(line);
-        true
-    })?;
-    Ok(lines)
-}
-
-impl StatusLine {
-    /// The wire form, error text cut to [`MAX_STATUS_ERROR`].
-    pub fn into_entry(self) -> PinStatusEntry {
-        let error = self.error.map(|mut e| {
-            if e.len() > MAX_STATUS_ERROR {
-                let mut cut = MAX_STATUS_ERROR;
-                while !e.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                e.truncate(cut);
-            }
-            e
-        });
-        PinStatusEntry {
-            cid: self.cid.parse().unwrap_or_default(),
-            status: self.status.to_string(),
-            error,
-            attempts: self.attempts,
-            updated_ms: self.updated,
-        }
-    }
-}
-
-fn scan_some(
-    store: &Store,
-    peer_id: &str,
-    cids: &[Cid],
-    emit: &mut dyn FnMut(StatusLine) -> bool,
-) -> Result<(), StoreError> {
-    let txn = store.db().begin_read()?;
-    let pins = txn.open_table(PINS)?;
-    let statuses = open_status(&txn)?;
-    for cid in cids {
-        let key = cid.to_bytes();
-        let entry = pins.get(key.as_slice())?;
-        let record = status_in(&statuses, &key)?;
-        if !emit(line_of(
-            cid,
-            peer_id,
-            entry.as_ref().map(|e| e.value()),
-            record,
-        )?) {
-            return Ok(());
-        }
-    }
-    Ok(())
 }
 
 /// `POST /v1/recover` body.
@@ -289,6 +120,10 @@ pub async fn recover(
     Ok(Json(RecoverReply { queued }))
 }
 
+/// CIDs per round of questions to the peers: well under the request size limit even for
+/// CIDs with 64-byte digests.
+const CLUSTER_CHUNK: usize = MAX_STATUS_CIDS / 2;
+
 /// One peer's status for one CID, in a [`ClusterStatusLine`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerPinStatus {
@@ -309,11 +144,6 @@ pub struct ClusterStatusLine {
     pub peers: BTreeMap<String, PeerPinStatus>,
 }
 
-/// CIDs per round of questions to the peers: well under the request size limit even for
-/// CIDs with 64-byte digests.
-const CLUSTER_CHUNK: usize = MAX_STATUS_CIDS / 2;
-/// A peer's refusal that means it has no node to report on (it is left out, not `unknown`).
-pub const NO_IPFS: &str = "this agent drives no IPFS node";
 /// The API's answer when a command needs this agent's IPFS node and there is none.
 const NO_NODE: &str =
     "this agent drives no IPFS node (its config.toml has ipfs.embedded = false and no ipfs.api)";

@@ -65,7 +65,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     };
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(UPLOAD_BUFFER);
     let writer = tokio::spawn(write_body(entries, boundary.clone(), progress.clone(), tx));
-    let body = crate::api::tokio_stream_from(rx);
+    let body = crate::http::tokio_stream_from(rx);
     let client = ctx.client()?;
     let added = client
         .add(

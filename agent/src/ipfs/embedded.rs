@@ -128,7 +128,7 @@ impl EmbeddedBackend {
         const CALL: &str = "add";
         // The field borrows the multipart reader; the adder wants an owned stream: bridge them.
         let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
-        let stream = crate::api::tokio_stream_from(rx).boxed();
+        let stream = crate::http::tokio_stream_from(rx).boxed();
         let mut adder = self.ipfs.add_unixfs(AddOpt::Stream(stream)).pin(false);
         let feed = async move {
             loop {
@@ -497,7 +497,7 @@ fn load_or_create_identity(path: &Path) -> anyhow::Result<Keypair> {
             .with_context(|| format!("{} is not a libp2p identity", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let keypair = Keypair::generate_ed25519();
-            crate::home::write_private(path, &keypair.to_protobuf_encoding()?)?;
+            crate::files::write_private(path, &keypair.to_protobuf_encoding()?)?;
             Ok(keypair)
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),

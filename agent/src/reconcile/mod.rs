@@ -24,6 +24,8 @@
 //! Every status survives restarts; a status that was in flight (`pinning`, `unpinning`) is
 //! settled by the first listing after the restart.
 
+pub mod status;
+
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

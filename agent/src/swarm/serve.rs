@@ -12,7 +12,6 @@ use pinmesh_protocol::{Request, Response};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::warn;
 
-use crate::api::status::StatusLine;
 use crate::fatal::Fatal;
 use crate::store::{ServeError, Snapshots, Store, StoreError};
 
@@ -80,7 +79,7 @@ impl Server {
     ) -> Option<(ResponseChannel<Response>, Response)> {
         if let Request::PinStatus { cids } = &request {
             let refuse = if !self.ipfs {
-                Some(crate::api::status::NO_IPFS.to_string())
+                Some(crate::reconcile::status::NO_IPFS.to_string())
             } else if cids.len() > MAX_STATUS_CIDS {
                 Some(format!("at most {MAX_STATUS_CIDS} CIDs per request"))
             } else {
@@ -160,15 +159,17 @@ fn read(
                 }
             }
         }
-        Request::PinStatus { cids } => match crate::api::status::lines_for(store, me, &cids) {
-            Ok(lines) => Response::PinStatus {
-                entries: lines.into_iter().map(StatusLine::into_entry).collect(),
-            },
-            Err(err) => {
-                warn!(%peer, error = %err, "cannot read pin statuses");
-                storage_error()
+        Request::PinStatus { cids } => {
+            match crate::reconcile::status::lines_for(store, me, &cids) {
+                Ok(lines) => Response::PinStatus {
+                    entries: lines.into_iter().map(|l| l.into_entry()).collect(),
+                },
+                Err(err) => {
+                    warn!(%peer, error = %err, "cannot read pin statuses");
+                    storage_error()
+                }
             }
-        },
+        }
         Request::Status | Request::IpfsNode => Response::Refused {
             reason: "answered by the event loop".into(),
         },
