@@ -302,6 +302,17 @@ impl Snapshots {
     }
 }
 
+#[cfg(test)]
+impl Snapshots {
+    /// Makes every open snapshot `by` older, as if begun that long ago.
+    fn backdate(&self, by: Duration) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        for s in open.values_mut() {
+            s.started = s.started.checked_sub(by).expect("a time that old");
+        }
+    }
+}
+
 impl std::fmt::Debug for Snapshots {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Snapshots")
@@ -560,6 +571,119 @@ mod tests {
                 None => return Ok(entries),
             }
         }
+    }
+
+    /// Asks for a chunk of at most 10 entries.
+    fn chunk(
+        store: &Store,
+        snapshots: &Snapshots,
+        peer: &str,
+        id: Option<u64>,
+        after: Option<&[u8]>,
+    ) -> Result<SnapshotChunk, ServeError> {
+        store.snapshot_chunk(snapshots, peer, id, after, 10, 1 << 20)
+    }
+
+    #[test]
+    fn a_snapshot_continues_only_for_its_peer_and_only_from_its_cursor() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let store = filled(&dir.path().join("pinmesh.redb"));
+        let snapshots = Snapshots::default();
+        let first = chunk(&store, &snapshots, "a", None, None).expect("first chunk");
+        assert_eq!(first.entries.len(), 10);
+        assert_eq!(first.head.as_ref().map(|h| h.pins), Some(50));
+        let id = first.snapshot_id;
+        let cursor = first.next.expect("more follow").to_vec();
+        let unknown = |r: Result<SnapshotChunk, ServeError>| matches!(r, Err(ServeError::Unknown(i)) if i == id);
+        assert!(
+            unknown(chunk(&store, &snapshots, "b", Some(id), Some(&cursor))),
+            "another peer"
+        );
+        assert!(
+            unknown(chunk(&store, &snapshots, "a", Some(id), None)),
+            "from the start again"
+        );
+        let mut skipped = cursor.clone();
+        skipped.push(0);
+        assert!(
+            unknown(chunk(&store, &snapshots, "a", Some(id), Some(&skipped))),
+            "a skip"
+        );
+        // Refusals leave the snapshot as it was: it goes on from its cursor, to the end.
+        let second = chunk(&store, &snapshots, "a", Some(id), Some(&cursor)).expect("second");
+        assert!(second.head.is_none());
+        assert!(second.entries[0].cid.to_bytes() > cursor);
+        assert!(
+            unknown(chunk(&store, &snapshots, "a", Some(id), Some(&cursor))),
+            "a repeat"
+        );
+        let (mut after, mut served) = (second.next.map(|n| n.to_vec()), 20);
+        while let Some(cursor) = after {
+            let next = chunk(&store, &snapshots, "a", Some(id), Some(&cursor)).expect("next");
+            served += next.entries.len();
+            after = next.next.map(|n| n.to_vec());
+        }
+        assert_eq!(served, 50);
+        assert!(
+            unknown(chunk(&store, &snapshots, "a", Some(id), None)),
+            "released at its end"
+        );
+    }
+
+    #[test]
+    fn snapshots_open_at_once_are_limited_and_a_peer_starting_again_replaces_its_own() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let store = filled(&dir.path().join("pinmesh.redb"));
+        let snapshots = Snapshots::default();
+        let ids: Vec<u64> = (0..MAX_OPEN_SNAPSHOTS)
+            .map(|p| {
+                chunk(&store, &snapshots, &p.to_string(), None, None)
+                    .expect("within the limit")
+                    .snapshot_id
+            })
+            .collect();
+        let busy = chunk(&store, &snapshots, "one more", None, None);
+        assert!(matches!(busy, Err(ServeError::Busy)), "{busy:?}");
+        // Peer 0 starts again: its old snapshot goes, so it is not busy.
+        let again = chunk(&store, &snapshots, "0", None, None).expect("replaces its own");
+        assert_ne!(again.snapshot_id, ids[0]);
+        let old = chunk(&store, &snapshots, "0", Some(ids[0]), None);
+        assert!(matches!(old, Err(ServeError::Unknown(_))), "{old:?}");
+    }
+
+    #[test]
+    fn a_snapshot_past_its_time_is_released() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let store = filled(&dir.path().join("pinmesh.redb"));
+        let snapshots = Snapshots::default();
+        let mut firsts = Vec::new();
+        for p in 0..MAX_OPEN_SNAPSHOTS {
+            firsts.push(chunk(&store, &snapshots, &p.to_string(), None, None).expect("open"));
+        }
+        snapshots.backdate(SNAPSHOT_TTL - Duration::from_secs(1));
+        let first = &firsts[0];
+        let cursor = first.next.as_deref().map(|c| c.to_vec());
+        let going_on = chunk(
+            &store,
+            &snapshots,
+            "0",
+            Some(first.snapshot_id),
+            cursor.as_deref(),
+        );
+        assert!(going_on.is_ok(), "not yet past its time: {going_on:?}");
+        snapshots.backdate(Duration::from_secs(2));
+        let first = &firsts[1];
+        let cursor = first.next.as_deref().map(|c| c.to_vec());
+        let late = chunk(
+            &store,
+            &snapshots,
+            "1",
+            Some(first.snapshot_id),
+            cursor.as_deref(),
+        );
+        assert!(matches!(late, Err(ServeError::Unknown(_))), "{late:?}");
+        // Their slots are free again.
+        assert!(chunk(&store, &snapshots, "new", None, None).is_ok());
     }
 
     #[test]
