@@ -28,7 +28,7 @@ use crate::ipfs::{PinBackend, PinLimits, peering};
 use crate::reconcile;
 use crate::replica::{self, NodeSigner, ReplicaHandle};
 use crate::store::Store;
-use crate::swarm::{self, EventLoop, Flags, SwarmCommand, Wiring};
+use crate::swarm::{self, EventLoop, Flags, SwarmHandle, Wiring};
 
 /// Options of one start that are not in the config file.
 #[derive(Debug, Clone, Default)]
@@ -49,7 +49,7 @@ pub struct NodeHandle {
     pub flags: Arc<Flags>,
     /// Whether the agent has caught up with its peers (decided by catch-up in the swarm).
     pub synced: watch::Receiver<bool>,
-    pub swarm: mpsc::Sender<SwarmCommand>,
+    pub swarm: SwarmHandle,
     cancel: CancellationToken,
     tasks: TaskTracker,
     /// Why a critical part stopped the agent, when it says.
@@ -175,7 +175,7 @@ impl Node {
                 .with_context(|| format!("cannot listen on {addr}"))?;
         }
         let (listen_tx, mut listen_rx) = watch::channel(Vec::new());
-        let (swarm_tx, swarm_rx) = mpsc::channel(swarm::COMMAND_CAPACITY);
+        let (swarm_tx, swarm_rx) = SwarmHandle::new();
         let event_loop = EventLoop::new(
             swarm,
             Wiring {

@@ -26,12 +26,11 @@ use libp2p::Multiaddr;
 use pinmesh_protocol::{Cid, Comparison, PinMode, PinSpec, Version, codec, winner};
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
 
 use crate::http::tokio_stream_from;
 use crate::replica::{LocalError, LocalOp, ReplicaHandle};
 use crate::store::{LOG, PINS, Store};
-use crate::swarm::{Flags, SwarmCommand, SwarmInfo};
+use crate::swarm::{Flags, SwarmError, SwarmHandle, SwarmInfo};
 
 /// Most pins in one `POST /v1/pins/batch`.
 pub const MAX_BATCH_PINS: usize = 10_000;
@@ -46,7 +45,7 @@ const MAX_ERROR_BODY: usize = 64 << 10;
 pub struct ApiState {
     pub replica: ReplicaHandle,
     pub store: Store,
-    pub swarm: mpsc::Sender<SwarmCommand>,
+    pub swarm: SwarmHandle,
     pub flags: Arc<Flags>,
     /// Whether the agent has caught up with its peers.
     pub synced: tokio::sync::watch::Receiver<bool>,
@@ -348,14 +347,13 @@ fn parse_cid(text: &str) -> Result<Cid, ApiError> {
 }
 
 async fn swarm_info(state: &ApiState) -> Result<SwarmInfo, ApiError> {
-    let (reply, rx) = oneshot::channel();
-    state
-        .swarm
-        .send(SwarmCommand::Info { reply })
-        .await
-        .map_err(|_| ApiError::Unavailable("the network has stopped".into()))?;
-    rx.await
-        .map_err(|_| ApiError::Unavailable("the network has stopped".into()))
+    state.swarm.info().await.map_err(ApiError::from)
+}
+
+impl From<SwarmError> for ApiError {
+    fn from(err: SwarmError) -> Self {
+        ApiError::Unavailable(err.to_string())
+    }
 }
 
 async fn id(State(state): State<ApiState>) -> Result<Json<IdInfo>, ApiError> {
@@ -388,16 +386,10 @@ async fn join(
     Json(body): Json<JoinRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let addr = crate::config::parse_peer_addr(&body.addr).map_err(ApiError::BadRequest)?;
-    let (reply, rx) = oneshot::channel();
-    state
-        .swarm
-        .send(SwarmCommand::Dial { addr, reply })
-        .await
-        .map_err(|_| ApiError::Unavailable("the network has stopped".into()))?;
-    let peer = rx
-        .await
-        .map_err(|_| ApiError::Unavailable("the network has stopped".into()))?
-        .map_err(|e| ApiError::Unavailable(format!("cannot connect: {e}")))?;
+    let peer = state.swarm.dial(addr).await.map_err(|e| match e {
+        SwarmError::Stopped => ApiError::from(e),
+        e => ApiError::Unavailable(format!("cannot connect: {e}")),
+    })?;
     Ok(Json(serde_json::json!({ "peer_id": peer.to_string() })))
 }
 
@@ -712,10 +704,6 @@ async fn debug_peers(State(state): State<ApiState>) -> Result<Json<PeersReport>,
 }
 
 async fn refresh(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
-    state
-        .swarm
-        .send(SwarmCommand::Refresh)
-        .await
-        .map_err(|_| ApiError::Unavailable("the network has stopped".into()))?;
+    state.swarm.refresh().await?;
     Ok(Json(serde_json::json!({})))
 }

@@ -14,7 +14,7 @@ use pinmesh_protocol::message::MAX_STATUS_CIDS;
 use pinmesh_protocol::{Cid, PinStatusEntry};
 use redb::ReadableDatabase;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::{ApiError, ApiState, LIST_BUFFER, parse_cid, tokio_stream_from};
@@ -23,7 +23,7 @@ pub use crate::reconcile::status::{NO_IPFS, StatusLine};
 
 use crate::reconcile::status::{lines_for, scan_page, scan_some};
 use crate::store::{PINS, Store, StoreError};
-use crate::swarm::SwarmCommand;
+use crate::swarm::SwarmError;
 
 /// `?cids=A,B&filter=pin_error,queued`.
 #[derive(Debug, Default, Deserialize)]
@@ -241,26 +241,20 @@ async fn round(
         })
         .collect();
     let asks = peers.iter().map(|peer| async move {
-        let (reply, rx) = oneshot::channel();
-        let command = SwarmCommand::PinStatus {
-            peer: *peer,
-            cids: chunk.to_vec(),
-            reply,
-        };
-        if state.swarm.send(command).await.is_err() {
-            return (*peer, Err("the network has stopped".to_string()));
-        }
-        let answer = match tokio::time::timeout(PEER_ANSWER, rx).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err("the network has stopped".into()),
-            Err(_) => Err(format!("no answer within {}s", PEER_ANSWER.as_secs())),
+        let asked = state.swarm.pin_status(*peer, chunk.to_vec());
+        let answer = match tokio::time::timeout(PEER_ANSWER, asked).await {
+            Ok(answer) => answer,
+            Err(_) => Err(SwarmError::Failed(format!(
+                "no answer within {}s",
+                PEER_ANSWER.as_secs()
+            ))),
         };
         (*peer, answer)
     });
     for (peer, answer) in futures::future::join_all(asks).await {
         let mut entries: std::collections::HashMap<Cid, PinStatusEntry> = match answer {
             Ok(entries) => entries.into_iter().map(|e| (e.cid, e)).collect(),
-            Err(reason) if reason == NO_IPFS => continue,
+            Err(SwarmError::NoIpfs) => continue,
             Err(reason) => {
                 debug!(%peer, %reason, "peer did not answer for the cluster status");
                 std::collections::HashMap::new()

@@ -7,7 +7,7 @@ use libp2p::multiaddr::Protocol;
 use pinmesh_protocol::Request;
 use pinmesh_protocol::catchup::Input;
 
-use super::{EventLoop, PeerView, SwarmCommand, SwarmInfo};
+use super::{EventLoop, PeerView, SwarmCommand, SwarmError, SwarmInfo};
 
 impl EventLoop {
     pub(super) fn on_command(&mut self, command: SwarmCommand) {
@@ -46,7 +46,7 @@ impl EventLoop {
             SwarmCommand::Refresh => self.feed(Input::Refresh),
             SwarmCommand::PinStatus { peer, cids, reply } => {
                 if !self.swarm.is_connected(&peer) {
-                    let _ = reply.send(Err("not connected".into()));
+                    let _ = reply.send(Err(SwarmError::NotConnected));
                     return;
                 }
                 let id = self

@@ -14,7 +14,8 @@ use tracing::{debug, info, warn};
 
 use super::behaviour::author_peer;
 use super::membership::Verdict;
-use super::{BehaviourEvent, EventLoop};
+use super::{BehaviourEvent, EventLoop, SwarmError};
+use crate::reconcile::status::NO_IPFS;
 use crate::store::PeerRecord;
 
 impl EventLoop {
@@ -143,8 +144,11 @@ impl EventLoop {
                         Some(reply) => {
                             let _ = reply.send(match response {
                                 Response::PinStatus { entries } => Ok(entries),
-                                Response::Refused { reason } => Err(reason),
-                                _ => Err("answered something else".into()),
+                                Response::Refused { reason } if reason == NO_IPFS => {
+                                    Err(SwarmError::NoIpfs)
+                                }
+                                Response::Refused { reason } => Err(SwarmError::Failed(reason)),
+                                _ => Err(SwarmError::Failed("answered something else".into())),
                             });
                         }
                         None => self.on_response(peer, response),
@@ -169,7 +173,7 @@ impl EventLoop {
                 }
                 match self.pending_status.remove(&request_id) {
                     Some(reply) => {
-                        let _ = reply.send(Err(error.to_string()));
+                        let _ = reply.send(Err(SwarmError::Failed(error.to_string())));
                     }
                     None => self.feed(Input::RequestFailed { peer }),
                 }

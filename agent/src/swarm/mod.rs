@@ -13,6 +13,7 @@ mod behaviour;
 mod codec;
 mod commands;
 mod events;
+mod handle;
 mod membership;
 mod serve;
 
@@ -36,6 +37,7 @@ use tracing::{debug, info, warn};
 
 pub use self::behaviour::{Behaviour, BehaviourEvent, build, topic};
 pub use self::codec::{SyncCodec, cluster_id, sync_protocol};
+pub use self::handle::{SwarmError, SwarmHandle};
 use self::membership::Membership;
 use self::serve::{SNAPSHOT_CHUNK_ENTRIES, Served, Server};
 use crate::fatal::Fatal;
@@ -43,12 +45,10 @@ use crate::ipfs::peering::{self, Peering};
 use crate::replica::{Output, ReplicaHandle};
 use crate::store::Store;
 
-/// Commands queued to the swarm from the API. Small: each carries a reply and callers await it.
-pub const COMMAND_CAPACITY: usize = 64;
 /// Snapshot sessions past their time are released this often.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-/// What the API can ask the swarm.
+/// What the API can ask the swarm (through a [`SwarmHandle`]).
 #[derive(Debug)]
 pub enum SwarmCommand {
     /// Dial `addr` (ending in `/p2p/<id>`); resolves when connected or failed.
@@ -65,7 +65,7 @@ pub enum SwarmCommand {
     PinStatus {
         peer: PeerId,
         cids: Vec<Cid>,
-        reply: oneshot::Sender<Result<Vec<PinStatusEntry>, String>>,
+        reply: oneshot::Sender<Result<Vec<PinStatusEntry>, SwarmError>>,
     },
 }
 
@@ -111,7 +111,7 @@ pub struct Flags {
     pub foreign_peers: AtomicU64,
 }
 
-type StatusReply = oneshot::Sender<Result<Vec<PinStatusEntry>, String>>;
+type StatusReply = oneshot::Sender<Result<Vec<PinStatusEntry>, SwarmError>>;
 
 /// Everything the event loop needs besides the swarm.
 pub struct Wiring {

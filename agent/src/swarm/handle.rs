@@ -1,0 +1,85 @@
+//! [`SwarmHandle`]: what the rest of the agent may ask of the swarm, as typed async methods.
+//! Each sends a [`SwarmCommand`] to the event loop and waits for its answer.
+
+use libp2p::{Multiaddr, PeerId};
+use pinmesh_protocol::{Cid, PinStatusEntry};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{SwarmCommand, SwarmInfo};
+use crate::reconcile::status::NO_IPFS;
+
+/// Commands queued to the swarm. Small: each carries a reply and callers await it.
+const COMMAND_CAPACITY: usize = 64;
+
+/// Why the swarm could not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SwarmError {
+    /// The event loop has stopped (the agent is stopping).
+    #[error("the network has stopped")]
+    Stopped,
+    /// The peer is not connected.
+    #[error("not connected")]
+    NotConnected,
+    /// The peer drives no IPFS node, so it has no pin statuses to tell.
+    #[error("{}", NO_IPFS)]
+    NoIpfs,
+    /// The peer refused, or the request failed (the text says which).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The swarm's side of the agent: cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SwarmHandle {
+    tx: mpsc::Sender<SwarmCommand>,
+}
+
+impl SwarmHandle {
+    /// A handle and the receiver the event loop takes.
+    pub fn new() -> (SwarmHandle, mpsc::Receiver<SwarmCommand>) {
+        let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
+        (SwarmHandle { tx }, rx)
+    }
+
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> SwarmCommand,
+    ) -> Result<T, SwarmError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(command(reply))
+            .await
+            .map_err(|_| SwarmError::Stopped)?;
+        rx.await.map_err(|_| SwarmError::Stopped)
+    }
+
+    /// What the swarm knows of itself and its peers.
+    pub async fn info(&self) -> Result<SwarmInfo, SwarmError> {
+        self.ask(|reply| SwarmCommand::Info { reply }).await
+    }
+
+    /// Dials `addr` (ending in `/p2p/<id>`); resolves once connected, with the peer's id.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, SwarmError> {
+        self.ask(|reply| SwarmCommand::Dial { addr, reply })
+            .await?
+            .map_err(SwarmError::Failed)
+    }
+
+    /// Asks every connected peer for a fresh status.
+    pub async fn refresh(&self) -> Result<(), SwarmError> {
+        self.tx
+            .send(SwarmCommand::Refresh)
+            .await
+            .map_err(|_| SwarmError::Stopped)
+    }
+
+    /// Where `cids` stand on `peer`'s IPFS node.
+    pub async fn pin_status(
+        &self,
+        peer: PeerId,
+        cids: Vec<Cid>,
+    ) -> Result<Vec<PinStatusEntry>, SwarmError> {
+        self.ask(|reply| SwarmCommand::PinStatus { peer, cids, reply })
+            .await?
+    }
+}
