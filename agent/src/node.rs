@@ -1,15 +1,17 @@
-//! A whole agent: `Node::start(home)` wires store, replica, swarm and API and returns a handle.
-//! `main` and the tests start agents the same way.
+//! A whole agent: [`Node::start`] wires store, replica, IPFS node, swarm, reconciler and API
+//! from a [`Start`] and returns a handle. `main` and the tests start agents the same way.
 //!
 //! Teardown order (see [`NodeHandle::shutdown`]): the API stops taking requests, the swarm
 //! stops, then the replica drains what is queued and makes its last commit, then the store
-//! closes with the last handle.
+//! closes with the last handle, then the IPFS node stops. A start that fails stops what it
+//! began in the same order before it returns (see [`Node::start`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, watch};
@@ -18,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::api::{self, ApiState};
-use crate::config::Config;
+use crate::config::{Config, Validated};
 use crate::fatal::Fatal;
 use crate::home::{Home, write_private};
 use crate::http;
@@ -30,11 +32,33 @@ use crate::replica::{self, NodeSigner, ReplicaHandle};
 use crate::store::Store;
 use crate::swarm::{self, EventLoop, Flags, SwarmHandle, Wiring};
 
-/// Options of one start that are not in the config file.
-#[derive(Debug, Clone, Default)]
-pub struct StartOptions {
+/// What an agent needs to start.
+pub struct Start {
+    /// Where its database, IPFS repo and API address file live.
+    pub home: Home,
+    pub config: Validated,
+    /// Its libp2p identity (ed25519): its peer id and the key that signs its batches.
+    pub identity: Keypair,
+    /// The bearer token of its control API.
+    pub token: String,
+    /// The IPFS node to drive instead of the one the config names (stopped with the agent).
+    pub backend: Option<Arc<dyn PinBackend>>,
     /// Extra peers to dial (from `run --bootstrap`).
     pub bootstrap: Vec<Multiaddr>,
+}
+
+impl Start {
+    /// Everything from the agent's home: its config, identity and token.
+    pub fn from_home(home: Home) -> anyhow::Result<Start> {
+        Ok(Start {
+            config: Config::load(&home.config())?,
+            identity: home.load_identity()?,
+            token: home.load_token()?,
+            home,
+            backend: None,
+            bootstrap: Vec::new(),
+        })
+    }
 }
 
 /// A running agent.
@@ -58,39 +82,50 @@ pub struct NodeHandle {
     backend: Option<Arc<dyn PinBackend>>,
 }
 
-/// Undoes a start that fails after the IPFS node started: stops the tasks begun and the node
-/// (whose repo would stay locked).
-struct StartGuard {
-    cancel: CancellationToken,
-    backend: Option<Arc<dyn PinBackend>>,
-}
-
-impl StartGuard {
-    fn disarm(mut self) {
-        self.backend = None;
-    }
-}
-
-impl Drop for StartGuard {
-    fn drop(&mut self) {
-        if let Some(backend) = self.backend.take() {
-            self.cancel.cancel();
-            tokio::spawn(async move { backend.stop().await });
-        }
-    }
-}
-
 /// How long open API requests may hold up a shutdown.
 const API_DRAIN: Duration = Duration::from_secs(5);
 
 pub struct Node;
 
 impl Node {
-    /// Starts the agent living in `home`. Returns once it listens on the network and the API.
-    pub async fn start(home: Home, options: StartOptions) -> anyhow::Result<NodeHandle> {
-        let config = Config::load(&home.config())?;
-        let keypair = home.load_identity()?;
-        let token = home.load_token()?;
+    /// Starts an agent. Returns once it listens on the network and the API.
+    ///
+    /// A start that fails stops what it began before it returns, in this order: every task
+    /// (API, swarm, reconciler, peering), then the replica thread once the last handle to it is
+    /// gone (the database is closed), then the IPFS node (its repo is free again). Starting
+    /// again at once then works.
+    pub async fn start(start: Start) -> anyhow::Result<NodeHandle> {
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let mut backend = None;
+        let started = Self::assemble(start, cancel.clone(), tasks.clone(), &mut backend).await;
+        if started.is_err() {
+            cancel.cancel();
+            tasks.close();
+            tasks.wait().await; // the replica thread is joined by one of them
+            if let Some(backend) = backend {
+                backend.stop().await;
+            }
+        }
+        started
+    }
+
+    /// The steps of a start. What it began is in `tasks` (each ends on `cancel`) and
+    /// `backend_started`, for [`Node::start`] to stop when a step fails.
+    async fn assemble(
+        start: Start,
+        cancel: CancellationToken,
+        tasks: TaskTracker,
+        backend_started: &mut Option<Arc<dyn PinBackend>>,
+    ) -> anyhow::Result<NodeHandle> {
+        let Start {
+            home,
+            config,
+            identity: keypair,
+            token,
+            backend: given_backend,
+            bootstrap,
+        } = start;
         let peer_id = keypair.public().to_peer_id();
         // The API port first: a taken port fails the start before anything else is opened.
         let listener = tokio::net::TcpListener::bind(config.api_listen)
@@ -118,6 +153,7 @@ impl Node {
                 .try_into_ed25519()
                 .map_err(|_| anyhow!("identity must be ed25519"))?,
         );
+        let failure = Fatal::new(cancel.clone(), home.database());
         let (outputs_tx, outputs_rx) = mpsc::channel(replica::OUTPUT_CAPACITY);
         let (change_feed, changes) = replica::change_feed();
         let (replica, replica_thread) = replica::spawn(
@@ -129,37 +165,24 @@ impl Node {
             outputs_tx,
             change_feed,
         )?;
+        // Joined by a task, so a failed start waits for it like for the others.
+        let stop = cancel.clone();
+        let fatal = failure.clone();
+        tasks.spawn_blocking(move || {
+            match replica_thread.join() {
+                Ok(Ok(())) => stop.cancel(),
+                Ok(Err(reason)) => fatal.unwritable(&reason),
+                Err(_) => fatal.raise("the replica thread panicked".into()),
+            };
+        });
 
         // The IPFS node before the network: an embedded node that cannot open its repo or
         // listen fails the start with nothing else running yet.
-        let backend: Option<Arc<dyn PinBackend>> = {
-            let ipfs = &config.raw.ipfs;
-            match &ipfs.api {
-                Some(url) => Some(Arc::new(
-                    KuboBackend::new(url, ipfs.auth.as_deref(), ipfs.call_timeout)
-                        .map_err(|m| anyhow!(m))?,
-                )),
-                None if ipfs.embedded => {
-                    let node = EmbeddedBackend::start(EmbeddedOptions {
-                        dir: home.ipfs_dir(),
-                        listen: config.ipfs_listen.clone(),
-                        call_timeout: ipfs.call_timeout,
-                    })
-                    .instrument(span.clone())
-                    .await?;
-                    span.in_scope(|| info!(node = %node.describe(), "embedded IPFS node started"));
-                    Some(Arc::new(node))
-                }
-                None => None,
-            }
+        let backend: Option<Arc<dyn PinBackend>> = match given_backend {
+            Some(backend) => Some(backend),
+            None => start_backend(&config, &home, &span).await?,
         };
-        let cancel = CancellationToken::new();
-        let failure = Fatal::new(cancel.clone(), home.database());
-        let tasks = TaskTracker::new();
-        let guard = StartGuard {
-            cancel: cancel.clone(),
-            backend: backend.clone(),
-        };
+        *backend_started = backend.clone();
         let peering = backend.as_ref().map(|backend| {
             let (peering, run) = peering::spawn(backend.clone(), cancel.child_token());
             tasks.spawn(run.instrument(span.clone()));
@@ -197,7 +220,7 @@ impl Node {
         )?;
 
         let mut dial: Vec<Multiaddr> = config.bootstrap.clone();
-        dial.extend(options.bootstrap);
+        dial.extend(bootstrap);
         let known = store.peers().unwrap_or_else(|err| {
             warn!(error = %err, "cannot read the remembered peers; starting from bootstrap only");
             Vec::new()
@@ -258,15 +281,6 @@ impl Node {
                 None
             }
         };
-        let stop = cancel.clone();
-        let fatal = failure.clone();
-        tasks.spawn_blocking(move || {
-            match replica_thread.join() {
-                Ok(Ok(())) => stop.cancel(),
-                Ok(Err(reason)) => fatal.unwritable(&reason),
-                Err(_) => fatal.raise("the replica thread panicked".into()),
-            };
-        });
         tasks.spawn(
             replica::flush_periodically(replica.clone(), cancel.child_token())
                 .instrument(span.clone()),
@@ -299,18 +313,7 @@ impl Node {
             write_private(&home.api_addr(), format!("{api_addr}\n").as_bytes())?;
             anyhow::Ok(addrs)
         };
-        let addrs = match ready.await {
-            Ok(addrs) => addrs,
-            Err(err) => {
-                // Stop what was started and wait for it, so the database and ports are free
-                // when this returns.
-                cancel.cancel();
-                drop((replica, swarm_tx, store));
-                tasks.close();
-                tasks.wait().await;
-                return Err(err);
-            }
-        };
+        let addrs = ready.await?;
         let addrs: Vec<Multiaddr> = addrs
             .into_iter()
             .map(|a| a.with(Protocol::P2p(peer_id)))
@@ -349,7 +352,6 @@ impl Node {
             .instrument(span.clone()),
         );
         tasks.close();
-        guard.disarm();
         span.in_scope(|| info!(%api_addr, "agent started"));
         Ok(NodeHandle {
             peer_id,
@@ -414,6 +416,34 @@ impl Drop for NodeHandle {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
+}
+
+/// The IPFS node the config names: Kubo over RPC, the embedded node (started here: a repo
+/// that cannot be opened or a port that cannot be listened on fails the start), or none.
+async fn start_backend(
+    config: &Validated,
+    home: &Home,
+    span: &tracing::Span,
+) -> anyhow::Result<Option<Arc<dyn PinBackend>>> {
+    let ipfs = &config.raw.ipfs;
+    Ok(match &ipfs.api {
+        Some(url) => Some(Arc::new(
+            KuboBackend::new(url, ipfs.auth.as_deref(), ipfs.call_timeout)
+                .map_err(|m| anyhow!(m))?,
+        )),
+        None if ipfs.embedded => {
+            let node = EmbeddedBackend::start(EmbeddedOptions {
+                dir: home.ipfs_dir(),
+                listen: config.ipfs_listen.clone(),
+                call_timeout: ipfs.call_timeout,
+            })
+            .instrument(span.clone())
+            .await?;
+            span.in_scope(|| info!(node = %node.describe(), "embedded IPFS node started"));
+            Some(Arc::new(node))
+        }
+        None => None,
+    })
 }
 
 /// Checks the stored pinset against its digest at start and every `interval`; a mismatch (or a

@@ -13,7 +13,7 @@ use std::time::Duration;
 use libp2p::Multiaddr;
 use pinmesh_agent::api::client::Client;
 use pinmesh_agent::home::{Home, InitOptions, init};
-use pinmesh_agent::node::{Node, NodeHandle, StartOptions};
+use pinmesh_agent::node::{Node, NodeHandle, Start};
 use pinmesh_agent::replica::ReplicaState;
 use tempfile::TempDir;
 use tokio::time::Instant;
@@ -145,9 +145,8 @@ impl TestAgent {
     }
 
     pub async fn start(&mut self) -> &NodeHandle {
-        let node = Node::start(self.home.clone(), StartOptions::default())
-            .await
-            .expect("agent starts");
+        let start = Start::from_home(self.home.clone()).expect("home loads");
+        let node = Node::start(start).await.expect("agent starts");
         self.node.insert(node)
     }
 

@@ -388,21 +388,15 @@ async fn a_failed_start_releases_everything_it_took() {
     let mut agent = TestAgent::create(&random_secret(), &[]);
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port();
-    let config = agent.home.config();
-    let text = std::fs::read_to_string(&config).expect("config");
-    let busy = text.replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{port}\""),
-    );
-    assert_ne!(busy, text, "the API address is in the config");
-    std::fs::write(&config, busy).expect("write config");
-    let err = pinmesh_agent::node::Node::start(agent.home.clone(), Default::default())
+    // The config as loaded, with the API on a taken port: nothing is written to disk.
+    let mut start = pinmesh_agent::node::Start::from_home(agent.home.clone()).expect("home");
+    start.config.api_listen = ([127, 0, 0, 1], port).into();
+    let err = pinmesh_agent::node::Node::start(start)
         .await
         .expect_err("the API port is taken");
     assert!(err.to_string().contains("cannot bind the API"), "{err:#}");
 
     // Retrying at once works: the database and the network were released.
-    std::fs::write(&config, text).expect("restore config");
     agent.start().await;
     agent
         .client()
@@ -414,14 +408,7 @@ async fn a_failed_start_releases_everything_it_took() {
 
 /// Sets `sync.log_retention` in an agent's config.
 fn set_log_retention(agent: &TestAgent, deltas: u64) {
-    let path = agent.home.config();
-    let text = std::fs::read_to_string(&path).expect("config");
-    let changed = text.replace(
-        "log_retention = 100000",
-        &format!("log_retention = {deltas}"),
-    );
-    assert_ne!(changed, text, "the default retention is in the config");
-    std::fs::write(&path, changed).expect("write config");
+    agent.configure(|c| c.sync.log_retention = deltas);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -470,16 +457,9 @@ async fn a_peer_behind_the_retained_log_catches_up_by_snapshot() {
 
 /// Writes `cluster.trusted_writers = [writers]` into an agent's config.
 fn set_trusted_writers(agent: &TestAgent, writers: &[libp2p::PeerId]) {
-    let path = agent.home.config();
-    let text = std::fs::read_to_string(&path).expect("config");
-    let list: Vec<String> = writers.iter().map(|w| format!("\"{w}\"")).collect();
-    let changed = text.replacen(
-        "[cluster]\n",
-        &format!("[cluster]\ntrusted_writers = [{}]\n", list.join(", ")),
-        1,
-    );
-    assert_ne!(changed, text, "config has a [cluster] table");
-    std::fs::write(&path, changed).expect("write config");
+    agent.configure(|c| {
+        c.cluster.trusted_writers = writers.iter().map(ToString::to_string).collect()
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

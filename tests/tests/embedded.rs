@@ -151,3 +151,56 @@ async fn embedded_nodes_fetch_from_each_other_and_follow_the_pinset() {
         "{status:?}"
     );
 }
+
+/// A start that fails at its last step, once the replica, the embedded node, the swarm and the
+/// reconciler all run, stops them before it returns: started again at once, the agent opens
+/// the same database (locked while open) and its embedded node listens on the same port.
+/// (Not waiting for the tasks and the replica thread fails this test with the database still
+/// open.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_fails_late_releases_the_database_and_the_embedded_repo() {
+    use pinmesh_agent::home::{Home, InitOptions, init};
+    use pinmesh_agent::node::{Node, Start};
+
+    let dir = TempDir::new().expect("temp dir");
+    let home = Home::new(dir.path());
+    init(
+        &home,
+        InitOptions {
+            secret: Some(random_secret()),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            api_listen: "127.0.0.1:0".into(),
+            // A port the OS just gave out (free now): a node left running would keep it.
+            ipfs_listen: vec![format!("/ip4/127.0.0.1/tcp/{}", free_port())],
+            ..InitOptions::default()
+        },
+    )
+    .expect("init");
+    // The last step writes the API address file: a directory in its place fails it.
+    std::fs::create_dir(home.api_addr()).expect("dir in the way");
+    let start = Start::from_home(home.clone()).expect("home loads");
+    let err = Node::start(start)
+        .await
+        .expect_err("the address file cannot be written");
+    assert!(err.to_string().contains("cannot write"), "{err:#}");
+
+    std::fs::remove_dir(home.api_addr()).expect("clear the way");
+    let start = Start::from_home(home.clone()).expect("home loads");
+    let node = Node::start(start).await.expect("starts again at once");
+    let client = node.client().expect("client");
+    let cid = pinmesh_protocol::sim::sim_cid(1).to_string();
+    client
+        .pin(&pinmesh_agent::api::PinRequest::new(
+            &cid,
+            "after a failed start",
+        ))
+        .await
+        .expect("pin");
+    node.shutdown().await;
+}
+
+/// A TCP port on loopback that was free a moment ago.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}

@@ -6,7 +6,7 @@ use anyhow::Context;
 
 use super::Ctx;
 use crate::config::parse_peer_addr;
-use crate::node::{Node, StartOptions};
+use crate::node::{Node, Start};
 
 /// Log filter when `PINMESH_LOG` is unset: lifecycle at info; libp2p crates only when
 /// something is wrong (Kademlia complains at every periodic bootstrap of a lone agent); the
@@ -62,12 +62,10 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async {
-        let node = Node::start(
-            ctx.home.clone(),
-            StartOptions {
-                bootstrap: args.bootstrap,
-            },
-        )
+        let node = Node::start(Start {
+            bootstrap: args.bootstrap,
+            ..Start::from_home(ctx.home.clone())?
+        })
         .await?;
         println!("pinmesh {} running", env!("CARGO_PKG_VERSION"));
         println!("peer id: {}", node.peer_id);

@@ -335,15 +335,7 @@ pub fn spawn(
 fn state_of(actor: ActorId, head: &Head, counter: u64, incarnation: u64) -> ReplicaState {
     ReplicaState {
         snapshots_joined: 0,
-        summary: Summary {
-            actor,
-            pins: head.pins,
-            state_digest: head.digest,
-            applied_digest: head.applied.digest(),
-            applied: Some(head.applied.clone()),
-            low_water: Vec::new(),
-            synced: false,
-        },
+        summary: Summary::of(actor, head),
         head: head.clone(),
         counter,
         incarnation,
