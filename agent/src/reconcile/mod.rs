@@ -24,6 +24,7 @@
 //! Every status survives restarts; a status that was in flight (`pinning`, `unpinning`) is
 //! settled by the first listing after the restart.
 
+mod decide;
 pub mod status;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -41,6 +42,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use self::decide::Ended;
 use crate::ipfs::{IpfsError, PinBackend, PinLimits, content_key, twin};
 use crate::replica::{Changes, now_ms};
 use crate::store::{PINS, STATUS, Store, StoreError, decode_pin_entry};
@@ -926,21 +928,21 @@ impl Reconciler {
     fn on_done(&mut self, cid: Cid, job: Job, result: Result<bool, IpfsError>) {
         self.running.remove(&cid);
         let unpin = matches!(job, Job::Unpin);
-        let mut state = match self.state(&cid) {
-            Ok(Some(s)) => s,
-            Ok(None) => PinState::new(Status::Queued, false),
-            Err(err) => {
-                warn!(%cid, error = %err, "cannot read a pin status");
-                PinState::new(Status::Queued, false)
-            }
+        let before = self.state(&cid).map_err(|err| {
+            warn!(%cid, error = %err, "cannot read a pin status");
+        });
+        let ended = Ended::Done {
+            job: &job,
+            result: result
+                .as_ref()
+                .map(|owned| *owned)
+                .map_err(ToString::to_string),
         };
-        state.updated_ms = now_ms();
-        match result {
-            Ok(owned) => {
+        let state = decide::settled(before, ended, now_ms());
+        match &result {
+            Ok(_) => {
                 self.failures = 0;
-                state.attempts = 0;
-                state.error = None;
-                match job {
+                match &job {
                     Job::Pin { wanted, .. } => {
                         let key = content_key(&cid);
                         let mode = match self.actual.get(&key) {
@@ -948,36 +950,27 @@ impl Reconciler {
                             _ => wanted.mode,
                         };
                         self.actual.insert(key, mode);
-                        state.status = Status::Pinned;
-                        state.owned = owned;
                         debug!(%cid, "pinned");
                     }
                     Job::Unpin => {
                         self.actual.remove(&content_key(&cid));
-                        state.status = Status::Unpinned;
-                        state.owned = false;
                         debug!(%cid, "unpinned");
                     }
                 }
             }
             Err(err) => {
                 self.failures += 1;
-                state.attempts += 1;
-                state.error = Some(err.to_string());
-                state.status = match job {
-                    Job::Pin { .. } => Status::PinError,
-                    Job::Unpin => Status::UnpinError,
-                };
-                warn!(%cid, attempts = state.attempts, error = %err, "IPFS call failed");
+                let attempts = state.as_ref().map_or(1, |s| s.attempts);
+                warn!(%cid, attempts, error = %err, "IPFS call failed");
                 if err.node_down() {
-                    self.went_down(&err);
+                    self.went_down(err);
                 }
-                let delay = backoff(state.attempts, self.settings.retry_max);
+                let delay = backoff(attempts, self.settings.retry_max);
                 self.schedule_retry(cid, Instant::now() + delay);
             }
         }
-        let unpinned = unpin && state.status == Status::Unpinned;
-        self.record(cid, state);
+        let unpinned = unpin && state.as_ref().is_some_and(|s| s.status == Status::Unpinned);
+        self.settle(cid, state);
         if self.rerun.remove(&cid) {
             // It changed while the call ran: decide again now (an unpin stops a failing pin).
             self.enqueue_now(cid, true);
@@ -990,24 +983,31 @@ impl Reconciler {
         }
     }
 
+    /// Records what a job left, or, when that is unknown (see [`decide::settled`]), decides
+    /// the CID again after a backoff.
+    fn settle(&mut self, cid: Cid, state: Option<PinState>) {
+        match state {
+            Some(state) => self.record(cid, state),
+            None => {
+                let delay = backoff(1, self.settings.retry_max);
+                self.schedule_retry(cid, Instant::now() + delay);
+            }
+        }
+    }
+
     /// A worker ended without an answer (it panicked, e.g. inside the IPFS library on a DAG it
     /// cannot walk): the CID shows an error and is retried with backoff like a failed call.
     fn worker_failed(&mut self, cid: Cid, err: &tokio::task::JoinError) {
         self.running.remove(&cid);
-        let mut state = match self.state(&cid) {
-            Ok(Some(s)) => s,
-            _ => PinState::new(Status::PinError, false),
-        };
-        state.status = match state.status {
-            Status::Unpinning | Status::UnpinError => Status::UnpinError,
-            _ => Status::PinError,
-        };
-        state.attempts += 1;
-        state.error = Some(format!("internal error while working on it: {err}"));
-        state.updated_ms = now_ms();
-        let delay = backoff(state.attempts, self.settings.retry_max);
-        self.record(cid, state);
-        self.schedule_retry(cid, Instant::now() + delay);
+        let before = self.state(&cid).map_err(|read| {
+            warn!(%cid, error = %read, "cannot read a pin status");
+        });
+        let state = decide::settled(before, Ended::Died(err.to_string()), now_ms());
+        if let Some(state) = &state {
+            let delay = backoff(state.attempts, self.settings.retry_max);
+            self.schedule_retry(cid, Instant::now() + delay);
+        }
+        self.settle(cid, state);
     }
 
     /// Asks a node that was down whether it is back; if so, retries everything waiting.
