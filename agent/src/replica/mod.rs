@@ -97,11 +97,11 @@ pub enum Command {
     Flush,
     /// Remember where a peer can be dialled (written with the next group).
     RememberPeer {
-        peer: String,
+        peer: PeerId,
         record: crate::store::PeerRecord,
     },
     /// Forget a peer's record (it belongs to another cluster).
-    ForgetPeer { peer: String },
+    ForgetPeer { peer: PeerId },
 }
 
 #[derive(Debug, Clone)]
@@ -163,12 +163,12 @@ impl ReplicaHandle {
     }
 
     /// Queues a peer record for the next commit; never waits (dropped if the queue is full).
-    pub fn remember_peer(&self, peer: String, record: crate::store::PeerRecord) {
+    pub fn remember_peer(&self, peer: PeerId, record: crate::store::PeerRecord) {
         let _ = self.tx.try_send(Command::RememberPeer { peer, record });
     }
 
     /// Queues the removal of a peer's record for the next commit; never waits.
-    pub fn forget_peer(&self, peer: String) {
+    pub fn forget_peer(&self, peer: PeerId) {
         let _ = self.tx.try_send(Command::ForgetPeer { peer });
     }
 
@@ -486,11 +486,11 @@ impl Replica {
                         }
                         Command::Flush => result.local = true, // commit durably
                         Command::RememberPeer { peer, record } => {
-                            peers
-                                .insert(peer.as_str(), codec::encode_stored(&record).as_slice())?;
+                            let key = peer.to_string();
+                            peers.insert(key.as_str(), codec::encode_stored(&record).as_slice())?;
                         }
                         Command::ForgetPeer { peer } => {
-                            peers.remove(peer.as_str())?;
+                            peers.remove(peer.to_string().as_str())?;
                         }
                         Command::Snapshot { chunk, reply } => {
                             result.local = true; // a finished snapshot is worth a durable commit
@@ -721,15 +721,16 @@ impl Replica {
     }
 
     fn release(&mut self, result: GroupResult) {
-        for (reply, outcome) in result.replies {
-            let _ = reply.send(outcome);
-        }
-        for (reply, outcome) in result.snapshot_replies {
-            if outcome == Staged::Progress(Progress::Complete) {
-                self.snapshots_joined += 1;
-            }
-            let _ = reply.send(outcome);
-        }
+        // What the group did is visible (state, batches queued, changes) before anyone is told
+        // it is done: a writer that reads after its acknowledgement sees its write.
+        self.snapshots_joined += result
+            .snapshot_replies
+            .iter()
+            .filter(|(_, outcome)| *outcome == Staged::Progress(Progress::Complete))
+            .count() as u64;
+        let mut state = state_of(self.actor, &self.head, self.counter, self.incarnation);
+        state.snapshots_joined = self.snapshots_joined;
+        self.state.send_replace(Arc::new(state));
         for batch in result.publish {
             self.emit(Output::Publish(batch));
         }
@@ -737,9 +738,12 @@ impl Replica {
             self.emit(repair);
         }
         self.changes.send(result.touched, result.rescan);
-        let mut state = state_of(self.actor, &self.head, self.counter, self.incarnation);
-        state.snapshots_joined = self.snapshots_joined;
-        self.state.send_replace(Arc::new(state));
+        for (reply, outcome) in result.replies {
+            let _ = reply.send(outcome);
+        }
+        for (reply, outcome) in result.snapshot_replies {
+            let _ = reply.send(outcome);
+        }
     }
 
     fn emit(&mut self, output: Output) {

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use libp2p::PeerId;
 use pinmesh_protocol::codec::{self, DecodeError};
 use pinmesh_protocol::digest::{Digest, entry_hash};
 use pinmesh_protocol::snapshot::chunk_from;
@@ -284,7 +285,7 @@ pub struct Snapshots {
 
 struct OpenSnapshot {
     txn: ReadTransaction,
-    peer: String,
+    peer: PeerId,
     started: Instant,
     /// The cursor the next request must continue from.
     cursor: Option<Vec<u8>>,
@@ -341,7 +342,7 @@ impl Store {
     pub fn snapshot_chunk(
         &self,
         snapshots: &Snapshots,
-        peer: &str,
+        peer: &PeerId,
         id: Option<u64>,
         after: Option<&[u8]>,
         limit: usize,
@@ -353,7 +354,7 @@ impl Store {
             Some(id) => (id, None),
             None => {
                 // A peer restarting its fetch replaces its own snapshot.
-                open.retain(|_, s| s.peer != peer);
+                open.retain(|_, s| s.peer != *peer);
                 if open.len() >= MAX_OPEN_SNAPSHOTS {
                     return Err(ServeError::Busy);
                 }
@@ -364,7 +365,7 @@ impl Store {
                     id,
                     OpenSnapshot {
                         txn,
-                        peer: peer.to_string(),
+                        peer: *peer,
                         started: Instant::now(),
                         cursor: None,
                         expected: (head.pins, head.digest),
@@ -377,7 +378,7 @@ impl Store {
         // Only the peer that began it may continue it, and only where the last chunk ended.
         let snapshot = open
             .get_mut(&id)
-            .filter(|s| s.peer == peer && s.cursor.as_deref() == after)
+            .filter(|s| s.peer == *peer && s.cursor.as_deref() == after)
             .ok_or(ServeError::Unknown(id))?;
         let txn = &snapshot.txn;
         let table = txn.open_table(PINS).map_err(StoreError::from)?;
@@ -558,10 +559,11 @@ mod tests {
     /// Serves a whole snapshot in chunks of 8 entries; the error of the first chunk that fails.
     fn serve_all(store: &Store) -> Result<u64, ServeError> {
         let snapshots = Snapshots::default();
+        let peer = PeerId::random();
         let (mut id, mut after, mut entries) = (None, None::<Vec<u8>>, 0);
         loop {
             let chunk =
-                store.snapshot_chunk(&snapshots, "peer", id, after.as_deref(), 8, 1 << 20)?;
+                store.snapshot_chunk(&snapshots, &peer, id, after.as_deref(), 8, 1 << 20)?;
             entries += chunk.entries.len() as u64;
             match chunk.next {
                 Some(next) => {
@@ -577,7 +579,7 @@ mod tests {
     fn chunk(
         store: &Store,
         snapshots: &Snapshots,
-        peer: &str,
+        peer: &PeerId,
         id: Option<u64>,
         after: Option<&[u8]>,
     ) -> Result<SnapshotChunk, ServeError> {
@@ -589,43 +591,44 @@ mod tests {
         let dir = tempfile::TempDir::new().expect("dir");
         let store = filled(&dir.path().join("pinmesh.redb"));
         let snapshots = Snapshots::default();
-        let first = chunk(&store, &snapshots, "a", None, None).expect("first chunk");
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let first = chunk(&store, &snapshots, &a, None, None).expect("first chunk");
         assert_eq!(first.entries.len(), 10);
         assert_eq!(first.head.as_ref().map(|h| h.pins), Some(50));
         let id = first.snapshot_id;
         let cursor = first.next.expect("more follow").to_vec();
         let unknown = |r: Result<SnapshotChunk, ServeError>| matches!(r, Err(ServeError::Unknown(i)) if i == id);
         assert!(
-            unknown(chunk(&store, &snapshots, "b", Some(id), Some(&cursor))),
+            unknown(chunk(&store, &snapshots, &b, Some(id), Some(&cursor))),
             "another peer"
         );
         assert!(
-            unknown(chunk(&store, &snapshots, "a", Some(id), None)),
+            unknown(chunk(&store, &snapshots, &a, Some(id), None)),
             "from the start again"
         );
         let mut skipped = cursor.clone();
         skipped.push(0);
         assert!(
-            unknown(chunk(&store, &snapshots, "a", Some(id), Some(&skipped))),
+            unknown(chunk(&store, &snapshots, &a, Some(id), Some(&skipped))),
             "a skip"
         );
         // Refusals leave the snapshot as it was: it goes on from its cursor, to the end.
-        let second = chunk(&store, &snapshots, "a", Some(id), Some(&cursor)).expect("second");
+        let second = chunk(&store, &snapshots, &a, Some(id), Some(&cursor)).expect("second");
         assert!(second.head.is_none());
         assert!(second.entries[0].cid.to_bytes() > cursor);
         assert!(
-            unknown(chunk(&store, &snapshots, "a", Some(id), Some(&cursor))),
+            unknown(chunk(&store, &snapshots, &a, Some(id), Some(&cursor))),
             "a repeat"
         );
         let (mut after, mut served) = (second.next.map(|n| n.to_vec()), 20);
         while let Some(cursor) = after {
-            let next = chunk(&store, &snapshots, "a", Some(id), Some(&cursor)).expect("next");
+            let next = chunk(&store, &snapshots, &a, Some(id), Some(&cursor)).expect("next");
             served += next.entries.len();
             after = next.next.map(|n| n.to_vec());
         }
         assert_eq!(served, 50);
         assert!(
-            unknown(chunk(&store, &snapshots, "a", Some(id), None)),
+            unknown(chunk(&store, &snapshots, &a, Some(id), None)),
             "released at its end"
         );
     }
@@ -635,19 +638,21 @@ mod tests {
         let dir = tempfile::TempDir::new().expect("dir");
         let store = filled(&dir.path().join("pinmesh.redb"));
         let snapshots = Snapshots::default();
-        let ids: Vec<u64> = (0..MAX_OPEN_SNAPSHOTS)
+        let peers: Vec<PeerId> = (0..=MAX_OPEN_SNAPSHOTS).map(|_| PeerId::random()).collect();
+        let ids: Vec<u64> = peers[..MAX_OPEN_SNAPSHOTS]
+            .iter()
             .map(|p| {
-                chunk(&store, &snapshots, &p.to_string(), None, None)
+                chunk(&store, &snapshots, p, None, None)
                     .expect("within the limit")
                     .snapshot_id
             })
             .collect();
-        let busy = chunk(&store, &snapshots, "one more", None, None);
+        let busy = chunk(&store, &snapshots, &peers[MAX_OPEN_SNAPSHOTS], None, None);
         assert!(matches!(busy, Err(ServeError::Busy)), "{busy:?}");
         // Peer 0 starts again: its old snapshot goes, so it is not busy.
-        let again = chunk(&store, &snapshots, "0", None, None).expect("replaces its own");
+        let again = chunk(&store, &snapshots, &peers[0], None, None).expect("replaces its own");
         assert_ne!(again.snapshot_id, ids[0]);
-        let old = chunk(&store, &snapshots, "0", Some(ids[0]), None);
+        let old = chunk(&store, &snapshots, &peers[0], Some(ids[0]), None);
         assert!(matches!(old, Err(ServeError::Unknown(_))), "{old:?}");
     }
 
@@ -656,9 +661,10 @@ mod tests {
         let dir = tempfile::TempDir::new().expect("dir");
         let store = filled(&dir.path().join("pinmesh.redb"));
         let snapshots = Snapshots::default();
+        let peers: Vec<PeerId> = (0..MAX_OPEN_SNAPSHOTS).map(|_| PeerId::random()).collect();
         let mut firsts = Vec::new();
-        for p in 0..MAX_OPEN_SNAPSHOTS {
-            firsts.push(chunk(&store, &snapshots, &p.to_string(), None, None).expect("open"));
+        for p in &peers {
+            firsts.push(chunk(&store, &snapshots, p, None, None).expect("open"));
         }
         snapshots.backdate(SNAPSHOT_TTL - Duration::from_secs(1));
         let first = &firsts[0];
@@ -666,7 +672,7 @@ mod tests {
         let going_on = chunk(
             &store,
             &snapshots,
-            "0",
+            &peers[0],
             Some(first.snapshot_id),
             cursor.as_deref(),
         );
@@ -677,13 +683,13 @@ mod tests {
         let late = chunk(
             &store,
             &snapshots,
-            "1",
+            &peers[1],
             Some(first.snapshot_id),
             cursor.as_deref(),
         );
         assert!(matches!(late, Err(ServeError::Unknown(_))), "{late:?}");
         // Their slots are free again.
-        assert!(chunk(&store, &snapshots, "new", None, None).is_ok());
+        assert!(chunk(&store, &snapshots, &PeerId::random(), None, None).is_ok());
     }
 
     #[test]

@@ -320,7 +320,7 @@ impl EventLoop {
                 let behaviour = self.swarm.behaviour_mut();
                 behaviour.kad.remove_peer(&peer_id);
                 behaviour.gossipsub.blacklist_peer(&peer_id);
-                self.replica.forget_peer(peer_id.to_string());
+                self.replica.forget_peer(peer_id);
                 if self.membership.may_cut(&peer_id) {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                 } // else once it has had our identify
@@ -360,6 +360,6 @@ impl EventLoop {
                 .collect(),
             last_seen: crate::replica::now_ms() / 1000,
         };
-        self.replica.remember_peer(peer_id.to_string(), record);
+        self.replica.remember_peer(peer_id, record);
     }
 }

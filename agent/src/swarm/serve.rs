@@ -138,7 +138,7 @@ fn read(
             let limit = limit.clamp(1, SNAPSHOT_CHUNK_ENTRIES) as usize;
             let chunk = store.snapshot_chunk(
                 snapshots,
-                &peer.to_string(),
+                &peer,
                 snapshot_id,
                 after.as_deref().map(|a| a.as_slice()),
                 limit,
