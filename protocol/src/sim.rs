@@ -199,6 +199,8 @@ pub struct Sim {
     issued: usize,
     /// Every operation, in issue order.
     pub history: Vec<Arc<Delta>>,
+    /// The dots of the whole history, once every operation was issued.
+    everything: Option<DotSet>,
     /// For each operation, the earlier pins of its CID its replica had applied when making it.
     pub seen: Vec<Vec<Dot>>,
     /// CID bytes -> dots of every pin of it so far.
@@ -253,6 +255,7 @@ impl Sim {
             next_snapshot_id: 0,
             issued: 0,
             history: Vec::new(),
+            everything: None,
             seen: Vec::new(),
             pins_of: HashMap::new(),
             verified: HashSet::new(),
@@ -281,20 +284,20 @@ impl Sim {
         &self.report
     }
 
-    /// Every replica has applied exactly the dots of the history, and is synced.
-    fn converged(&self) -> bool {
-        let everything = self.history_dots();
+    /// Every replica has applied exactly the dots of the history, and is synced. Asked only
+    /// once every operation was issued: the history's dots are collected once.
+    fn converged(&mut self) -> bool {
+        let history = &self.history;
+        let everything = self.everything.get_or_insert_with(|| {
+            let mut dots = DotSet::new();
+            for d in history {
+                dots.insert(d.dot);
+            }
+            dots
+        });
         self.replicas
             .iter()
-            .all(|r| r.catchup.synced() && r.pinset.head().applied == everything)
-    }
-
-    fn history_dots(&self) -> DotSet {
-        let mut dots = DotSet::new();
-        for d in &self.history {
-            dots.insert(d.dot);
-        }
-        dots
+            .all(|r| r.catchup.synced() && r.pinset.head().applied == *everything)
     }
 
     fn isolated(&self, r: usize) -> bool {
