@@ -19,6 +19,9 @@ echo "== build"
 # The black-box tests in tests/ run the real `pinmesh` binary from this same debug build.
 cargo build --workspace --locked --bins
 
+echo "== the previous release's binary (for the mixed-version test)"
+scripts/previous-release.sh
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
     # nextest does not run doctests; run them first so nextest's summary closes the output.

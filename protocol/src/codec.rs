@@ -13,8 +13,12 @@ use serde::de::DeserializeOwned;
 use crate::entry::Version;
 use crate::message::{DeltaBatch, Gossip, Request, Response};
 
-/// The wire version this build speaks.
-pub const WIRE_VERSION: u64 = 1;
+/// The wire version this build writes where the peer reads it: on streams that negotiated
+/// it (see the README's "Upgrading").
+pub const WIRE_VERSION: u64 = 2;
+/// The oldest wire version this build reads, and writes to peers that speak only it. Gossip
+/// is the same in both versions and goes out as this one, so every member reads it.
+pub const OLDEST_WIRE_VERSION: u64 = 1;
 
 /// Largest gossip message: a delta batch. Gossipsub's transmit limit is set above this.
 pub const MAX_DELTA_BATCH: usize = 1 << 20;
@@ -62,8 +66,8 @@ fn to_vec<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     out
 }
 
-fn encode_envelope<T: Serialize>(body: &T) -> Vec<u8> {
-    to_vec(&(WIRE_VERSION, body))
+fn encode_envelope<T: Serialize>(version: u64, body: &T) -> Vec<u8> {
+    to_vec(&(version, body))
 }
 
 /// Reads the envelope's version without decoding the body.
@@ -90,7 +94,8 @@ fn envelope_version(bytes: &[u8]) -> Result<u64, DecodeError> {
         .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
 }
 
-fn decode_envelope<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, DecodeError> {
+/// Checks the size limit and the envelope; returns the version the body is in.
+fn check_envelope(bytes: &[u8], max: usize) -> Result<u64, DecodeError> {
     if bytes.len() > max {
         return Err(DecodeError::TooLarge {
             len: bytes.len(),
@@ -98,20 +103,27 @@ fn decode_envelope<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, D
         });
     }
     let version = envelope_version(bytes)?;
-    if version != WIRE_VERSION {
+    if !(OLDEST_WIRE_VERSION..=WIRE_VERSION).contains(&version) {
         return Err(DecodeError::UnsupportedVersion(version));
     }
+    Ok(version)
+}
+
+fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     let (_, body): (u64, T) = serde_cbor::from_slice(bytes)?;
     Ok(body)
 }
 
+/// Encodes gossip, in the oldest version this build reads (gossip cannot be negotiated per
+/// peer; its bodies did not change in version 2).
 pub fn encode_gossip(message: &Gossip) -> Vec<u8> {
-    encode_envelope(message)
+    encode_envelope(OLDEST_WIRE_VERSION, message)
 }
 
 /// Decodes gossip: at most [`MAX_DELTA_BATCH`] bytes, and a beacon at most [`MAX_BEACON`].
 pub fn decode_gossip(bytes: &[u8]) -> Result<Gossip, DecodeError> {
-    let message = decode_envelope(bytes, MAX_DELTA_BATCH)?;
+    check_envelope(bytes, MAX_DELTA_BATCH)?;
+    let message = decode_body(bytes)?;
     if matches!(message, Gossip::Beacon(_)) && bytes.len() > MAX_BEACON {
         return Err(DecodeError::TooLarge {
             len: bytes.len(),
@@ -121,20 +133,30 @@ pub fn decode_gossip(bytes: &[u8]) -> Result<Gossip, DecodeError> {
     Ok(message)
 }
 
-pub fn encode_request(request: &Request) -> Vec<u8> {
-    encode_envelope(request)
+/// Encodes a request in wire `version` (the one its stream negotiated).
+pub fn encode_request(version: u64, request: &Request) -> Vec<u8> {
+    encode_envelope(version, request)
 }
 
 pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
-    decode_envelope(bytes, MAX_REQUEST)
+    check_envelope(bytes, MAX_REQUEST)?;
+    decode_body(bytes)
 }
 
-pub fn encode_response(response: &Response) -> Vec<u8> {
-    encode_envelope(response)
+/// Encodes a response in wire `version` (the one its stream negotiated).
+pub fn encode_response(version: u64, response: &Response) -> Vec<u8> {
+    if version == 1 {
+        return encode_envelope(1, &crate::message::v1::ResponseRef::from(response));
+    }
+    encode_envelope(version, response)
 }
 
+/// Decodes a response of either version into this version's form.
 pub fn decode_response(bytes: &[u8]) -> Result<Response, DecodeError> {
-    decode_envelope(bytes, MAX_RESPONSE)
+    if check_envelope(bytes, MAX_RESPONSE)? == 1 {
+        return Ok(decode_body::<crate::message::v1::Response>(bytes)?.into());
+    }
+    decode_body(bytes)
 }
 
 /// The canonical encoding of a CID's versions, as stored and as hashed into the state digest.
@@ -196,13 +218,22 @@ mod tests {
         );
         assert_eq!(envelope_version(&[]), Err(DecodeError::Truncated));
         assert!(matches!(
-            decode_request(&encode_envelope(&(7u8, "x"))),
+            decode_request(&encode_envelope(WIRE_VERSION, &(7u8, "x"))),
             Err(DecodeError::Malformed(_))
         ));
-        let future = to_vec(&(2u64, &Request::Status));
+        for version in OLDEST_WIRE_VERSION..=WIRE_VERSION {
+            let bytes = encode_request(version, &Request::Status);
+            assert_eq!(decode_request(&bytes), Ok(Request::Status));
+        }
+        let future = to_vec(&(WIRE_VERSION + 1, &Request::Status));
         assert_eq!(
             decode_request(&future),
-            Err(DecodeError::UnsupportedVersion(2))
+            Err(DecodeError::UnsupportedVersion(WIRE_VERSION + 1))
+        );
+        let past = to_vec(&(0u64, &Request::Status));
+        assert_eq!(
+            decode_request(&past),
+            Err(DecodeError::UnsupportedVersion(0))
         );
     }
 

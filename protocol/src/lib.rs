@@ -35,11 +35,11 @@ pub use digest::Digest;
 pub use dot::{ActorId, AppliedVector, CausalContext, Comparison, Dot, DotSet, RangeSet};
 pub use entry::{Version, winner};
 pub use message::{
-    BatchError, DeltaBatch, Gossip, Key, PinEntry, PinStatusEntry, Request, Response, Sig, Signer,
-    SnapshotChunk, SnapshotHead, Summary,
+    BatchError, DeltaBatch, Gossip, Key, PinEntry, PinStatus, PinStatusEntry, Refusal, Request,
+    Response, Sig, Signer, SnapshotChunk, SnapshotHead, Summary,
 };
 pub use pinset::{EntryStore, Head, JoinError, MemPinset, Outcome};
-pub use spec::{PinMode, PinSpec, SpecError};
+pub use spec::{PinMode, PinSpec, SpecError, UnknownFields};
 
 /// Implements `Serialize`/`Deserialize` for a struct as a CBOR array of its fields, in order:
 /// smaller than a map and just as stable, since the golden tests pin the layout.

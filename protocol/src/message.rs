@@ -251,18 +251,20 @@ pub const MAX_IPFS_ADDRS: usize = 16;
 /// Longest address an `IpfsNode` answer carries; receivers ignore longer ones.
 pub const MAX_IPFS_ADDR_LEN: usize = 256;
 
+/// Longest refusal text sent; longer ones are cut.
+pub const MAX_REFUSAL_MESSAGE: usize = 256;
+
 /// Most CIDs one `PinStatus` request may ask about.
 pub const MAX_STATUS_CIDS: usize = 1000;
 /// Longest error text a `PinStatus` answer carries per CID; longer ones are cut.
 pub const MAX_STATUS_ERROR: usize = 256;
 
-/// One CID's status on the answering peer's IPFS node. `status` is one of the agent's status
-/// names (`pinned`, `pin_error`, ...); a name the receiver does not know is shown as it is.
-/// Encoded as `[cid, status, error, attempts, updated_ms]`.
+/// One CID's status on the answering peer's IPFS node. Encoded as
+/// `[cid, status, error, attempts, updated_ms]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PinStatusEntry {
     pub cid: Cid,
-    pub status: String,
+    pub status: PinStatus,
     pub error: Option<String>,
     pub attempts: u32,
     /// Unix milliseconds of the last change; 0 when not looked at yet.
@@ -271,11 +273,140 @@ pub struct PinStatusEntry {
 
 crate::serde_as_tuple!(PinStatusEntry {
     cid: Cid,
-    status: String,
+    status: PinStatus,
     error: Option<String>,
     attempts: u32,
     updated_ms: u64,
 });
+
+/// Where a CID stands on a peer's IPFS node, as peers tell each other. Encoded as its
+/// snake_case name; a name this release does not know decodes as `Unknown`, so a newer peer's
+/// statuses still show.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PinStatus {
+    Queued,
+    Pinning,
+    Pinned,
+    PinError,
+    Unpinning,
+    Unpinned,
+    UnpinError,
+    Remote,
+    UnexpectedlyUnpinned,
+    Unknown(String),
+}
+
+impl PinStatus {
+    const KNOWN: [(PinStatus, &'static str); 9] = [
+        (PinStatus::Queued, "queued"),
+        (PinStatus::Pinning, "pinning"),
+        (PinStatus::Pinned, "pinned"),
+        (PinStatus::PinError, "pin_error"),
+        (PinStatus::Unpinning, "unpinning"),
+        (PinStatus::Unpinned, "unpinned"),
+        (PinStatus::UnpinError, "unpin_error"),
+        (PinStatus::Remote, "remote"),
+        (PinStatus::UnexpectedlyUnpinned, "unexpectedly_unpinned"),
+    ];
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            PinStatus::Unknown(name) => name,
+            known => Self::KNOWN
+                .iter()
+                .find(|(status, _)| status == known)
+                .map_or("unknown", |(_, name)| name),
+        }
+    }
+}
+
+impl std::str::FromStr for PinStatus {
+    type Err = std::convert::Infallible;
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Ok(Self::KNOWN
+            .iter()
+            .find(|(_, known)| *known == name)
+            .map_or_else(|| PinStatus::Unknown(name.to_string()), |(s, _)| s.clone()))
+    }
+}
+
+impl std::fmt::Display for PinStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for PinStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for PinStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Ok(name.parse().unwrap_or_else(|never| match never {}))
+    }
+}
+
+/// Why a peer declined a request. Encoded as its code; a code this release does not know
+/// decodes as `Unknown`, and the answer's text says what it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Busy serving other peers (or too many snapshots open); try later.
+    Busy,
+    /// The snapshot asked for expired, is unknown, or was not continued in order.
+    SnapshotGone,
+    /// The peer drives no IPFS node, so it has no pin statuses or node addresses to give.
+    NoIpfs,
+    /// The request asks for more than the peer answers at once.
+    TooLarge,
+    /// The peer cannot read its storage.
+    Storage,
+    /// The peer does not answer this request on this protocol.
+    Unsupported,
+    Unknown(u64),
+}
+
+impl Refusal {
+    const CODES: [(Refusal, u64); 6] = [
+        (Refusal::Busy, 1),
+        (Refusal::SnapshotGone, 2),
+        (Refusal::NoIpfs, 3),
+        (Refusal::TooLarge, 4),
+        (Refusal::Storage, 5),
+        (Refusal::Unsupported, 6),
+    ];
+
+    pub fn code(self) -> u64 {
+        match self {
+            Refusal::Unknown(code) => code,
+            known => Self::CODES
+                .iter()
+                .find(|(r, _)| *r == known)
+                .map_or(0, |(_, code)| *code),
+        }
+    }
+
+    pub fn from_code(code: u64) -> Self {
+        Self::CODES
+            .iter()
+            .find(|(_, c)| *c == code)
+            .map_or(Refusal::Unknown(code), |(r, _)| *r)
+    }
+}
+
+impl Serialize for Refusal {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.code())
+    }
+}
+
+impl<'de> Deserialize<'de> for Refusal {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Refusal::from_code(u64::deserialize(d)?))
+    }
+}
 
 /// One CID and its versions, as a snapshot carries it. Encoded as `[cid, versions]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -322,9 +453,11 @@ pub enum Response {
         first_available: u64,
     },
     SnapshotChunk(SnapshotChunk),
-    /// The request was understood and declined (busy, snapshot expired, limit exceeded).
+    /// The request was understood and declined: why, and a sentence for people (wire 2; wire
+    /// 1 carried the sentence alone, see [`v1`]).
     Refused {
-        reason: String,
+        reason: Refusal,
+        message: String,
     },
     /// The answer to `PinStatus`: one entry per CID asked, in the order asked.
     PinStatus {
@@ -335,4 +468,133 @@ pub enum Response {
     IpfsNode {
         addrs: Vec<String>,
     },
+}
+
+impl Response {
+    /// A refusal, its text cut to [`MAX_REFUSAL_MESSAGE`].
+    pub fn refused(reason: Refusal, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.len() > MAX_REFUSAL_MESSAGE {
+            let mut cut = MAX_REFUSAL_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        Response::Refused { reason, message }
+    }
+}
+
+/// The bodies of wire version 1 that version 2 changed: only [`Response::Refused`], which
+/// carried a sentence and no reason. Requests and gossip are the same in both versions.
+pub mod v1 {
+    use serde::{Deserialize, Serialize};
+
+    use super::{DeltaBatch, PinStatusEntry, Refusal, SnapshotChunk, Summary};
+    use crate::dot::ActorId;
+
+    /// A response as version 1 encodes it (variants in the same order as [`super::Response`]).
+    #[derive(Serialize)]
+    pub(crate) enum ResponseRef<'a> {
+        Status(&'a Summary),
+        Deltas {
+            batches: &'a [DeltaBatch],
+        },
+        Truncated {
+            origin: ActorId,
+            first_available: u64,
+        },
+        SnapshotChunk(&'a SnapshotChunk),
+        Refused {
+            reason: &'a str,
+        },
+        PinStatus {
+            entries: &'a [PinStatusEntry],
+        },
+        IpfsNode {
+            addrs: &'a [String],
+        },
+    }
+
+    #[derive(Deserialize)]
+    pub(crate) enum Response {
+        Status(Summary),
+        Deltas {
+            batches: Vec<DeltaBatch>,
+        },
+        Truncated {
+            origin: ActorId,
+            first_available: u64,
+        },
+        SnapshotChunk(SnapshotChunk),
+        Refused {
+            reason: String,
+        },
+        PinStatus {
+            entries: Vec<PinStatusEntry>,
+        },
+        IpfsNode {
+            addrs: Vec<String>,
+        },
+    }
+
+    /// The sentences with which release 1 agents refused, by reason.
+    const SENTENCES: [(&str, Refusal); 6] = [
+        ("this agent drives no IPFS node", Refusal::NoIpfs),
+        ("busy", Refusal::Busy),
+        ("serving", Refusal::Busy),
+        ("snapshot", Refusal::SnapshotGone),
+        ("storage error", Refusal::Storage),
+        ("at most", Refusal::TooLarge),
+    ];
+
+    impl<'a> From<&'a super::Response> for ResponseRef<'a> {
+        fn from(response: &'a super::Response) -> Self {
+            use super::Response as R;
+            match response {
+                R::Status(summary) => ResponseRef::Status(summary),
+                R::Deltas { batches } => ResponseRef::Deltas { batches },
+                R::Truncated {
+                    origin,
+                    first_available,
+                } => ResponseRef::Truncated {
+                    origin: *origin,
+                    first_available: *first_available,
+                },
+                R::SnapshotChunk(chunk) => ResponseRef::SnapshotChunk(chunk),
+                R::Refused { message, .. } => ResponseRef::Refused { reason: message },
+                R::PinStatus { entries } => ResponseRef::PinStatus { entries },
+                R::IpfsNode { addrs } => ResponseRef::IpfsNode { addrs },
+            }
+        }
+    }
+
+    impl From<Response> for super::Response {
+        fn from(response: Response) -> Self {
+            use super::Response as R;
+            match response {
+                Response::Status(summary) => R::Status(summary),
+                Response::Deltas { batches } => R::Deltas { batches },
+                Response::Truncated {
+                    origin,
+                    first_available,
+                } => R::Truncated {
+                    origin,
+                    first_available,
+                },
+                Response::SnapshotChunk(chunk) => R::SnapshotChunk(chunk),
+                Response::Refused { reason } => {
+                    // Version 1 sent a sentence only; its reason is read off the sentences
+                    // release 1 used, once, here at the edge.
+                    let known = SENTENCES
+                        .iter()
+                        .find(|(start, _)| reason.starts_with(start))
+                        .map_or(Refusal::Unknown(0), |(_, r)| *r);
+                    R::refused(known, reason)
+                }
+                Response::PinStatus { entries } => R::PinStatus { entries },
+                Response::IpfsNode { addrs } => R::IpfsNode { addrs },
+            }
+        }
+    }
 }

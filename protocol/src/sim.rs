@@ -42,7 +42,9 @@ use crate::codec;
 use crate::delta::{Delta, Op};
 use crate::dot::{ActorId, Dot, DotSet};
 use crate::entry::Version;
-use crate::message::{DeltaBatch, Gossip, Request, Response, Signer, SnapshotChunk, Summary};
+use crate::message::{
+    DeltaBatch, Gossip, Refusal, Request, Response, Signer, SnapshotChunk, Summary,
+};
 use crate::pinset::{MemEntries, MemPinset};
 use crate::snapshot::{Progress, SnapshotStage};
 use crate::spec::{PinMode, PinSpec};
@@ -470,7 +472,8 @@ impl Sim {
         let mut stage = SnapshotStage::new();
         let mut entries = MemEntries::default();
         for chunk in source.pinset.snapshot(self.tick, 4096) {
-            let bytes = codec::encode_response(&Response::SnapshotChunk(chunk));
+            let bytes =
+                codec::encode_response(codec::WIRE_VERSION, &Response::SnapshotChunk(chunk));
             let Ok(Response::SnapshotChunk(chunk)) = codec::decode_response(&bytes) else {
                 panic!("snapshot chunk does not round-trip");
             };
@@ -669,7 +672,7 @@ impl Sim {
             },
             Msg::Request(request) => {
                 let response = self.serve(to, from, request);
-                let bytes = Arc::new(codec::encode_response(&response));
+                let bytes = Arc::new(codec::encode_response(codec::WIRE_VERSION, &response));
                 if self.cut(from, to) {
                     self.report.dropped += 1;
                     let at = self.tick + self.cfg.request_timeout;
@@ -763,14 +766,19 @@ impl Sim {
                     }
                 };
                 let Some(chunks) = replica.serving.get(&id) else {
-                    return refused(format!("unknown snapshot {id} for {peer}"));
+                    return Response::refused(
+                        Refusal::SnapshotGone,
+                        format!("unknown snapshot {id} for {peer}"),
+                    );
                 };
                 let at = match &after {
                     None => 0,
                     Some(after) => match chunks.iter().position(|c| c.next.as_ref() == Some(after))
                     {
                         Some(i) => i + 1,
-                        None => return refused("unknown cursor".into()),
+                        None => {
+                            return Response::refused(Refusal::SnapshotGone, "unknown cursor");
+                        }
                     },
                 };
                 let chunk = chunks[at].clone();
@@ -779,7 +787,9 @@ impl Sim {
                 }
                 Response::SnapshotChunk(chunk)
             }
-            Request::PinStatus { .. } | Request::IpfsNode => refused("no IPFS node".into()),
+            Request::PinStatus { .. } | Request::IpfsNode => {
+                Response::refused(Refusal::NoIpfs, "no IPFS node")
+            }
         }
     }
 
@@ -825,10 +835,6 @@ impl Sim {
             Response::PinStatus { .. } | Response::IpfsNode { .. } => {}
         }
     }
-}
-
-fn refused(reason: String) -> Response {
-    Response::Refused { reason }
 }
 
 /// A deterministic CIDv1 (raw, sha2-256 shaped) for simulator CID number `n`.

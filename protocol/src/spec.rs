@@ -57,37 +57,166 @@ pub mod limits {
     pub const ORIGINS: usize = 16;
     /// Peer ids and multiaddrs, as text.
     pub const ADDRESS_BYTES: usize = 512;
+    /// Options of newer releases kept per pin.
+    pub const UNKNOWN_FIELDS: usize = 16;
     /// A replication factor above this is surely a typo.
     pub const REPLICATION: i32 = 1024;
 }
 
 /// The options of one pin. Every field has a default and defaults are not encoded, so a pin with
 /// a short name and nothing else costs a few bytes beyond its CID.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(default)]
+///
+/// Encoded as a CBOR map from field number to value (0 `name` .. 7 `origins`). Fields a later
+/// release adds take the next numbers; this release keeps them in [`unknown`](Self::unknown)
+/// and encodes them again as they came, so a batch written by a newer agent still verifies
+/// here and the state digest still agrees (see the README's "Upgrading").
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PinSpec {
     /// Human name; free text, may be empty.
-    #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,
-    #[serde(skip_serializing_if = "PinMode::is_default")]
     pub mode: PinMode,
     /// Fewest peers that should hold the pin; -1 = every peer.
-    #[serde(skip_serializing_if = "is_everywhere")]
     pub replication_min: i32,
     /// Most peers that should hold the pin; -1 = every peer.
-    #[serde(skip_serializing_if = "is_everywhere")]
     pub replication_max: i32,
     /// Peer ids (text) that should hold the pin first.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allocations: Vec<String>,
     /// Unix seconds after which the pin is removed.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub expire_at: Option<u64>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
     /// Multiaddrs (text) of peers known to have the content.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub origins: Vec<String>,
+    /// Fields of a newer release, kept as they came.
+    pub unknown: UnknownFields,
+}
+
+/// Numbered fields this release does not know, with their values, kept so that they are
+/// stored, relayed, signed and hashed exactly as their writer encoded them.
+///
+/// A field a later release adds must therefore encode the same way through a generic CBOR
+/// value: integers, text, bytes, booleans, arrays, and maps with integer keys (packed structs);
+/// not text-keyed maps (a generic value orders map keys by length first, a `BTreeMap<String,
+/// _>` alphabetically). `unknown_fields_round_trip_byte_for_byte` checks the shapes allowed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UnknownFields(pub BTreeMap<u64, serde_cbor::Value>);
+
+impl UnknownFields {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::hash::Hash for UnknownFields {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        for (key, value) in &self.0 {
+            key.hash(state);
+            serde_cbor::to_vec(value).unwrap_or_default().hash(state);
+        }
+    }
+}
+
+/// The field numbers of [`PinSpec`].
+mod field {
+    pub const NAME: u64 = 0;
+    pub const MODE: u64 = 1;
+    pub const REPLICATION_MIN: u64 = 2;
+    pub const REPLICATION_MAX: u64 = 3;
+    pub const ALLOCATIONS: u64 = 4;
+    pub const EXPIRE_AT: u64 = 5;
+    pub const METADATA: u64 = 6;
+    pub const ORIGINS: u64 = 7;
+}
+
+impl Serialize for PinSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let present = [
+            !self.name.is_empty(),
+            !self.mode.is_default(),
+            !is_everywhere(&self.replication_min),
+            !is_everywhere(&self.replication_max),
+            !self.allocations.is_empty(),
+            self.expire_at.is_some(),
+            !self.metadata.is_empty(),
+            !self.origins.is_empty(),
+        ];
+        let len = present.iter().filter(|p| **p).count() + self.unknown.0.len();
+        let mut map = s.serialize_map(Some(len))?;
+        if present[0] {
+            map.serialize_entry(&field::NAME, &self.name)?;
+        }
+        if present[1] {
+            map.serialize_entry(&field::MODE, &self.mode)?;
+        }
+        if present[2] {
+            map.serialize_entry(&field::REPLICATION_MIN, &self.replication_min)?;
+        }
+        if present[3] {
+            map.serialize_entry(&field::REPLICATION_MAX, &self.replication_max)?;
+        }
+        if present[4] {
+            map.serialize_entry(&field::ALLOCATIONS, &self.allocations)?;
+        }
+        if let Some(at) = &self.expire_at {
+            map.serialize_entry(&field::EXPIRE_AT, at)?;
+        }
+        if present[6] {
+            map.serialize_entry(&field::METADATA, &self.metadata)?;
+        }
+        if present[7] {
+            map.serialize_entry(&field::ORIGINS, &self.origins)?;
+        }
+        // Newer fields have higher numbers, so they follow the known ones as their writer
+        // put them.
+        for (key, value) in &self.unknown.0 {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for PinSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = PinSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of pin options by field number")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<PinSpec, A::Error> {
+                use serde::de::Error;
+                let mut spec = PinSpec::default();
+                let mut last = None;
+                while let Some(key) = map.next_key::<u64>()? {
+                    // One canonical encoding: ascending field numbers, each once.
+                    if last.is_some_and(|l| key <= l) {
+                        return Err(A::Error::custom(format!(
+                            "pin option {key} out of order or repeated"
+                        )));
+                    }
+                    last = Some(key);
+                    match key {
+                        field::NAME => spec.name = map.next_value()?,
+                        field::MODE => spec.mode = map.next_value()?,
+                        field::REPLICATION_MIN => spec.replication_min = map.next_value()?,
+                        field::REPLICATION_MAX => spec.replication_max = map.next_value()?,
+                        field::ALLOCATIONS => spec.allocations = map.next_value()?,
+                        field::EXPIRE_AT => spec.expire_at = map.next_value()?,
+                        field::METADATA => spec.metadata = map.next_value()?,
+                        field::ORIGINS => spec.origins = map.next_value()?,
+                        other => {
+                            spec.unknown.0.insert(other, map.next_value()?);
+                        }
+                    }
+                }
+                Ok(spec)
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
 fn is_everywhere(n: &i32) -> bool {
@@ -105,6 +234,7 @@ impl Default for PinSpec {
             expire_at: None,
             metadata: BTreeMap::new(),
             origins: Vec::new(),
+            unknown: UnknownFields::default(),
         }
     }
 }
@@ -159,6 +289,7 @@ impl PinSpec {
         check_count("allocations", self.allocations.len(), ALLOCATIONS)?;
         check_count("origins", self.origins.len(), ORIGINS)?;
         check_count("metadata", self.metadata.len(), METADATA_ENTRIES)?;
+        check_count("unknown options", self.unknown.0.len(), UNKNOWN_FIELDS)?;
         for a in &self.allocations {
             check_len("allocation", a, ADDRESS_BYTES)?;
         }

@@ -29,14 +29,20 @@ fn valid_messages() -> Vec<Vec<u8>> {
     let batch = DeltaBatch::sign(&key, "c", 1, &deltas);
     vec![
         codec::encode_gossip(&Gossip::DeltaBatch(batch.clone())),
-        codec::encode_request(&Request::GetDeltas {
-            origin: actor,
-            from: 1,
-            to: 9,
-        }),
-        codec::encode_response(&Response::Deltas {
-            batches: vec![batch],
-        }),
+        codec::encode_request(
+            codec::WIRE_VERSION,
+            &Request::GetDeltas {
+                origin: actor,
+                from: 1,
+                to: 9,
+            },
+        ),
+        codec::encode_response(
+            codec::WIRE_VERSION,
+            &Response::Deltas {
+                batches: vec![batch],
+            },
+        ),
         codec::encode_entry(&pins.versions(&sim_cid(1))),
     ]
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Output;
 
 use pinmesh_agent::api::status::ClusterStatusLine;
+use pinmesh_protocol::PinStatus;
 use pinmesh_tests::process::{AgentProcess, full_mesh};
 use pinmesh_tests::{pinmesh_bin, pinmesh_in, random_secret};
 use tempfile::TempDir;
@@ -106,7 +107,7 @@ async fn embedded_nodes_fetch_from_each_other_and_follow_the_pinset() {
     let status = cluster_status(&dirs[2], &dir);
     assert_eq!(status.peers.len(), 3, "{status:?}");
     assert!(
-        status.peers.values().all(|p| p.status == "pinned"),
+        status.peers.values().all(|p| p.status == PinStatus::Pinned),
         "{status:?}"
     );
 
@@ -147,7 +148,10 @@ async fn embedded_nodes_fetch_from_each_other_and_follow_the_pinset() {
     assert!(out.contains("on all 3 peers"), "{out}");
     let status = cluster_status(&dirs[0], &dir);
     assert!(
-        status.peers.values().all(|p| p.status == "unpinned"),
+        status
+            .peers
+            .values()
+            .all(|p| p.status == PinStatus::Unpinned),
         "{status:?}"
     );
 }

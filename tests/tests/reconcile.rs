@@ -7,7 +7,7 @@ use std::time::Duration;
 use pinmesh_agent::api::PinRequest;
 use pinmesh_agent::api::status::StatusLine;
 use pinmesh_agent::reconcile::Status;
-use pinmesh_protocol::Cid;
+use pinmesh_protocol::{Cid, PinStatus};
 use pinmesh_tests::ipfs::IpfsNet;
 use pinmesh_tests::{TestAgent, converged, pinmesh_in, random_secret};
 use tokio::time::Instant;
@@ -149,7 +149,10 @@ async fn pins_reach_every_node_and_unpins_remove_only_the_agents_own() {
     let everywhere = everywhere.expect("one line");
     assert_eq!(everywhere.peers.len(), 3, "{everywhere:?}");
     assert!(
-        everywhere.peers.values().all(|p| p.status == "pinned"),
+        everywhere
+            .peers
+            .values()
+            .all(|p| p.status == PinStatus::Pinned),
         "{everywhere:?}"
     );
     for (i, node) in nodes.iter().enumerate() {

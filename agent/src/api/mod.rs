@@ -465,6 +465,7 @@ fn pin_op(req: PinRequest) -> Result<LocalOp, ApiError> {
         expire_at: req.expire_at,
         metadata: req.metadata,
         origins: req.origins,
+        ..defaults
     };
     spec.validate()
         .map_err(|e| ApiError::BadRequest(format!("invalid pin options for {cid}: {e}")))?;

@@ -11,7 +11,7 @@ use axum::http::header;
 use axum::response::Response;
 use libp2p::PeerId;
 use pinmesh_protocol::message::MAX_STATUS_CIDS;
-use pinmesh_protocol::{Cid, PinStatusEntry};
+use pinmesh_protocol::{Cid, PinStatus, PinStatusEntry};
 use redb::ReadableDatabase;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -19,7 +19,7 @@ use tracing::debug;
 
 use super::{ApiError, ApiState, LIST_BUFFER, parse_cid, tokio_stream_from};
 use crate::reconcile::Status;
-pub use crate::reconcile::status::{NO_IPFS, StatusLine};
+pub use crate::reconcile::status::StatusLine;
 
 use crate::reconcile::status::{lines_for, scan_page, scan_some};
 use crate::store::{PINS, Store, StoreError};
@@ -127,8 +127,8 @@ const CLUSTER_CHUNK: usize = MAX_STATUS_CIDS / 2;
 /// One peer's status for one CID, in a [`ClusterStatusLine`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerPinStatus {
-    /// A status name (`pinned`, `pin_error`, ...), as the peer reported it.
-    pub status: String,
+    /// As the peer reported it (a name of a newer release shows as it came).
+    pub status: PinStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub attempts: u32,
@@ -203,7 +203,10 @@ pub async fn cluster_status(
                 Ok(lines) => {
                     for line in lines {
                         let keep = filter.is_empty()
-                            || line.peers.values().any(|p| filter.contains(&p.status));
+                            || line
+                                .peers
+                                .values()
+                                .any(|p| filter.iter().any(|f| f == p.status.as_str()));
                         if !keep {
                             continue;
                         }
@@ -270,7 +273,7 @@ async fn round(
                     updated: entry.updated_ms,
                 },
                 None => PeerPinStatus {
-                    status: "unknown".into(),
+                    status: PinStatus::Unknown("unknown".into()),
                     error: Some("the peer did not answer for this CID".into()),
                     attempts: 0,
                     updated: 0,
@@ -293,7 +296,7 @@ async fn round(
             line.peers.insert(
                 own.peer_id,
                 PeerPinStatus {
-                    status: own.status.to_string(),
+                    status: own.status.into(),
                     error: own.error,
                     attempts: own.attempts,
                     updated: own.updated,

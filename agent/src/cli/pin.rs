@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
 use clap::Subcommand;
-use pinmesh_protocol::{Cid, PinMode};
+use pinmesh_protocol::{Cid, PinMode, PinStatus};
 
 use super::{Ctx, print_json};
 use crate::api::PinRequest;
@@ -219,7 +219,7 @@ async fn wait_for(
         }
         let behind: Vec<String> = peers
             .iter()
-            .filter(|(_, p)| p.status != want && p.status != "remote")
+            .filter(|(_, p)| p.status.as_str() != want && p.status != PinStatus::Remote)
             .map(|(peer, p)| match &p.error {
                 Some(error) => format!("{peer} ({}: {error})", p.status),
                 None => format!("{peer} ({})", p.status),

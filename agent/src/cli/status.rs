@@ -65,7 +65,7 @@ async fn cluster(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<ExitCode> {
             let failed = line
                 .peers
                 .values()
-                .filter(|p| p.status.ends_with("error"))
+                .filter(|p| p.status.as_str().ends_with("error"))
                 .count();
             errors += u64::from(failed > 0);
             if json {
@@ -73,7 +73,10 @@ async fn cluster(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<ExitCode> {
             }
             println!("{}", line.cid);
             for (peer, p) in &line.peers {
-                println!("  {peer}  {}", describe(&p.status, p.attempts, &p.error));
+                println!(
+                    "  {peer}  {}",
+                    describe(p.status.as_str(), p.attempts, &p.error)
+                );
             }
             Ok(())
         })

@@ -3,15 +3,12 @@
 //! status records in one read transaction.
 
 use pinmesh_protocol::message::MAX_STATUS_ERROR;
-use pinmesh_protocol::{Cid, PinStatusEntry};
+use pinmesh_protocol::{Cid, PinStatus, PinStatusEntry};
 use redb::ReadableDatabase;
 use serde::{Deserialize, Serialize};
 
 use super::{PinState, Status, allocated_here, decode_state, open_status, status_in};
 use crate::store::{PINS, Store, StoreError, decode_pin_entry};
-
-/// A peer's refusal that means it has no node to report on (it is left out, not `unknown`).
-pub const NO_IPFS: &str = "this agent drives no IPFS node";
 
 /// One CID's status on one peer: a line of `GET /v1/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +135,22 @@ pub fn lines_for(
     Ok(lines)
 }
 
+impl From<Status> for PinStatus {
+    fn from(status: Status) -> Self {
+        match status {
+            Status::Queued => PinStatus::Queued,
+            Status::Pinning => PinStatus::Pinning,
+            Status::Pinned => PinStatus::Pinned,
+            Status::PinError => PinStatus::PinError,
+            Status::Unpinning => PinStatus::Unpinning,
+            Status::Unpinned => PinStatus::Unpinned,
+            Status::UnpinError => PinStatus::UnpinError,
+            Status::Remote => PinStatus::Remote,
+            Status::UnexpectedlyUnpinned => PinStatus::UnexpectedlyUnpinned,
+        }
+    }
+}
+
 impl StatusLine {
     /// The wire form, error text cut to [`MAX_STATUS_ERROR`].
     pub fn into_entry(self) -> PinStatusEntry {
@@ -153,7 +166,7 @@ impl StatusLine {
         });
         PinStatusEntry {
             cid: self.cid.parse().unwrap_or_default(),
-            status: self.status.to_string(),
+            status: self.status.into(),
             error,
             attempts: self.attempts,
             updated_ms: self.updated,
@@ -184,4 +197,20 @@ pub fn scan_some(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod wire_names {
+    use clap::ValueEnum;
+
+    use super::*;
+
+    #[test]
+    fn every_status_goes_on_the_wire_under_its_own_name() {
+        for status in Status::value_variants() {
+            let wire = PinStatus::from(*status);
+            assert!(!matches!(wire, PinStatus::Unknown(_)), "{status}");
+            assert_eq!(wire.to_string(), status.to_string());
+        }
+    }
 }

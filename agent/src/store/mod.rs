@@ -6,6 +6,7 @@
 //! Every table name carries a layout version; a layout change means a new name and a named
 //! migration function.
 
+pub mod migrate;
 mod resync;
 
 use std::collections::HashMap;
@@ -75,6 +76,13 @@ pub enum StoreError {
         #[source]
         source: DecodeError,
     },
+    /// The database is of a layout this release does not know (`None`: unreadable).
+    #[error(
+        "the database is of layout {}, written by a newer pinmesh; this release reads layouts up \
+         to {known}: run the newer release, or restore the backup taken before upgrading",
+        found.map_or("?".to_string(), |n| n.to_string())
+    )]
+    Layout { found: Option<u64>, known: u64 },
 }
 
 impl StoreError {
@@ -144,6 +152,10 @@ impl Store {
             tracing::warn!(error = %err, "cannot compact the database; starting without");
         }
         let txn = db.begin_write()?;
+        let fresh = txn.open_table(META)?.get(META_INCARNATION)?.is_none();
+        for name in migrate::migrate(&txn, fresh, migrate::LAYOUT, migrate::MIGRATIONS)? {
+            tracing::info!(migration = name, "database migrated");
+        }
         let persisted = {
             for def in [PINS, STAGE] {
                 txn.open_table(def)?;

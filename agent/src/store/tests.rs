@@ -231,3 +231,46 @@ fn a_file_much_larger_than_its_data_is_compacted() {
         "{bloated} bytes before, {compacted} after"
     );
 }
+
+#[test]
+fn a_database_of_a_newer_layout_is_refused_with_one_line_and_left_as_it_is() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("db");
+    let store = filled(&path);
+    let txn = store.db().begin_write().expect("write");
+    txn.open_table(META)
+        .expect("meta")
+        .insert(migrate::META_LAYOUT, 99u64.to_le_bytes().as_slice())
+        .expect("layout");
+    txn.commit().expect("commit");
+    drop(store);
+    let err = Store::open(&path, 4 << 20).expect_err("a newer layout opens");
+    let text = err.to_string();
+    assert!(text.contains("layout 99") && !text.contains('\n'), "{text}");
+    // Nothing was changed: the layout is still the newer one, the pins all there.
+    let db = redb::Database::open(&path).expect("open");
+    let txn = db.begin_read().expect("read");
+    let meta = txn.open_table(META).expect("meta");
+    let layout = meta
+        .get(migrate::META_LAYOUT)
+        .expect("get")
+        .expect("layout");
+    assert_eq!(read_u64(layout.value()), Some(99));
+    let pins = txn.open_table(PINS).expect("pins");
+    assert_eq!(redb::ReadableTableMetadata::len(&pins).expect("len"), 50);
+}
+
+#[test]
+fn a_database_records_its_layout() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("db");
+    drop(filled(&path));
+    let db = redb::Database::open(&path).expect("open");
+    let txn = db.begin_read().expect("read");
+    let meta = txn.open_table(META).expect("meta");
+    let layout = meta
+        .get(migrate::META_LAYOUT)
+        .expect("get")
+        .expect("layout");
+    assert_eq!(read_u64(layout.value()), Some(migrate::LAYOUT));
+}

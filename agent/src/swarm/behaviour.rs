@@ -18,7 +18,7 @@ use pinmesh_protocol::DeltaBatch;
 use pinmesh_protocol::codec as wire;
 
 use super::Flags;
-use super::codec::{self, SyncCodec, sync_protocol};
+use super::codec::{self, SyncCodec, sync_protocols};
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
@@ -44,7 +44,7 @@ pub fn build(
     cluster: &str,
     flags: &Flags,
 ) -> anyhow::Result<Swarm<Behaviour>> {
-    let sync_name = sync_protocol(cluster);
+    let sync_names = sync_protocols(cluster);
     let kad_name = codec::kad_protocol(cluster);
     let codec = SyncCodec::counting(flags.sync_bytes_in.clone());
     let psk = PreSharedKey::new(secret);
@@ -98,7 +98,7 @@ pub fn build(
             ));
             let sync = request_response::Behaviour::with_codec(
                 codec,
-                [(sync_name, ProtocolSupport::Full)],
+                sync_names.map(|name| (name, ProtocolSupport::Full)),
                 request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
             );
             Ok(Behaviour {

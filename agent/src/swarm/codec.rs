@@ -24,23 +24,40 @@ pub fn cluster_id(cluster: &str) -> String {
     hex::encode(&hash.as_bytes()[..8])
 }
 
-/// The sync protocol of `cluster`: `/pinmesh/<cluster id>/sync/2`. Bound to the cluster, so a
-/// peer of another cluster that shares the secret cannot negotiate it (no request of one
-/// cluster reaches the other), and identify tells agents which cluster a peer is in.
-pub fn sync_protocol(cluster: &str) -> StreamProtocol {
-    StreamProtocol::try_from_owned(format!("/pinmesh/{}/sync/2", cluster_id(cluster)))
-        .expect("a hex id makes a valid protocol name")
+/// The sync protocols of `cluster`, newest first, each with the wire version its messages
+/// are in: `/pinmesh/<cluster id>/sync/3` (wire 2) and `/pinmesh/<cluster id>/sync/2` (wire 1,
+/// the previous release). A stream negotiates the newest both peers speak, so an agent answers
+/// an agent of the previous release in its version. Bound to the cluster, so a peer of another
+/// cluster that shares the secret cannot negotiate them (no request of one cluster reaches the
+/// other), and identify tells agents which cluster a peer is in.
+pub fn sync_protocols(cluster: &str) -> [StreamProtocol; 2] {
+    let name = |n: u64| {
+        StreamProtocol::try_from_owned(format!("/pinmesh/{}/sync/{n}", cluster_id(cluster)))
+            .expect("a hex id makes a valid protocol name")
+    };
+    [name(3), name(2)]
 }
 
-/// The Kademlia protocol of `cluster`, bound to it like [`sync_protocol`].
+/// The wire version of a sync protocol's messages (see [`sync_protocols`]).
+pub fn wire_version(protocol: &StreamProtocol) -> u64 {
+    if protocol.as_ref().ends_with("/sync/2") {
+        1
+    } else {
+        codec::WIRE_VERSION
+    }
+}
+
+/// The Kademlia protocol of `cluster`, bound to it like [`sync_protocols`].
 pub fn kad_protocol(cluster: &str) -> StreamProtocol {
     StreamProtocol::try_from_owned(format!("/pinmesh/{}/kad/1.0.0", cluster_id(cluster)))
         .expect("a hex id makes a valid protocol name")
 }
 
-/// Whether `protocol` is some pinmesh cluster's sync protocol (this one's or another's).
+/// Whether `protocol` is some pinmesh cluster's sync protocol (this one's or another's, of
+/// this release or the previous one).
 pub fn is_sync_protocol(protocol: &str) -> bool {
-    protocol.starts_with("/pinmesh/") && protocol.ends_with("/sync/2")
+    protocol.starts_with("/pinmesh/")
+        && (protocol.ends_with("/sync/2") || protocol.ends_with("/sync/3"))
 }
 
 #[derive(Debug, Clone, Default)]
@@ -97,27 +114,29 @@ impl request_response::Codec for SyncCodec {
 
     async fn write_request<T>(
         &mut self,
-        _: &StreamProtocol,
+        protocol: &StreamProtocol,
         io: &mut T,
         req: Request,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        io.write_all(&codec::encode_request(&req)).await?;
+        io.write_all(&codec::encode_request(wire_version(protocol), &req))
+            .await?;
         io.close().await
     }
 
     async fn write_response<T>(
         &mut self,
-        _: &StreamProtocol,
+        protocol: &StreamProtocol,
         io: &mut T,
         res: Response,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        io.write_all(&codec::encode_response(&res)).await?;
+        io.write_all(&codec::encode_response(wire_version(protocol), &res))
+            .await?;
         io.close().await
     }
 }

@@ -9,13 +9,12 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{PeerId, StreamProtocol, gossipsub, identify};
 use pinmesh_protocol::catchup::Input;
 use pinmesh_protocol::codec as wire;
-use pinmesh_protocol::{DeltaBatch, Gossip, Request, Response};
+use pinmesh_protocol::{DeltaBatch, Gossip, Refusal, Request, Response};
 use tracing::{debug, info, warn};
 
 use super::behaviour::author_peer;
 use super::membership::Verdict;
 use super::{BehaviourEvent, EventLoop, SwarmError};
-use crate::reconcile::status::NO_IPFS;
 use crate::store::PeerRecord;
 
 impl EventLoop {
@@ -35,7 +34,11 @@ impl EventLoop {
                     for reply in self.pending_dials.remove(&peer_id).unwrap_or_default() {
                         let _ = reply.send(Err(format!("{peer_id} belongs to another cluster")));
                     }
-                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    // Cut off once it has had our identify on this connection too, so that a
+                    // peer that comes back learns why rather than seeing a bare hang-up.
+                    if self.membership.may_cut(&peer_id) {
+                        let _ = self.swarm.disconnect_peer_id(peer_id);
+                    }
                     return;
                 }
                 let peer = self.peers.entry(peer_id).or_default();
@@ -54,11 +57,12 @@ impl EventLoop {
                 let joined = self.pending_dials.remove(&peer_id).unwrap_or_default();
                 if !joined.is_empty() {
                     // Joined at runtime (maybe a whole other part of the cluster). A join that
-                    // never connects changes nothing.
+                    // never connects changes nothing. Answered once identify shows the peer.
                     self.feed(Input::Joined(peer_id));
-                }
-                for reply in joined {
-                    let _ = reply.send(Ok(peer_id));
+                    self.pending_joins
+                        .entry(peer_id)
+                        .or_default()
+                        .extend(joined);
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -70,6 +74,12 @@ impl EventLoop {
                     peer.connections = num_established as usize;
                 }
                 if num_established == 0 {
+                    for reply in self.pending_joins.remove(&peer_id).unwrap_or_default() {
+                        let _ = reply.send(Err(format!(
+                            "{peer_id} hung up before identifying itself (another cluster \
+                             sharing the secret cuts off peers of this one)"
+                        )));
+                    }
                     if self.membership.disconnected(&peer_id) {
                         self.feed(Input::Disconnected(peer_id));
                     } else {
@@ -144,10 +154,13 @@ impl EventLoop {
                         Some(reply) => {
                             let _ = reply.send(match response {
                                 Response::PinStatus { entries } => Ok(entries),
-                                Response::Refused { reason } if reason == NO_IPFS => {
-                                    Err(SwarmError::NoIpfs)
+                                Response::Refused {
+                                    reason: Refusal::NoIpfs,
+                                    ..
+                                } => Err(SwarmError::NoIpfs),
+                                Response::Refused { message, .. } => {
+                                    Err(SwarmError::Failed(message))
                                 }
-                                Response::Refused { reason } => Err(SwarmError::Failed(reason)),
                                 _ => Err(SwarmError::Failed("answered something else".into())),
                             });
                         }
@@ -280,8 +293,8 @@ impl EventLoop {
                 first_available,
             }),
             Response::SnapshotChunk(chunk) => self.feed(Input::Chunk { peer, chunk }),
-            Response::Refused { reason } => {
-                debug!(%peer, %reason, "sync request refused");
+            Response::Refused { reason, message } => {
+                debug!(%peer, ?reason, %message, "sync request refused");
                 self.feed(Input::Refused { peer });
             }
             Response::PinStatus { .. } => {
@@ -302,7 +315,14 @@ impl EventLoop {
     /// (see the `membership` module). A peer of another cluster is logged once, cut off and forgotten;
     /// one that speaks no sync protocol of this release stays connected but is not waited for.
     fn is_member(&mut self, peer_id: PeerId, protocols: &[StreamProtocol]) -> bool {
-        match self.membership.identified(peer_id, protocols) {
+        let verdict = self.membership.identified(peer_id, protocols);
+        for reply in self.pending_joins.remove(&peer_id).unwrap_or_default() {
+            let _ = reply.send(match verdict {
+                Verdict::Foreign { .. } => Err(format!("{peer_id} belongs to another cluster")),
+                _ => Ok(peer_id),
+            });
+        }
+        match verdict {
             Verdict::Member => {
                 self.feed(Input::Member {
                     peer: peer_id,

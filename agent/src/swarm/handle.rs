@@ -6,7 +6,6 @@ use pinmesh_protocol::{Cid, PinStatusEntry};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{SwarmCommand, SwarmInfo};
-use crate::reconcile::status::NO_IPFS;
 
 /// Commands queued to the swarm. Small: each carries a reply and callers await it.
 const COMMAND_CAPACITY: usize = 64;
@@ -21,7 +20,7 @@ pub enum SwarmError {
     #[error("not connected")]
     NotConnected,
     /// The peer drives no IPFS node, so it has no pin statuses to tell.
-    #[error("{}", NO_IPFS)]
+    #[error("the peer drives no IPFS node")]
     NoIpfs,
     /// The peer refused, or the request failed (the text says which).
     #[error("{0}")]
@@ -58,7 +57,8 @@ impl SwarmHandle {
         self.ask(|reply| SwarmCommand::Info { reply }).await
     }
 
-    /// Dials `addr` (ending in `/p2p/<id>`); resolves once connected, with the peer's id.
+    /// Dials `addr` (ending in `/p2p/<id>`); resolves once the peer is connected and has
+    /// identified itself, with its id (an error for a peer of another cluster).
     pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, SwarmError> {
         self.ask(|reply| SwarmCommand::Dial { addr, reply })
             .await?

@@ -34,8 +34,8 @@ pub enum Verdict {
 
 #[derive(Debug)]
 pub struct Membership {
-    /// This cluster's sync protocol.
-    protocol: StreamProtocol,
+    /// This cluster's sync protocols (this release's and the previous one's).
+    protocols: [StreamProtocol; 2],
     members: HashSet<PeerId>,
     outsiders: HashSet<PeerId>,
     foreign: HashSet<PeerId>,
@@ -44,9 +44,9 @@ pub struct Membership {
 }
 
 impl Membership {
-    pub fn new(protocol: StreamProtocol) -> Self {
+    pub fn new(protocols: [StreamProtocol; 2]) -> Self {
         Membership {
-            protocol,
+            protocols,
             members: HashSet::new(),
             outsiders: HashSet::new(),
             foreign: HashSet::new(),
@@ -56,7 +56,7 @@ impl Membership {
 
     /// Judges a peer by the protocols its identify lists.
     pub fn identified(&mut self, peer: PeerId, protocols: &[StreamProtocol]) -> Verdict {
-        if protocols.contains(&self.protocol) {
+        if self.protocols.iter().any(|ours| protocols.contains(ours)) {
             self.outsiders.remove(&peer);
             self.members.insert(peer);
             return Verdict::Member;
@@ -124,8 +124,8 @@ mod tests {
 
     #[test]
     fn peers_are_members_foreign_or_outsiders_by_their_protocols() {
-        let ours = codec::sync_protocol("alpha");
-        let theirs = codec::sync_protocol("beta");
+        let ours = codec::sync_protocols("alpha");
+        let [theirs, _] = codec::sync_protocols("beta");
         let mut m = Membership::new(ours.clone());
         let (a, b, c, d) = (
             PeerId::random(),
@@ -134,10 +134,16 @@ mod tests {
             PeerId::random(),
         );
         assert_eq!(
-            m.identified(a, &[named("/ipfs/id/1.0.0"), ours]),
+            m.identified(a, &[named("/ipfs/id/1.0.0"), ours[0].clone()]),
             Verdict::Member
         );
         assert!(m.counts(&a));
+        // An agent of the previous release speaks only the older protocol: still a member.
+        let previous = PeerId::random();
+        assert_eq!(
+            m.identified(previous, std::slice::from_ref(&ours[1])),
+            Verdict::Member
+        );
         assert_eq!(
             m.identified(b, std::slice::from_ref(&theirs)),
             Verdict::Foreign { first: true }

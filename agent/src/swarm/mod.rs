@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use self::behaviour::{Behaviour, BehaviourEvent, build, topic};
-pub use self::codec::{SyncCodec, cluster_id, sync_protocol};
+pub use self::codec::{SyncCodec, cluster_id, sync_protocols};
 pub use self::handle::{SwarmError, SwarmHandle};
 use self::membership::Membership;
 use self::serve::{SNAPSHOT_CHUNK_ENTRIES, Served, Server};
@@ -158,6 +158,9 @@ pub struct EventLoop {
     listen_tx: watch::Sender<Vec<Multiaddr>>,
     peers: HashMap<PeerId, PeerState>,
     pending_dials: HashMap<PeerId, Vec<oneshot::Sender<Result<PeerId, String>>>>,
+    /// Joins whose peer connected and has not identified itself yet: answered once it shows
+    /// whether it is of this cluster, or with an error if it hangs up first.
+    pending_joins: HashMap<PeerId, Vec<oneshot::Sender<Result<PeerId, String>>>>,
     /// Which peers are members of this cluster, of another one, or of none.
     membership: Membership,
     peering: Option<Peering>,
@@ -183,7 +186,7 @@ impl EventLoop {
             catchup: CatchUp::new(cfg, wiring.trusted_writers),
             started: Instant::now(),
             wake: None,
-            membership: Membership::new(sync_protocol(&wiring.cluster)),
+            membership: Membership::new(sync_protocols(&wiring.cluster)),
             cluster: wiring.cluster,
             swarm,
             topic,
@@ -199,6 +202,7 @@ impl EventLoop {
             listen_tx: wiring.listen_tx,
             peers: HashMap::new(),
             pending_dials: HashMap::new(),
+            pending_joins: HashMap::new(),
             peering: wiring.peering,
             pending_status: HashMap::new(),
         })

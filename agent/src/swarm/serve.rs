@@ -8,7 +8,7 @@ use libp2p::PeerId;
 use libp2p::request_response::ResponseChannel;
 use pinmesh_protocol::catchup::deltas_answer;
 use pinmesh_protocol::message::MAX_STATUS_CIDS;
-use pinmesh_protocol::{Request, Response};
+use pinmesh_protocol::{Refusal, Request, Response};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::warn;
 
@@ -79,20 +79,24 @@ impl Server {
     ) -> Option<(ResponseChannel<Response>, Response)> {
         if let Request::PinStatus { cids } = &request {
             let refuse = if !self.ipfs {
-                Some(crate::reconcile::status::NO_IPFS.to_string())
+                Some(Response::refused(
+                    Refusal::NoIpfs,
+                    "this agent drives no IPFS node",
+                ))
             } else if cids.len() > MAX_STATUS_CIDS {
-                Some(format!("at most {MAX_STATUS_CIDS} CIDs per request"))
+                Some(Response::refused(
+                    Refusal::TooLarge,
+                    format!("at most {MAX_STATUS_CIDS} CIDs per request"),
+                ))
             } else {
                 None
             };
-            if let Some(reason) = refuse {
-                return Some((channel, Response::Refused { reason }));
+            if let Some(refusal) = refuse {
+                return Some((channel, refusal));
             }
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            let busy = Response::Refused {
-                reason: "busy serving other peers; try later".into(),
-            };
+            let busy = Response::refused(Refusal::Busy, "busy serving other peers; try later");
             return Some((channel, busy));
         };
         let store = self.store.clone();
@@ -117,9 +121,7 @@ fn read(
     peer: PeerId,
     request: Request,
 ) -> Response {
-    let storage_error = || Response::Refused {
-        reason: "storage error".into(),
-    };
+    let storage_error = || Response::refused(Refusal::Storage, "storage error");
     match request {
         Request::GetDeltas { origin, from, to } => {
             match store.batches(origin.0, from, to, DELTAS_ANSWER_BYTES) {
@@ -146,9 +148,10 @@ fn read(
             );
             match chunk {
                 Ok(chunk) => Response::SnapshotChunk(chunk),
-                Err(err @ (ServeError::Busy | ServeError::Unknown(_))) => Response::Refused {
-                    reason: err.to_string(),
-                },
+                Err(err @ ServeError::Busy) => Response::refused(Refusal::Busy, err.to_string()),
+                Err(err @ ServeError::Unknown(_)) => {
+                    Response::refused(Refusal::SnapshotGone, err.to_string())
+                }
                 Err(ServeError::Store(err @ StoreError::Damaged(_))) => {
                     fatal.damaged(&err.to_string());
                     storage_error()
@@ -170,8 +173,8 @@ fn read(
                 }
             }
         }
-        Request::Status | Request::IpfsNode => Response::Refused {
-            reason: "answered by the event loop".into(),
-        },
+        Request::Status | Request::IpfsNode => {
+            Response::refused(Refusal::Unsupported, "answered by the event loop")
+        }
     }
 }
