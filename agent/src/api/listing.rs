@@ -8,12 +8,10 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::Response;
-use pinmesh_protocol::{Cid, codec};
-use redb::ReadableDatabase;
 use tokio::sync::mpsc;
 
 use super::{ApiError, ApiState, PinInfo};
-use crate::store::{PINS, Store};
+use crate::store::Store;
 
 /// Lines of a listing buffered between its producer and the HTTP body.
 pub(crate) const LIST_BUFFER: usize = 256;
@@ -30,23 +28,15 @@ pub(super) async fn list(State(state): State<ApiState>) -> Result<Response, ApiE
 
 /// One page of `GET /v1/pins`: up to [`LIST_PAGE`] pins after the key `after`.
 fn pins_page(store: &Store, after: Option<Vec<u8>>) -> Result<Page, String> {
-    use std::ops::Bound;
-    let txn = store.db().begin_read().map_err(|e| e.to_string())?;
-    let table = txn.open_table(PINS).map_err(|e| e.to_string())?;
-    let lower = match &after {
-        Some(key) => Bound::Excluded(key.as_slice()),
-        None => Bound::Unbounded,
-    };
+    let reader = store.reader().map_err(|e| e.to_string())?;
     let mut lines = Vec::new();
     let mut last = None;
     let mut seen = 0;
-    for item in table
-        .range::<&[u8]>((lower, Bound::Unbounded))
+    for item in reader
+        .entries(after.as_deref())
         .map_err(|e| e.to_string())?
     {
-        let (k, v) = item.map_err(|e| e.to_string())?;
-        let cid = Cid::try_from(k.value()).map_err(|e| e.to_string())?;
-        let versions = codec::decode_entry(v.value()).map_err(|e| e.to_string())?;
+        let (cid, versions) = item.map_err(|e| e.to_string())?;
         if let Some(info) = PinInfo::from_versions(&cid, &versions) {
             let mut line = serde_json::to_string(&info).map_err(|e| e.to_string())?;
             line.push('\n');
@@ -54,7 +44,7 @@ fn pins_page(store: &Store, after: Option<Vec<u8>>) -> Result<Page, String> {
         }
         seen += 1;
         if seen == LIST_PAGE {
-            last = Some(k.value().to_vec());
+            last = Some(cid.to_bytes());
             break;
         }
     }

@@ -23,13 +23,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use libp2p::Multiaddr;
-use pinmesh_protocol::{Cid, Comparison, PinMode, PinSpec, Version, codec, winner};
-use redb::{ReadableDatabase, ReadableTable};
+use pinmesh_protocol::{Cid, Comparison, PinMode, PinSpec, Version, winner};
 use serde::{Deserialize, Serialize};
 
 use crate::http::tokio_stream_from;
 use crate::replica::{LocalError, LocalOp, ReplicaHandle};
-use crate::store::{LOG, PINS, Store};
+use crate::store::Store;
 use crate::swarm::{Flags, SwarmError, SwarmHandle, SwarmInfo};
 
 /// Most pins in one `POST /v1/pins/batch`.
@@ -493,18 +492,10 @@ async fn unpin(
 }
 
 fn read_versions(store: &Store, cid: &Cid) -> Result<Option<Vec<Version>>, ApiError> {
-    let internal = |e: &dyn std::fmt::Display| ApiError::Internal(e.to_string());
-    let txn = store.db().begin_read().map_err(|e| internal(&e))?;
-    let table = txn.open_table(PINS).map_err(|e| internal(&e))?;
-    let Some(value) = table
-        .get(cid.to_bytes().as_slice())
-        .map_err(|e| internal(&e))?
-    else {
-        return Ok(None);
-    };
-    codec::decode_entry(value.value())
-        .map(Some)
-        .map_err(|e| internal(&e))
+    store
+        .reader()
+        .and_then(|reader| reader.versions(cid))
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 async fn show(
@@ -594,24 +585,14 @@ async fn debug_state(State(state): State<ApiState>) -> Result<Json<StateDump>, A
     let log = state
         .tasks
         .spawn_blocking(move || -> Result<_, String> {
-            let txn = store.db().begin_read().map_err(|e| e.to_string())?;
-            let table = txn.open_table(LOG).map_err(|e| e.to_string())?;
-            let mut out: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
-            for item in table.iter().map_err(|e| e.to_string())? {
-                let (k, v) = item.map_err(|e| e.to_string())?;
-                let (origin, first) = k.value();
-                let last = codec::decode_stored::<pinmesh_protocol::DeltaBatch>(v.value())
-                    .ok()
-                    .and_then(|b| b.last())
-                    .unwrap_or(first);
-                let entry = out
-                    .entry(pinmesh_protocol::ActorId(origin).to_string())
-                    .or_insert((first, last, 0));
-                entry.0 = entry.0.min(first);
-                entry.1 = entry.1.max(last);
-                entry.2 += 1;
-            }
-            Ok(out)
+            let spans = store
+                .reader()
+                .and_then(|reader| reader.log_spans())
+                .map_err(|e| e.to_string())?;
+            Ok(spans
+                .into_iter()
+                .map(|(origin, span)| (origin.to_string(), (span.first, span.last, span.batches)))
+                .collect::<BTreeMap<String, (u64, u64, u64)>>())
         })
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?

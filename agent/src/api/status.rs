@@ -12,7 +12,6 @@ use axum::response::Response;
 use libp2p::PeerId;
 use pinmesh_protocol::message::MAX_STATUS_CIDS;
 use pinmesh_protocol::{Cid, PinStatus, PinStatusEntry};
-use redb::ReadableDatabase;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -22,7 +21,7 @@ use crate::reconcile::Status;
 pub use crate::reconcile::status::StatusLine;
 
 use crate::reconcile::status::{lines_for, scan_page, scan_some};
-use crate::store::{PINS, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::swarm::SwarmError;
 
 /// `?cids=A,B&filter=pin_error,queued`.
@@ -309,24 +308,8 @@ async fn round(
 
 /// Up to `n` CIDs of the pinset after the key `after`, in key order.
 fn pinset_chunk(store: &Store, after: Option<Vec<u8>>, n: usize) -> Result<Vec<Cid>, StoreError> {
-    use std::ops::Bound;
-    let txn = store.db().begin_read()?;
-    let pins = txn.open_table(PINS)?;
-    let lower = match &after {
-        Some(key) => Bound::Excluded(key.as_slice()),
-        None => Bound::Unbounded,
-    };
-    let mut out = Vec::with_capacity(n);
-    for item in pins.range::<&[u8]>((lower, Bound::Unbounded))? {
-        let (key, _) = item?;
-        if let Ok(cid) = Cid::try_from(key.value()) {
-            out.push(cid);
-        }
-        if out.len() == n {
-            break;
-        }
-    }
-    Ok(out)
+    let reader = store.reader()?;
+    reader.cids(after.as_deref())?.take(n).collect()
 }
 
 /// `POST /v1/add?wrap=BOOL` answer: what the node stored, the root last.

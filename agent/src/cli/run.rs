@@ -104,9 +104,7 @@ fn resync(ctx: &Ctx, bootstrap_given: bool) -> anyhow::Result<()> {
     let config = crate::config::Config::load(&ctx.home.config())?;
     let cache = config.raw.storage.cache_mib as usize * 1024 * 1024;
     let need_peers = config.bootstrap.is_empty() && !bootstrap_given;
-    let done = crate::store::resync(&ctx.home.database(), cache, need_peers, |bytes| {
-        crate::reconcile::decode_state(bytes).is_ok_and(|state| state.owned)
-    })?;
+    let done = crate::store::resync(&ctx.home.database(), cache, need_peers, |state| state.owned)?;
     println!(
         "resync: kept the damaged database as {}",
         done.kept.display()

@@ -1,8 +1,9 @@
 //! The reconciler: drives the IPFS node until its pins match what the pinset wants here.
 //!
-//! Owns the `status-1` table and its view of the node's pins. Receives the CIDs whose entries
-//! changed from the replica's [`Changes`] feed, `recover` commands from the API, and the
-//! results of its workers; emits calls to the [`PinBackend`] and status records.
+//! Owns the records of `status-1` (written through the store) and its view of the node's
+//! pins. Receives the CIDs whose entries changed from the replica's [`Changes`] feed,
+//! `recover` commands from the API, and the results of its workers; emits calls to the
+//! [`PinBackend`] and status records.
 //!
 //! - **Desired**: pinned in the pinset, not expired, allocated to this peer
 //!   ([`allocated_here`]; every peer holds every pin for now).
@@ -33,8 +34,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use pinmesh_protocol::entry::winner;
-use pinmesh_protocol::{Cid, PinMode, codec};
-use redb::{Durability, ReadableDatabase, ReadableTable};
+use pinmesh_protocol::{Cid, PinMode};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -45,7 +45,8 @@ use tracing::{debug, info, warn};
 use self::decide::Ended;
 use crate::ipfs::{IpfsError, PinBackend, PinLimits, content_key, twin};
 use crate::replica::{Changes, now_ms};
-use crate::store::{PINS, STATUS, Store, StoreError, decode_pin_entry};
+pub use crate::store::{PinState, Status};
+use crate::store::{Store, StoreError};
 
 /// How often a node that is down is asked whether it is back.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
@@ -62,58 +63,6 @@ const CHECK_COST: Duration = Duration::from_millis(2);
 /// by `status`); full comparisons remove older ones.
 pub const UNPINNED_KEEP: Duration = Duration::from_secs(24 * 3600);
 
-/// Where a CID stands on this peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-#[clap(rename_all = "snake_case")]
-pub enum Status {
-    /// Wanted here, waiting for a worker.
-    Queued,
-    /// `pin/add` in progress.
-    Pinning,
-    /// The node holds the pin.
-    Pinned,
-    /// The last `pin/add` failed; retried with backoff.
-    PinError,
-    /// `pin/rm` in progress.
-    Unpinning,
-    /// Not wanted any more, and not pinned by this agent.
-    Unpinned,
-    /// The last `pin/rm` failed; retried with backoff.
-    UnpinError,
-    /// Wanted in the cluster, but allocated to other peers.
-    Remote,
-    /// Was pinned, and a listing found it gone: someone unpinned it behind the agent's back.
-    /// Pinned again.
-    UnexpectedlyUnpinned,
-}
-
-impl Status {
-    pub fn is_error(self) -> bool {
-        matches!(self, Status::PinError | Status::UnpinError)
-    }
-}
-
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let text = serde_json::to_value(self).ok();
-        f.write_str(text.as_ref().and_then(|v| v.as_str()).unwrap_or("?"))
-    }
-}
-
-/// One CID's record in `status-1`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PinState {
-    pub status: Status,
-    /// This agent added the pin to the node, so it may remove it.
-    pub owned: bool,
-    /// Failed attempts since the last success.
-    pub attempts: u32,
-    pub error: Option<String>,
-    /// Unix milliseconds of the last change.
-    pub updated_ms: u64,
-}
-
 impl PinState {
     fn new(status: Status, owned: bool) -> Self {
         PinState {
@@ -128,34 +77,7 @@ impl PinState {
 
 /// Reads one CID's status.
 pub fn read_status(store: &Store, cid: &Cid) -> Result<Option<PinState>, StoreError> {
-    let txn = store.db().begin_read()?;
-    status_in(&open_status(&txn)?, &cid.to_bytes())
-}
-
-/// `status-1` in a read transaction; `None` before the reconciler first wrote it.
-pub type StatusTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
-
-pub fn open_status(txn: &redb::ReadTransaction) -> Result<Option<StatusTable>, StoreError> {
-    match txn.open_table(STATUS) {
-        Ok(t) => Ok(Some(t)),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// The status stored under `key` (CID bytes).
-pub fn status_in(table: &Option<StatusTable>, key: &[u8]) -> Result<Option<PinState>, StoreError> {
-    match table {
-        Some(t) => t.get(key)?.map(|v| decode_state(v.value())).transpose(),
-        None => Ok(None),
-    }
-}
-
-pub fn decode_state(bytes: &[u8]) -> Result<PinState, StoreError> {
-    codec::decode_stored(bytes).map_err(|source| StoreError::Corrupt {
-        what: "pin status",
-        source,
-    })
+    store.reader()?.status(cid)
 }
 
 /// Whether this peer should hold a pin. Every peer holds every pin for now; replication
@@ -615,16 +537,11 @@ impl Reconciler {
 
     /// Every CID in an error status.
     fn errored(&self) -> Result<Vec<Cid>, StoreError> {
-        let txn = self.store.db().begin_read()?;
-        let Some(table) = open_status(&txn)? else {
-            return Ok(Vec::new());
-        };
+        let reader = self.store.reader()?;
         let mut out = Vec::new();
-        for item in table.iter()? {
-            let (k, v) = item?;
-            if decode_state(v.value())?.status.is_error()
-                && let Ok(cid) = Cid::try_from(k.value())
-            {
+        for item in reader.statuses(None)? {
+            let (cid, state) = item?;
+            if state.status.is_error() {
                 out.push(cid);
             }
         }
@@ -1033,15 +950,14 @@ impl Reconciler {
     /// What the pinset wants of `cid` here, and its status (a pending write, else the stored
     /// one), from one read transaction.
     fn lookup(&self, cid: &Cid) -> Result<(Option<Wanted>, Option<PinState>), StoreError> {
-        let txn = self.store.db().begin_read()?;
-        let key = cid.to_bytes();
-        let wanted = match txn.open_table(PINS)?.get(key.as_slice())? {
-            Some(value) => wanted_of(&decode_pin_entry(value.value())?, now_ms() / 1000),
+        let reader = self.store.reader()?;
+        let wanted = match reader.versions(cid)? {
+            Some(versions) => wanted_of(&versions, now_ms() / 1000),
             None => None,
         };
         let state = match self.pending.get(cid) {
             Some(pending) => Some(pending.clone()),
-            None => status_in(&open_status(&txn)?, &key)?,
+            None => reader.status(cid)?,
         };
         Ok((wanted, state))
     }
@@ -1070,19 +986,7 @@ impl Reconciler {
     }
 
     fn write_pending(&mut self, durable: bool) -> Result<(), StoreError> {
-        let mut txn = self.store.db().begin_write()?;
-        if !durable {
-            txn.set_durability(Durability::None)
-                .map_err(|e| StoreError::Db(redb::Error::from(e)))?;
-        }
-        {
-            let mut table = txn.open_table(STATUS)?;
-            for (cid, state) in &self.pending {
-                let key = cid.to_bytes();
-                table.insert(key.as_slice(), codec::encode_stored(state).as_slice())?;
-            }
-        }
-        txn.commit()?;
+        self.store.write_statuses(&self.pending, durable)?;
         // Only now: a failed commit keeps them for the next flush.
         self.pending.clear();
         Ok(())
@@ -1123,33 +1027,27 @@ fn stale(state: &PinState, now_ms: u64) -> bool {
         && state.updated_ms + (UNPINNED_KEEP.as_millis() as u64) < now_ms
 }
 
-/// What [`compare`] finds: CIDs to look at, and keys of stale records.
-type Compared = (Vec<Cid>, Vec<Vec<u8>>);
+/// What [`compare`] finds: CIDs to look at, and CIDs of stale records.
+type Compared = (Vec<Cid>, Vec<Cid>);
 
 /// The CIDs whose status may not match the pinset and the node (the whole pinset and every
 /// status record compared against `actual`), and the [`stale`] records of CIDs the pinset does
 /// not want. Runs on a blocking thread.
 fn compare(store: &Store, actual: &HashMap<Cid, PinMode>) -> Result<Compared, StoreError> {
-    let txn = store.db().begin_read()?;
-    let pins = txn.open_table(PINS)?;
-    let statuses = open_status(&txn)?;
+    let reader = store.reader()?;
     let now_ms = now_ms();
     let now = now_ms / 1000;
     let mut out = Vec::new();
     let mut old = Vec::new();
-    for item in pins.iter()? {
-        let (key, value) = item?;
-        let Ok(cid) = Cid::try_from(key.value()) else {
-            continue;
-        };
-        let versions = decode_pin_entry(value.value())?;
+    for item in reader.entries(None)? {
+        let (cid, versions) = item?;
         let have = actual.get(&content_key(&cid)).copied();
-        let state = status_in(&statuses, key.value())?;
+        let state = reader.status(&cid)?;
         let settled = match wanted_of(&versions, now) {
             Some(w) => satisfies(have, w.mode) && state.is_some_and(|s| s.status == Status::Pinned),
             None => {
                 if state.as_ref().is_some_and(|s| stale(s, now_ms)) {
-                    old.push(key.value().to_vec());
+                    old.push(cid);
                 }
                 state.is_none_or(|s| !s.owned && s.status == Status::Unpinned)
             }
@@ -1158,20 +1056,15 @@ fn compare(store: &Store, actual: &HashMap<Cid, PinMode>) -> Result<Compared, St
             out.push(cid);
         }
     }
-    if let Some(statuses) = &statuses {
-        for item in statuses.iter()? {
-            let (key, value) = item?;
-            if pins.get(key.value())?.is_some() {
-                continue; // compared above
-            }
-            let state = decode_state(value.value())?;
-            if stale(&state, now_ms) {
-                old.push(key.value().to_vec());
-            } else if (state.owned || state.status != Status::Unpinned)
-                && let Ok(cid) = Cid::try_from(key.value())
-            {
-                out.push(cid);
-            }
+    for item in reader.statuses(None)? {
+        let (cid, state) = item?;
+        if reader.has_entry(&cid)? {
+            continue; // compared above
+        }
+        if stale(&state, now_ms) {
+            old.push(cid);
+        } else if state.owned || state.status != Status::Unpinned {
+            out.push(cid);
         }
     }
     Ok((out, old))
@@ -1179,28 +1072,9 @@ fn compare(store: &Store, actual: &HashMap<Cid, PinMode>) -> Result<Compared, St
 
 /// Removes the records `compare` found stale, each only if it still is (a CID pinned again
 /// since has a newer record). Returns how many went.
-fn prune(store: &Store, keys: &[Vec<u8>]) -> Result<usize, StoreError> {
-    if keys.is_empty() {
-        return Ok(0);
-    }
+fn prune(store: &Store, cids: &[Cid]) -> Result<usize, StoreError> {
     let now_ms = now_ms();
-    let txn = store.db().begin_write()?;
-    let mut removed = 0;
-    {
-        let mut table = txn.open_table(STATUS)?;
-        for key in keys {
-            let still = match table.get(key.as_slice())? {
-                Some(value) => stale(&decode_state(value.value())?, now_ms),
-                None => false,
-            };
-            if still {
-                table.remove(key.as_slice())?;
-                removed += 1;
-            }
-        }
-    }
-    txn.commit()?;
-    Ok(removed)
+    store.remove_statuses_if(cids, |state| stale(state, now_ms))
 }
 
 #[cfg(test)]
@@ -1237,28 +1111,16 @@ mod tests {
             (cid(3), record(Status::Unpinned, true, long_ago)),  // still ours to remove
             (cid(4), record(Status::PinError, false, long_ago)), // an error to show
         ];
-        let txn = store.db().begin_write().expect("txn");
-        {
-            let mut table = txn.open_table(STATUS).expect("table");
-            for (cid, state) in &records {
-                table
-                    .insert(
-                        cid.to_bytes().as_slice(),
-                        codec::encode_stored(state).as_slice(),
-                    )
-                    .expect("insert");
-            }
-        }
-        txn.commit().expect("commit");
+        let written = records.iter().map(|(cid, state)| (cid, state));
+        store.write_statuses(written, true).expect("write");
 
         let (_, stale) = compare(&store, &HashMap::new()).expect("compare");
-        assert_eq!(stale, vec![cid(1).to_bytes()]);
+        assert_eq!(stale, vec![cid(1)]);
         assert_eq!(prune(&store, &stale).expect("prune"), 1);
-        let txn = store.db().begin_read().expect("txn");
-        let table = open_status(&txn).expect("open");
-        for (key, _) in &records {
-            let kept = status_in(&table, &key.to_bytes()).expect("read").is_some();
-            assert_eq!(kept, *key != cid(1), "{key}");
+        let reader = store.reader().expect("read");
+        for (cid_n, _) in &records {
+            let kept = reader.status(cid_n).expect("read").is_some();
+            assert_eq!(kept, *cid_n != cid(1), "{cid_n}");
         }
     }
 
@@ -1278,8 +1140,5 @@ mod tests {
             "unexpectedly_unpinned"
         );
         assert_eq!(Status::PinError.to_string(), "pin_error");
-        let state = PinState::new(Status::Pinned, true);
-        let back: PinState = codec::decode_stored(&codec::encode_stored(&state)).expect("decode");
-        assert_eq!(back, state);
     }
 }

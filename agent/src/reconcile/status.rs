@@ -3,12 +3,11 @@
 //! status records in one read transaction.
 
 use pinmesh_protocol::message::MAX_STATUS_ERROR;
-use pinmesh_protocol::{Cid, PinStatus, PinStatusEntry};
-use redb::ReadableDatabase;
+use pinmesh_protocol::{Cid, PinStatus, PinStatusEntry, Version};
 use serde::{Deserialize, Serialize};
 
-use super::{PinState, Status, allocated_here, decode_state, open_status, status_in};
-use crate::store::{PINS, Store, StoreError, decode_pin_entry};
+use super::{PinState, Status, allocated_here};
+use crate::store::{Store, StoreError};
 
 /// One CID's status on one peer: a line of `GET /v1/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,16 +28,10 @@ pub struct StatusLine {
 fn line_of(
     cid: &Cid,
     peer_id: &str,
-    entry: Option<&[u8]>,
+    entry: Option<&[Version]>,
     record: Option<PinState>,
-) -> Result<StatusLine, StoreError> {
-    let wanted = match entry {
-        Some(bytes) => {
-            let versions = decode_pin_entry(bytes)?;
-            pinmesh_protocol::entry::winner(&versions).map(|w| w.spec.clone())
-        }
-        None => None,
-    };
+) -> StatusLine {
+    let wanted = entry.and_then(|versions| pinmesh_protocol::entry::winner(versions));
     let line = |status: Status, record: Option<&PinState>| StatusLine {
         cid: cid.to_string(),
         peer_id: peer_id.to_string(),
@@ -48,13 +41,13 @@ fn line_of(
         updated: record.map_or(0, |r| r.updated_ms),
         owned: record.is_some_and(|r| r.owned),
     };
-    Ok(match (wanted, record) {
-        (Some(spec), _) if !allocated_here(&spec) => line(Status::Remote, None),
+    match (wanted, record) {
+        (Some(w), _) if !allocated_here(&w.spec) => line(Status::Remote, None),
         (_, Some(record)) => line(record.status, Some(&record)),
         // Wanted, and the reconciler has not looked at it yet.
         (Some(_), None) => line(Status::Queued, None),
         (None, None) => line(Status::Unpinned, None),
-    })
+    }
 }
 
 /// One page (`page` keys read) of every status line: the pins of the pinset, then the CIDs the reconciler still
@@ -68,54 +61,37 @@ pub fn scan_page(
     after: Option<Vec<u8>>,
     emit: &mut dyn FnMut(StatusLine) -> bool,
 ) -> Result<Option<Vec<u8>>, StoreError> {
-    use std::ops::Bound;
-    let txn = store.db().begin_read()?;
-    let pins = txn.open_table(PINS)?;
-    let statuses = open_status(&txn)?;
+    let reader = store.reader()?;
     let (phase, from) = match &after {
         Some(key) if !key.is_empty() => (key[0], Some(&key[1..])),
         _ => (0, None),
     };
-    fn lower(from: Option<&[u8]>) -> Bound<&[u8]> {
-        match from {
-            Some(key) => Bound::Excluded(key),
-            None => Bound::Unbounded,
-        }
-    }
-    let next = |phase: u8, key: &[u8]| {
+    let next = |phase: u8, cid: &Cid| {
         let mut next = vec![phase];
-        next.extend_from_slice(key);
+        next.extend_from_slice(&cid.to_bytes());
         Some(next)
     };
     let mut seen = 0;
     if phase == 0 {
-        for item in pins.range::<&[u8]>((lower(from), Bound::Unbounded))? {
-            let (key, value) = item?;
-            if let Ok(cid) = Cid::try_from(key.value()) {
-                let record = status_in(&statuses, key.value())?;
-                emit(line_of(&cid, peer_id, Some(value.value()), record)?);
-            }
+        for item in reader.entries(from)? {
+            let (cid, versions) = item?;
+            let record = reader.status(&cid)?;
+            emit(line_of(&cid, peer_id, Some(&versions), record));
             seen += 1;
             if seen == page {
-                return Ok(next(0, key.value()));
+                return Ok(next(0, &cid));
             }
         }
     }
-    let Some(statuses) = &statuses else {
-        return Ok(None);
-    };
     let from = if phase == 1 { from } else { None };
-    for item in statuses.range::<&[u8]>((lower(from), Bound::Unbounded))? {
-        let (key, value) = item?;
+    for item in reader.statuses(from)? {
+        let (cid, record) = item?;
         seen += 1;
-        if pins.get(key.value())?.is_none()
-            && let Ok(cid) = Cid::try_from(key.value())
-        {
-            let record = Some(decode_state(value.value())?);
-            emit(line_of(&cid, peer_id, None, record)?);
+        if !reader.has_entry(&cid)? {
+            emit(line_of(&cid, peer_id, None, Some(record)));
         }
         if seen >= page {
-            return Ok(next(1, key.value()));
+            return Ok(next(1, &cid));
         }
     }
     Ok(None)
@@ -180,19 +156,11 @@ pub fn scan_some(
     cids: &[Cid],
     emit: &mut dyn FnMut(StatusLine) -> bool,
 ) -> Result<(), StoreError> {
-    let txn = store.db().begin_read()?;
-    let pins = txn.open_table(PINS)?;
-    let statuses = open_status(&txn)?;
+    let reader = store.reader()?;
     for cid in cids {
-        let key = cid.to_bytes();
-        let entry = pins.get(key.as_slice())?;
-        let record = status_in(&statuses, &key)?;
-        if !emit(line_of(
-            cid,
-            peer_id,
-            entry.as_ref().map(|e| e.value()),
-            record,
-        )?) {
+        let versions = reader.versions(cid)?;
+        let record = reader.status(cid)?;
+        if !emit(line_of(cid, peer_id, versions.as_deref(), record)) {
             return Ok(());
         }
     }

@@ -23,14 +23,11 @@ use pinmesh_protocol::snapshot::{Progress, SnapshotError, SnapshotStage};
 use pinmesh_protocol::{
     ActorId, Cid, Delta, DeltaBatch, Dot, Head, Op, PinSpec, Signer, SnapshotChunk, Summary, codec,
 };
-use redb::{Durability, ReadableTable};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::store::{
-    LOG, META, META_COUNTER, META_HEAD, PEERS, PINS, PinsTable, STAGE, Store, StoreError,
-};
+use crate::store::{Group, PinsTable, Store, StoreError, TableError};
 
 /// Commands queued to the replica. Capacity: enough for bursts of API calls and gossip; the
 /// swarm uses `try_send` and drops when full (anti-entropy repairs drops).
@@ -453,91 +450,69 @@ impl Replica {
         let mut result = GroupResult::default();
         let mut pending_replies = Vec::new();
         let mut pending_snapshot = Vec::new();
-        let outcome = (|| -> Result<(), StoreError> {
-            let mut txn = self.store.db().begin_write()?;
-            {
-                let mut pins = PinsTable(txn.open_table(PINS)?);
-                let mut staged = PinsTable(txn.open_table(STAGE)?);
-                let mut log = txn.open_table(LOG)?;
-                let mut peers = txn.open_table(PEERS)?;
-                let mut local_deltas: Vec<Delta> = Vec::new();
-                for cmd in group {
-                    match cmd {
-                        Command::Local { ops, reply } => {
-                            result.local = true;
-                            // A failed group answers every reply with its error: keep this one.
-                            let outcome = match self.apply_local(&mut pins, ops, &mut local_deltas)
-                            {
-                                Ok(outcome) => outcome,
-                                Err(err) => {
-                                    pending_replies.push((reply, Err(LocalError::Stopped)));
-                                    return Err(err);
-                                }
-                            };
-                            if let Ok(receipts) = &outcome {
-                                result.touched.extend(receipts.iter().map(|r| r.cid));
+        let store = self.store.clone();
+        let outcome = store.write_group(|g: &mut Group<'_>| {
+            let mut local_deltas: Vec<Delta> = Vec::new();
+            for cmd in group {
+                match cmd {
+                    Command::Local { ops, reply } => {
+                        result.local = true;
+                        // A failed group answers every reply with its error: keep this one.
+                        let outcome = match self.apply_local(&mut g.pins, ops, &mut local_deltas) {
+                            Ok(outcome) => outcome,
+                            Err(err) => {
+                                pending_replies.push((reply, Err(LocalError::Stopped)));
+                                return Err(err);
                             }
-                            pending_replies.push((reply, outcome));
+                        };
+                        if let Ok(receipts) = &outcome {
+                            result.touched.extend(receipts.iter().map(|r| r.cid));
                         }
-                        Command::Remote { from, batches } => {
-                            for batch in batches {
-                                self.apply_remote(&mut pins, &mut log, from, batch, &mut result)?;
-                            }
-                        }
-                        Command::Flush => result.local = true, // commit durably
-                        Command::RememberPeer { peer, record } => {
-                            let key = peer.to_string();
-                            peers.insert(key.as_str(), codec::encode_stored(&record).as_slice())?;
-                        }
-                        Command::ForgetPeer { peer } => {
-                            peers.remove(peer.to_string().as_str())?;
-                        }
-                        Command::Snapshot { chunk, reply } => {
-                            result.local = true; // a finished snapshot is worth a durable commit
-                            let outcome = match self.apply_snapshot(&mut pins, &mut staged, chunk) {
-                                Ok(outcome) => outcome,
-                                Err(err) => {
-                                    let failed = Staged::Failed(err.to_string());
-                                    pending_snapshot.push((reply, failed));
-                                    return Err(err);
-                                }
-                            };
-                            let joined = outcome == Staged::Progress(Progress::Complete);
-                            result.changed |= joined;
-                            result.rescan |= joined;
-                            pending_snapshot.push((reply, outcome));
+                        pending_replies.push((reply, outcome));
+                    }
+                    Command::Remote { from, batches } => {
+                        for batch in batches {
+                            self.apply_remote(g, from, batch, &mut result)?;
                         }
                     }
+                    Command::Flush => result.local = true, // commit durably
+                    Command::RememberPeer { peer, record } => g.remember_peer(&peer, &record)?,
+                    Command::ForgetPeer { peer } => g.forget_peer(&peer)?,
+                    Command::Snapshot { chunk, reply } => {
+                        result.local = true; // a finished snapshot is worth a durable commit
+                        let outcome = match self.apply_snapshot(g, chunk) {
+                            Ok(outcome) => outcome,
+                            Err(err) => {
+                                let failed = Staged::Failed(err.to_string());
+                                pending_snapshot.push((reply, failed));
+                                return Err(err);
+                            }
+                        };
+                        let joined = outcome == Staged::Progress(Progress::Complete);
+                        result.changed |= joined;
+                        result.rescan |= joined;
+                        pending_snapshot.push((reply, outcome));
+                    }
                 }
-                for chunk in batch_chunks(&local_deltas) {
-                    let batch =
-                        DeltaBatch::sign(&self.signer, &self.cluster, self.incarnation, chunk);
-                    log.insert(
-                        (batch.origin.0, batch.first),
-                        codec::encode_stored(&batch).as_slice(),
-                    )?;
-                    result.logged.insert(batch.origin);
-                    result.publish.push(batch);
-                }
-                for origin in std::mem::take(&mut result.logged) {
-                    self.prune_log(&mut log, origin)?;
-                }
-                let mut meta = txn.open_table(META)?;
-                meta.insert(META_COUNTER, self.counter.to_le_bytes().as_slice())?;
-                meta.insert(META_HEAD, codec::encode_stored(&self.head).as_slice())?;
             }
-            let durable = result.local || self.last_durable.elapsed() >= DURABLE_EVERY;
-            if !durable {
-                txn.set_durability(Durability::None)
-                    .map_err(|e| StoreError::Db(redb::Error::from(e)))?;
+            for chunk in batch_chunks(&local_deltas) {
+                let batch = DeltaBatch::sign(&self.signer, &self.cluster, self.incarnation, chunk);
+                g.log_batch(&batch)?;
+                result.logged.insert(batch.origin);
+                result.publish.push(batch);
             }
-            txn.commit()?;
+            for origin in std::mem::take(&mut result.logged) {
+                self.prune_log(g, origin)?;
+            }
+            g.set_head(self.counter, &self.head)?;
+            Ok(result.local || self.last_durable.elapsed() >= DURABLE_EVERY)
+        });
+        let outcome = outcome.map(|durable| {
             if durable {
                 self.last_durable = Instant::now();
             }
             self.dirty = !durable;
-            Ok(())
-        })();
+        });
         result.replies = pending_replies;
         result.snapshot_replies = pending_snapshot;
         (result, outcome)
@@ -585,12 +560,11 @@ impl Replica {
     /// `Result` is a storage failure (the group aborts); the inner one a refused snapshot.
     fn apply_snapshot(
         &mut self,
-        pins: &mut PinsTable<'_>,
-        staged: &mut PinsTable<'_>,
+        g: &mut Group<'_>,
         chunk: SnapshotChunk,
     ) -> Result<Staged, StoreError> {
         if chunk.head.is_some() {
-            staged.0.retain(|_, _| false)?;
+            g.clear_staged()?;
             self.stage = Some(SnapshotStage::new());
         }
         let Some(stage) = self.stage.as_mut() else {
@@ -598,14 +572,14 @@ impl Replica {
                 "a snapshot chunk arrived with no snapshot under way".into(),
             ));
         };
-        let outcome = stage.accept(staged, chunk);
-        let refused = |this: &mut Self, staged: &mut PinsTable<'_>, err: Staged| {
+        let outcome = stage.accept(&mut g.staged, chunk);
+        let refused = |this: &mut Self, g: &mut Group<'_>, err: Staged| {
             this.stage = None;
-            staged.0.retain(|_, _| false).map(|_| err)
+            g.clear_staged().map(|_| err)
         };
         match outcome {
             Err(SnapshotError::Store(e)) => Err(StoreError::Db(e.into())),
-            Err(e) => Ok(refused(self, staged, Staged::refused(&e))?),
+            Err(e) => Ok(refused(self, g, Staged::refused(&e))?),
             Ok(progress @ Progress::Continue { .. }) => {
                 if let Some(stage) = &self.stage {
                     info!(
@@ -618,24 +592,20 @@ impl Replica {
             }
             Ok(Progress::Complete) => {
                 let stage = self.stage.take().unwrap_or_default();
-                let remote = match stage.finish::<redb::StorageError>() {
+                let remote = match stage.finish::<TableError>() {
                     Ok(head) => head,
-                    Err(e) => return Ok(refused(self, staged, Staged::refused(&e))?),
+                    Err(e) => return refused(self, g, Staged::refused(&e)),
                 };
-                let mut local_only = Vec::new();
-                for item in pins.0.iter()? {
-                    let (k, _) = item?;
-                    if staged.0.get(k.value())?.is_none() {
-                        local_only.push(k.value().to_vec());
-                    }
-                }
-                for item in staged.0.iter()? {
-                    let (k, v) = item?;
-                    join_encoded_entry(pins, &mut self.head, k.value(), v.value(), &remote.context)
-                        .map_err(join_error)?;
-                }
+                let local_only = g.unstaged_keys()?;
+                let head = &mut self.head;
+                g.join_staged(|pins, cid, entry| {
+                    join_encoded_entry(pins, head, cid, entry, &remote.context)
+                        .map(|_| ())
+                        .map_err(join_error)
+                })?;
                 for cid in local_only {
-                    prune_entry(pins, &mut self.head, &cid, &remote.context).map_err(join_error)?;
+                    prune_entry(&mut g.pins, &mut self.head, &cid, &remote.context)
+                        .map_err(join_error)?;
                 }
                 self.head.absorb(&remote.context, &remote.applied);
                 // Dots of ours the snapshot knows (we were restored from an old backup, or the
@@ -648,39 +618,24 @@ impl Replica {
                     );
                     self.counter = ours;
                 }
-                staged.0.retain(|_, _| false)?;
+                g.clear_staged()?;
                 Ok(Staged::Progress(Progress::Complete))
             }
         }
     }
 
     /// Deletes `origin`'s batches that lie wholly below its newest `log_retention` deltas.
-    fn prune_log(
-        &self,
-        log: &mut redb::Table<'_, (u64, u64), &[u8]>,
-        origin: ActorId,
-    ) -> Result<(), StoreError> {
+    fn prune_log(&self, g: &mut Group<'_>, origin: ActorId) -> Result<(), StoreError> {
         let newest = self.head.applied.max(origin);
-        let Some(cutoff) = newest.checked_sub(self.log_retention).map(|c| c + 1) else {
-            return Ok(());
-        };
-        // The last batch starting at or below the cutoff may hold kept deltas: it stays, and
-        // every batch before it ends below the cutoff.
-        let straddling = log
-            .range((origin.0, 0)..=(origin.0, cutoff))?
-            .next_back()
-            .transpose()?
-            .map(|(k, _)| k.value().1);
-        if let Some(first_kept) = straddling {
-            log.retain_in((origin.0, 0)..(origin.0, first_kept), |_, _| false)?;
+        match newest.checked_sub(self.log_retention) {
+            Some(c) => g.prune_log(origin, c + 1),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn apply_remote(
         &mut self,
-        pins: &mut PinsTable<'_>,
-        log: &mut redb::Table<'_, (u64, u64), &[u8]>,
+        g: &mut Group<'_>,
         from: PeerId,
         batch: DeltaBatch,
         result: &mut GroupResult,
@@ -692,7 +647,8 @@ impl Replica {
         }
         let mut any_new = false;
         for delta in batch.deltas() {
-            let outcome = pinset::apply_delta(pins, &mut self.head, &delta).map_err(join_error)?;
+            let outcome =
+                pinset::apply_delta(&mut g.pins, &mut self.head, &delta).map_err(join_error)?;
             any_new |= outcome.new;
             result.changed |= outcome.changed;
             if outcome.changed {
@@ -700,9 +656,7 @@ impl Replica {
             }
         }
         if any_new {
-            let key = (batch.origin.0, batch.first);
-            if log.get(key)?.is_none() {
-                log.insert(key, codec::encode_stored(&batch).as_slice())?;
+            if g.log_batch(&batch)? {
                 result.logged.insert(batch.origin);
             }
             // A hole below this batch: ask the sender (who had it) after the repair delay.
@@ -780,14 +734,8 @@ fn pins_get(pins: &PinsTable<'_>, cid: &Cid) -> Result<Option<Vec<u8>>, StoreErr
     Ok(pins.get(&cid.to_bytes())?)
 }
 
-fn join_error(err: pinmesh_protocol::JoinError<redb::StorageError>) -> StoreError {
-    match err {
-        pinmesh_protocol::JoinError::Store(e) => StoreError::Db(e.into()),
-        pinmesh_protocol::JoinError::Corrupt { source, .. } => StoreError::Corrupt {
-            what: "pin entry",
-            source,
-        },
-    }
+fn join_error(err: pinmesh_protocol::JoinError<TableError>) -> StoreError {
+    err.into()
 }
 
 #[cfg(test)]

@@ -1,10 +1,9 @@
 use pinmesh_protocol::sim::sim_cid;
 use pinmesh_protocol::{PinSpec, Response};
-use redb::ReadableDatabase;
 use tempfile::TempDir;
 
 use super::*;
-use crate::store::{PINS, Store};
+use crate::store::{Store, StoreError};
 
 const CLUSTER: &str = "test";
 
@@ -99,12 +98,15 @@ async fn a_failed_group_leaves_no_trace_in_memory_or_on_disk() {
     handle.local(vec![pin(0)]).await.expect("first pin");
     let before = handle.state();
     // A damaged entry under a CID the next write touches makes its transaction fail.
-    let txn = store.db().begin_write().expect("write");
-    txn.open_table(PINS)
-        .expect("pins")
-        .insert(sim_cid(2).to_bytes().as_slice(), [0xff, 0x00].as_slice())
-        .expect("insert");
-    txn.commit().expect("commit");
+    store
+        .write_group(|g| {
+            use pinmesh_protocol::EntryStore;
+            g.pins
+                .put(&sim_cid(2).to_bytes(), &[0xff, 0x00])
+                .map_err(|e| StoreError::Db(e.into()))?;
+            Ok(true)
+        })
+        .expect("write a damaged entry");
     let err = handle
         .local(vec![pin(1), pin(2)])
         .await
@@ -117,13 +119,8 @@ async fn a_failed_group_leaves_no_trace_in_memory_or_on_disk() {
     // The next write takes the next dot, as if the failed one never happened.
     let receipts = handle.local(vec![pin(3)]).await.expect("later pin");
     assert_eq!(receipts[0].dot.counter, before.counter + 1);
-    let read = store.db().begin_read().expect("read");
-    let pins = read.open_table(PINS).expect("pins");
-    assert!(
-        pins.get(sim_cid(1).to_bytes().as_slice())
-            .expect("get")
-            .is_none()
-    );
+    let reader = store.reader().expect("read");
+    assert!(reader.versions(&sim_cid(1)).expect("get").is_none());
     // Published in order: the first pin's batch, then the later pin's, and nothing between.
     let mut firsts = Vec::new();
     while firsts.len() < 2 {

@@ -1,54 +1,59 @@
 //! redb storage: the pinset's entries, its head, the delta log, known peers, snapshot staging.
 //!
-//! The store owns the database file; the replica is the only writer of the CRDT tables, the
-//! reconciler of `status-1`. Readers (sync requests, `pin ls`, debug dumps) open their own read
-//! transactions and see committed state only.
+//! The store owns the database file and its tables: no other module opens a table or decodes
+//! its bytes. The replica is the only writer of the CRDT tables (through [`Group`], one write
+//! transaction per group), the reconciler of `status-1` ([`Store::write_statuses`]). Readers
+//! (sync requests, `pin ls`, `status`, debug dumps) take a [`Reader`], one read transaction,
+//! and see committed state only.
 //! Every table name carries a layout version; a layout change means a new name and a named
-//! migration function.
+//! migration (`migrate`).
 
 pub mod migrate;
+mod read;
+mod records;
 mod resync;
+#[cfg(test)]
+pub mod testing;
+mod write;
 
-use std::collections::HashMap;
-use std::ops::Bound;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-use libp2p::PeerId;
 use pinmesh_protocol::codec::{self, DecodeError};
 use pinmesh_protocol::digest::{Digest, entry_hash};
-use pinmesh_protocol::snapshot::chunk_from;
-use pinmesh_protocol::{DeltaBatch, EntryStore, Head, SnapshotChunk, SnapshotHead};
+use pinmesh_protocol::{DeltaBatch, EntryStore, Head};
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+pub use self::read::{LogSpan, Reader, SnapshotView};
+pub use self::records::{PinState, Status};
 pub use self::resync::{Resynced, resync};
+pub use self::write::Group;
 
 /// CID bytes -> canonical encoded versions (protocol `codec::encode_entry`). Never empty.
-pub const PINS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pins-1");
+const PINS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pins-1");
 /// Small named values; see the `META_*` keys.
-pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
 /// (origin actor, first counter) -> a signed `DeltaBatch` (storage encoding), as received.
-pub const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("log-1");
+const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("log-1");
 /// Peer id (text) -> `PeerRecord` (storage encoding).
-pub const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers-1");
+const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers-1");
 /// Snapshot staging, same layout as `PINS`; emptied before and after each snapshot.
-pub const STAGE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("stage-1");
+const STAGE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("stage-1");
 /// CID bytes (as in `PINS`) -> `reconcile::PinState` (storage encoding): where the CID stands
 /// on this peer's IPFS node, and whether this agent owns its pin there. Written only by the
 /// reconciler.
-pub const STATUS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("status-1");
+const STATUS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("status-1");
 
 /// u64 LE: this database's incarnation nonce, drawn at creation. A new database, a new actor.
-pub const META_INCARNATION: &str = "incarnation";
+const META_INCARNATION: &str = "incarnation";
 /// u64 LE: the last counter this agent used for its own dots.
-pub const META_COUNTER: &str = "counter";
+const META_COUNTER: &str = "counter";
 /// `Head` (storage encoding): causal context, applied vector, state digest, pin count.
-pub const META_HEAD: &str = "head";
+const META_HEAD: &str = "head";
 
 /// Decodes a `PINS` value: the CID's versions.
-pub fn decode_pin_entry(bytes: &[u8]) -> Result<Vec<pinmesh_protocol::Version>, StoreError> {
+fn decode_pin_entry(bytes: &[u8]) -> Result<Vec<pinmesh_protocol::Version>, StoreError> {
     codec::decode_entry(bytes).map_err(|source| StoreError::Corrupt {
         what: "pin entry",
         source,
@@ -222,7 +227,7 @@ impl Store {
         Ok(pins)
     }
 
-    pub fn db(&self) -> &Database {
+    fn db(&self) -> &Database {
         &self.db
     }
 
@@ -287,170 +292,7 @@ impl Store {
     }
 }
 
-/// Snapshots being served: each is one read transaction (a consistent view, MVCC) kept open
-/// across the requests for its chunks, for one peer, and released [`SNAPSHOT_TTL`] after it
-/// began whatever happens (an open read transaction keeps old pages from being reused).
-#[derive(Default)]
-pub struct Snapshots {
-    open: Mutex<HashMap<u64, OpenSnapshot>>,
-}
-
-struct OpenSnapshot {
-    txn: ReadTransaction,
-    peer: PeerId,
-    started: Instant,
-    /// The cursor the next request must continue from.
-    cursor: Option<Vec<u8>>,
-    /// What the entries must add up to (the head read with them), and what they added up to
-    /// so far: a server whose store is damaged finds out when it serves the last chunk.
-    expected: (u64, Digest),
-    served: (u64, Digest),
-}
-
-impl Snapshots {
-    /// Releases snapshots past their time.
-    pub fn sweep(&self) {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.retain(|_, s| s.started.elapsed() < SNAPSHOT_TTL);
-    }
-}
-
-#[cfg(test)]
-impl Snapshots {
-    /// Makes every open snapshot `by` older, as if begun that long ago.
-    fn backdate(&self, by: Duration) {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        for s in open.values_mut() {
-            s.started = s.started.checked_sub(by).expect("a time that old");
-        }
-    }
-}
-
-impl std::fmt::Debug for Snapshots {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Snapshots")
-    }
-}
-
-/// A snapshot's read transaction is released this long after it began (it pins old pages).
-pub const SNAPSHOT_TTL: Duration = Duration::from_secs(300);
-/// Snapshots served at once.
-pub const MAX_OPEN_SNAPSHOTS: usize = 4;
-
-/// Why a snapshot chunk cannot be served.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("snapshot {0} expired, unknown or not continued in order; start again")]
-    Unknown(u64),
-    #[error("serving {MAX_OPEN_SNAPSHOTS} snapshots already; try later")]
-    Busy,
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl Store {
-    /// The next chunk of snapshot `id` (a new snapshot when `None`), after the CID `after`, of
-    /// at most `limit` entries or about `budget` bytes.
-    pub fn snapshot_chunk(
-        &self,
-        snapshots: &Snapshots,
-        peer: &PeerId,
-        id: Option<u64>,
-        after: Option<&[u8]>,
-        limit: usize,
-        budget: usize,
-    ) -> Result<SnapshotChunk, ServeError> {
-        let mut open = snapshots.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.retain(|_, s| s.started.elapsed() < SNAPSHOT_TTL);
-        let (id, head) = match id {
-            Some(id) => (id, None),
-            None => {
-                // A peer restarting its fetch replaces its own snapshot.
-                open.retain(|_, s| s.peer != *peer);
-                if open.len() >= MAX_OPEN_SNAPSHOTS {
-                    return Err(ServeError::Busy);
-                }
-                let txn = self.db.begin_read().map_err(StoreError::from)?;
-                let head = read_head(&txn)?;
-                let id = rand::random::<u64>();
-                open.insert(
-                    id,
-                    OpenSnapshot {
-                        txn,
-                        peer: *peer,
-                        started: Instant::now(),
-                        cursor: None,
-                        expected: (head.pins, head.digest),
-                        served: (0, Digest::ZERO),
-                    },
-                );
-                (id, Some(head))
-            }
-        };
-        // Only the peer that began it may continue it, and only where the last chunk ended.
-        let snapshot = open
-            .get_mut(&id)
-            .filter(|s| s.peer == *peer && s.cursor.as_deref() == after)
-            .ok_or(ServeError::Unknown(id))?;
-        let txn = &snapshot.txn;
-        let table = txn.open_table(PINS).map_err(StoreError::from)?;
-        let start = match after {
-            Some(after) => Bound::Excluded(after),
-            None => Bound::Unbounded,
-        };
-        // One entry past the budget tells the chunk whether more follow.
-        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let mut bytes = 0;
-        for item in table
-            .range::<&[u8]>((start, Bound::Unbounded))
-            .map_err(StoreError::from)?
-        {
-            let (k, v) = item.map_err(StoreError::from)?;
-            let full = entries.len() >= limit.max(1) || bytes >= budget;
-            entries.push((k.value().to_vec(), v.value().to_vec()));
-            if full {
-                break;
-            }
-            bytes += k.value().len() + v.value().len();
-        }
-        let head = head.map(|h| SnapshotHead {
-            context: h.context,
-            applied: h.applied,
-            pins: h.pins,
-            state_digest: h.digest,
-        });
-        let hashes: Vec<Digest> = entries.iter().map(|(k, v)| entry_hash(k, v)).collect();
-        let chunk = chunk_from(id, head, &mut entries.into_iter().peekable(), limit, budget)
-            .map_err(|source| StoreError::Corrupt {
-                what: "pin entry",
-                source,
-            })?;
-        for hash in &hashes[..chunk.entries.len()] {
-            snapshot.served.0 += 1;
-            snapshot.served.1.toggle(hash);
-        }
-        match &chunk.next {
-            Some(next) => snapshot.cursor = Some(next.to_vec()),
-            None => {
-                let (served, expected) = (snapshot.served, snapshot.expected);
-                open.remove(&id);
-                if served != expected {
-                    return Err(ServeError::Store(StoreError::Damaged(format!(
-                        "a snapshot served from it held {} pins hashing to {}, its recorded state \
-                         is {} pins hashing to {}",
-                        served.0,
-                        &served.1.to_hex()[..16],
-                        expected.0,
-                        &expected.1.to_hex()[..16]
-                    ))));
-                }
-            }
-        }
-        Ok(chunk)
-    }
-}
-
-fn read_head(txn: &ReadTransaction) -> Result<Head, StoreError> {
+pub(super) fn read_head(txn: &ReadTransaction) -> Result<Head, StoreError> {
     let meta = txn.open_table(META)?;
     match meta.get(META_HEAD)? {
         Some(v) => codec::decode_stored(v.value()).map_err(|source| StoreError::Corrupt {
@@ -458,6 +300,21 @@ fn read_head(txn: &ReadTransaction) -> Result<Head, StoreError> {
             source,
         }),
         None => Ok(Head::default()),
+    }
+}
+
+/// The error of [`PinsTable`] as the protocol's entry store.
+pub type TableError = redb::StorageError;
+
+impl From<pinmesh_protocol::JoinError<TableError>> for StoreError {
+    fn from(err: pinmesh_protocol::JoinError<TableError>) -> Self {
+        match err {
+            pinmesh_protocol::JoinError::Store(e) => StoreError::Db(e.into()),
+            pinmesh_protocol::JoinError::Corrupt { source, .. } => StoreError::Corrupt {
+                what: "pin entry",
+                source,
+            },
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use redb::{ReadableDatabase, ReadableTable};
 
+use super::records::{PinState, decode_state};
 use super::{PEERS, STATUS, Store};
 
 /// What a resync did.
@@ -31,7 +32,7 @@ pub struct Resynced {
 type Rows<K> = Vec<(K, Vec<u8>)>;
 
 /// Moves the database at `path` aside and creates a fresh one holding the status records that
-/// `keep_status` accepts (by their stored bytes) and the peer records of the old one. Fails
+/// `keep_status` accepts (records it cannot decode are left behind) and the peer records of the old one. Fails
 /// without changing anything when the database is in use (the agent is running).
 /// With `need_peers`, a damaged file that names no peer is refused (nothing changed): the
 /// fresh agent would find nobody to fetch the pinset from.
@@ -39,7 +40,7 @@ pub fn resync(
     path: &Path,
     cache_bytes: usize,
     need_peers: bool,
-    keep_status: impl Fn(&[u8]) -> bool,
+    keep_status: impl Fn(&PinState) -> bool,
 ) -> anyhow::Result<Resynced> {
     if !path.exists() {
         anyhow::bail!("{} does not exist: nothing to resync", path.display());
@@ -101,7 +102,7 @@ struct SalvageError {
 
 fn read_salvage(
     path: &Path,
-    keep_status: &dyn Fn(&[u8]) -> bool,
+    keep_status: &dyn Fn(&PinState) -> bool,
 ) -> Result<(Rows<Vec<u8>>, Rows<String>), SalvageError> {
     let fail = |err: &dyn std::fmt::Display| SalvageError {
         in_use: false,
@@ -125,7 +126,7 @@ fn read_salvage(
         && let Ok(rows) = table.iter()
     {
         for (key, value) in rows.map_while(Result::ok) {
-            if keep_status(value.value()) {
+            if decode_state(value.value()).is_ok_and(|state| keep_status(&state)) {
                 owned.push((key.value().to_vec(), value.value().to_vec()));
             }
         }
@@ -144,6 +145,11 @@ fn read_salvage(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Status;
+
+    fn cid(n: u64) -> pinmesh_protocol::Cid {
+        pinmesh_protocol::sim::sim_cid(n)
+    }
 
     #[test]
     fn a_resync_keeps_the_old_file_and_carries_over_owned_records_and_peers() {
@@ -151,37 +157,39 @@ mod tests {
         let path = dir.path().join("pinmesh.redb");
         {
             let (store, _) = Store::open(&path, 4 << 20).expect("open");
-            let txn = store.db().begin_write().expect("write");
-            {
-                let mut status = txn.open_table(STATUS).expect("status");
-                status
-                    .insert(b"cid-a".as_slice(), b"owned".as_slice())
-                    .expect("insert");
-                status
-                    .insert(b"cid-b".as_slice(), b"other".as_slice())
-                    .expect("insert");
-                let mut peers = txn.open_table(PEERS).expect("peers");
-                let record = super::super::PeerRecord {
-                    addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
-                    last_seen: 1,
-                };
-                let bytes = pinmesh_protocol::codec::encode_stored(&record);
-                peers.insert("peer-1", bytes.as_slice()).expect("insert");
-            }
-            txn.commit().expect("commit");
+            let record = |owned| PinState {
+                status: Status::Pinned,
+                owned,
+                attempts: 0,
+                error: None,
+                updated_ms: 1,
+            };
+            let (owned, other) = (record(true), record(false));
+            store
+                .write_statuses([(&cid(1), &owned), (&cid(2), &other)], true)
+                .expect("statuses");
+            let peer = super::super::PeerRecord {
+                addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+                last_seen: 1,
+            };
+            store
+                .write_group(|g| {
+                    g.remember_peer(&libp2p::PeerId::random(), &peer)?;
+                    Ok(true)
+                })
+                .expect("peer");
             // In use: refused, nothing moved.
             let err = resync(&path, 4 << 20, false, |_| true).expect_err("in use");
             assert!(err.to_string().contains("in use"), "{err}");
         }
-        let done = resync(&path, 4 << 20, true, |v| v == b"owned").expect("resync");
+        let done = resync(&path, 4 << 20, true, |state| state.owned).expect("resync");
         assert_eq!((done.owned, done.peers, done.unreadable), (1, 1, None));
         assert!(done.kept.exists(), "the damaged file is kept");
         let (store, persisted) = Store::open(&path, 4 << 20).expect("reopen");
         assert_eq!(persisted.head.pins, 0, "a fresh pinset");
-        let txn = store.db().begin_read().expect("read");
-        let status = txn.open_table(STATUS).expect("status");
-        assert!(status.get(b"cid-a".as_slice()).expect("get").is_some());
-        assert!(status.get(b"cid-b".as_slice()).expect("get").is_none());
+        let reader = store.reader().expect("read");
+        assert!(reader.status(&cid(1)).expect("get").is_some());
+        assert!(reader.status(&cid(2)).expect("get").is_none());
         assert_eq!(store.peers().expect("peers").len(), 1);
     }
 

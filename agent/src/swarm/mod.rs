@@ -16,6 +16,7 @@ mod events;
 mod handle;
 mod membership;
 mod serve;
+mod snapshots;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

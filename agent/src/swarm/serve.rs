@@ -12,8 +12,9 @@ use pinmesh_protocol::{Refusal, Request, Response};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::warn;
 
+use super::snapshots::{ServeError, Snapshots};
 use crate::fatal::Fatal;
-use crate::store::{ServeError, Snapshots, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Largest GetDeltas answer we assemble; well under the response limit.
 const DELTAS_ANSWER_BYTES: usize = 4 << 20;
@@ -138,8 +139,8 @@ fn read(
             limit,
         } => {
             let limit = limit.clamp(1, SNAPSHOT_CHUNK_ENTRIES) as usize;
-            let chunk = store.snapshot_chunk(
-                snapshots,
+            let chunk = snapshots.chunk(
+                store,
                 &peer,
                 snapshot_id,
                 after.as_deref().map(|a| a.as_slice()),
