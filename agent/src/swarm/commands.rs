@@ -29,7 +29,12 @@ impl EventLoop {
                     return;
                 }
                 if self.swarm.is_connected(&peer_id) {
-                    let _ = reply.send(Ok(peer_id));
+                    if self.membership.is_identified(&peer_id) {
+                        let _ = reply.send(Ok(peer_id));
+                    } else {
+                        // Answered once it identifies itself (or hangs up).
+                        self.pending_joins.entry(peer_id).or_default().push(reply);
+                    }
                     return;
                 }
                 // The peer becomes known once connected (its address is then recorded), so a

@@ -34,10 +34,13 @@ impl EventLoop {
                     for reply in self.pending_dials.remove(&peer_id).unwrap_or_default() {
                         let _ = reply.send(Err(format!("{peer_id} belongs to another cluster")));
                     }
-                    // Cut off once it has had our identify on this connection too, so that a
-                    // peer that comes back learns why rather than seeing a bare hang-up.
+                    // Cut off once it has had our identify again (pushed now, in case it does
+                    // not ask), so that a peer that comes back learns why rather than seeing a
+                    // bare hang-up.
                     if self.membership.may_cut(&peer_id) {
                         let _ = self.swarm.disconnect_peer_id(peer_id);
+                    } else {
+                        self.swarm.behaviour_mut().identify.push([peer_id]);
                     }
                     return;
                 }
@@ -76,8 +79,8 @@ impl EventLoop {
                 if num_established == 0 {
                     for reply in self.pending_joins.remove(&peer_id).unwrap_or_default() {
                         let _ = reply.send(Err(format!(
-                            "{peer_id} hung up before identifying itself (another cluster \
-                             sharing the secret cuts off peers of this one)"
+                            "{peer_id} hung up before identifying itself (as a peer of another \
+                             cluster sharing the secret does)"
                         )));
                     }
                     if self.membership.disconnected(&peer_id) {
@@ -123,10 +126,20 @@ impl EventLoop {
                     .report_message_validation_result(&message_id, &propagation_source, verdict);
             }
             // A peer of another cluster is cut off once it has had our identify.
-            BehaviourEvent::Identify(identify::Event::Sent { peer_id, .. })
-                if self.membership.identify_sent(peer_id) =>
-            {
+            BehaviourEvent::Identify(
+                identify::Event::Sent { peer_id, .. } | identify::Event::Pushed { peer_id, .. },
+            ) if self.membership.identify_sent(peer_id) => {
                 let _ = self.swarm.disconnect_peer_id(peer_id);
+            }
+            BehaviourEvent::Identify(identify::Event::Error { peer_id, error, .. }) => {
+                debug!(%peer_id, %error, "identify failed");
+                for reply in self.pending_joins.remove(&peer_id).unwrap_or_default() {
+                    let _ = reply.send(Err(format!("{peer_id} did not identify itself: {error}")));
+                }
+                // Whether or not it had our identify, a peer of another cluster goes.
+                if self.membership.is_foreign(&peer_id) {
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                }
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 if !self.is_member(peer_id, &info.protocols) {

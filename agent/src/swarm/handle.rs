@@ -7,6 +7,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{SwarmCommand, SwarmInfo};
 
+/// How long a join waits for the peer to connect and identify itself.
+pub const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Commands queued to the swarm. Small: each carries a reply and callers await it.
 const COMMAND_CAPACITY: usize = 64;
 
@@ -58,11 +61,17 @@ impl SwarmHandle {
     }
 
     /// Dials `addr` (ending in `/p2p/<id>`); resolves once the peer is connected and has
-    /// identified itself, with its id (an error for a peer of another cluster).
+    /// identified itself, with its id (an error for a peer of another cluster), or after
+    /// [`JOIN_TIMEOUT`].
     pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, SwarmError> {
-        self.ask(|reply| SwarmCommand::Dial { addr, reply })
-            .await?
-            .map_err(SwarmError::Failed)
+        let asked = self.ask(|reply| SwarmCommand::Dial { addr, reply });
+        match tokio::time::timeout(JOIN_TIMEOUT, asked).await {
+            Ok(answer) => answer?.map_err(SwarmError::Failed),
+            Err(_) => Err(SwarmError::Failed(format!(
+                "no answer within {} s: the peer did not connect or did not identify itself",
+                JOIN_TIMEOUT.as_secs()
+            ))),
+        }
     }
 
     /// Asks every connected peer for a fresh status.

@@ -104,6 +104,11 @@ impl Membership {
         self.members.remove(peer)
     }
 
+    /// Whether identify showed this connected peer a member or an outsider.
+    pub fn is_identified(&self, peer: &PeerId) -> bool {
+        self.members.contains(peer) || self.outsiders.contains(peer)
+    }
+
     pub fn is_foreign(&self, peer: &PeerId) -> bool {
         self.foreign.contains(peer)
     }
@@ -153,6 +158,10 @@ mod tests {
             Verdict::Foreign { first: false }
         );
         assert!(!m.counts(&b) && m.is_foreign(&b));
+        // A join to a connected peer is answered at once only once it identified itself as
+        // a member or an outsider, never for a foreign or not yet identified one.
+        assert!(m.is_identified(&a) && !m.is_identified(&b));
+        assert!(!m.is_identified(&PeerId::random()));
         assert!(!m.may_cut(&b));
         assert!(m.identify_sent(b), "cut off once it has had ours");
         assert!(m.may_cut(&b));
