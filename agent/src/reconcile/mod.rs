@@ -1039,10 +1039,9 @@ fn compare(store: &Store, actual: &HashMap<Cid, PinMode>) -> Result<Compared, St
     let now = now_ms / 1000;
     let mut out = Vec::new();
     let mut old = Vec::new();
-    for item in reader.entries(None)? {
-        let (cid, versions) = item?;
+    for item in reader.entries_with_status(None)? {
+        let (cid, versions, state) = item?;
         let have = actual.get(&content_key(&cid)).copied();
-        let state = reader.status(&cid)?;
         let settled = match wanted_of(&versions, now) {
             Some(w) => satisfies(have, w.mode) && state.is_some_and(|s| s.status == Status::Pinned),
             None => {

@@ -73,9 +73,8 @@ pub fn scan_page(
     };
     let mut seen = 0;
     if phase == 0 {
-        for item in reader.entries(from)? {
-            let (cid, versions) = item?;
-            let record = reader.status(&cid)?;
+        for item in reader.entries_with_status(from)? {
+            let (cid, versions, record) = item?;
             emit(line_of(&cid, peer_id, Some(&versions), record));
             seen += 1;
             if seen == page {

@@ -15,6 +15,8 @@ use super::records::{PinState, decode_state};
 use super::{LOG, PINS, STATUS, Store, StoreError, decode_pin_entry};
 
 type BytesTable = ReadOnlyTable<&'static [u8], &'static [u8]>;
+/// A pin's CID, its versions and the reconciler's record of it.
+pub type EntryAndStatus = (Cid, Vec<Version>, Option<PinState>);
 /// The reconciler's records, one by one.
 pub type Records<'r> = Box<dyn Iterator<Item = Result<(Cid, PinState), StoreError>> + 'r>;
 
@@ -90,6 +92,34 @@ impl Reader {
         }))
     }
 
+    /// As [`entries`](Self::entries), each with the reconciler's record of its CID (looked up
+    /// by the stored key, without encoding the CID again).
+    pub fn entries_with_status(
+        &self,
+        after_key: Option<&[u8]>,
+    ) -> Result<impl Iterator<Item = Result<EntryAndStatus, StoreError>> + '_, StoreError> {
+        let range = self.pins.range::<&[u8]>(after(after_key))?;
+        Ok(range.filter_map(|item| {
+            let (key, value) = match item {
+                Ok(kv) => kv,
+                Err(e) => return Some(Err(e.into())),
+            };
+            let cid = Cid::try_from(key.value()).ok()?;
+            let read = || -> Result<EntryAndStatus, StoreError> {
+                let versions = decode_pin_entry(value.value())?;
+                Ok((cid, versions, self.status_by_key(key.value())?))
+            };
+            Some(read())
+        }))
+    }
+
+    fn status_by_key(&self, key: &[u8]) -> Result<Option<PinState>, StoreError> {
+        match &self.statuses {
+            Some(t) => t.get(key)?.map(|v| decode_state(v.value())).transpose(),
+            None => Ok(None),
+        }
+    }
+
     /// The pinset's CIDs in key order, after the CID whose bytes are `after`.
     pub fn cids(
         &self,
@@ -104,13 +134,7 @@ impl Reader {
 
     /// The reconciler's record of `cid`.
     pub fn status(&self, cid: &Cid) -> Result<Option<PinState>, StoreError> {
-        match &self.statuses {
-            Some(t) => t
-                .get(cid.to_bytes().as_slice())?
-                .map(|v| decode_state(v.value()))
-                .transpose(),
-            None => Ok(None),
-        }
+        self.status_by_key(&cid.to_bytes())
     }
 
     /// The reconciler's records in key order, after the CID whose bytes are `after`.

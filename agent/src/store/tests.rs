@@ -62,16 +62,20 @@ fn a_database_of_a_newer_layout_is_refused_with_one_line_and_left_as_it_is() {
     let text = err.to_string();
     assert!(text.contains("layout 99") && !text.contains('\n'), "{text}");
     // Nothing was changed: the layout is still the newer one, the pins all there.
+    assert_eq!(stored_layout(&path), Some(99));
     let db = redb::Database::open(&path).expect("open");
     let txn = db.begin_read().expect("read");
-    let meta = txn.open_table(META).expect("meta");
-    let layout = meta
-        .get(migrate::META_LAYOUT)
-        .expect("get")
-        .expect("layout");
-    assert_eq!(read_u64(layout.value()), Some(99));
     let pins = txn.open_table(PINS).expect("pins");
     assert_eq!(redb::ReadableTableMetadata::len(&pins).expect("len"), 50);
+}
+
+/// The layout number a database file records.
+fn stored_layout(path: &Path) -> Option<u64> {
+    let db = redb::Database::open(path).expect("open");
+    let txn = db.begin_read().expect("read");
+    let meta = txn.open_table(META).expect("meta");
+    let layout = meta.get(migrate::META_LAYOUT).expect("get")?;
+    read_u64(layout.value())
 }
 
 #[test]
@@ -79,12 +83,5 @@ fn a_database_records_its_layout() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("db");
     drop(filled(&path));
-    let db = redb::Database::open(&path).expect("open");
-    let txn = db.begin_read().expect("read");
-    let meta = txn.open_table(META).expect("meta");
-    let layout = meta
-        .get(migrate::META_LAYOUT)
-        .expect("get")
-        .expect("layout");
-    assert_eq!(read_u64(layout.value()), Some(migrate::LAYOUT));
+    assert_eq!(stored_layout(&path), Some(migrate::LAYOUT));
 }
