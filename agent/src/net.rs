@@ -6,6 +6,7 @@
 //! anything listens on, and so turns that into one clear error.
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::time::Duration;
 
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
@@ -13,6 +14,40 @@ use libp2p::multiaddr::Protocol;
 /// Fails when the TCP port of `addr` (`/ip4|ip6/…/tcp/PORT`) is taken; port 0 and other
 /// address forms pass. `setting` names the configuration key to change.
 pub fn ensure_port_free(addr: &Multiaddr, setting: &str) -> anyhow::Result<()> {
+    match probe(addr) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
+            "cannot listen on {addr}: TCP port {} is already in use (another agent or IPFS \
+             node?); change {setting}",
+            tcp_socket(addr).map_or(0, |s| s.port())
+        ),
+        Err(err) => anyhow::bail!("cannot listen on {addr}: {err}; change {setting}"),
+    }
+}
+
+/// Waits until nothing listens on the TCP port of any of `addrs` (a listener that a stopped
+/// task still holds closes when the runtime drops that task, a moment later), for at most
+/// `limit`. Returns the addresses still taken when the limit ran out.
+pub async fn wait_ports_released(addrs: &[Multiaddr], limit: Duration) -> Vec<Multiaddr> {
+    const POLL: Duration = Duration::from_millis(10);
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let taken: Vec<Multiaddr> = addrs
+            .iter()
+            .filter(
+                |addr| matches!(probe(addr), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse),
+            )
+            .cloned()
+            .collect();
+        if taken.is_empty() || tokio::time::Instant::now() >= deadline {
+            return taken;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The TCP socket address of `/ip4|ip6/…/tcp/PORT`; `None` for other forms.
+fn tcp_socket(addr: &Multiaddr) -> Option<SocketAddr> {
     let mut ip: Option<IpAddr> = None;
     let mut port: Option<u16> = None;
     for part in addr.iter() {
@@ -23,22 +58,14 @@ pub fn ensure_port_free(addr: &Multiaddr, setting: &str) -> anyhow::Result<()> {
             _ => {}
         }
     }
-    let (Some(ip), Some(port)) = (ip, port) else {
-        return Ok(());
-    };
-    if port == 0 {
-        return Ok(());
-    }
-    match TcpListener::bind(SocketAddr::new(ip, port)) {
-        Ok(probe) => {
-            drop(probe);
-            Ok(())
-        }
-        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
-            "cannot listen on {addr}: TCP port {port} is already in use (another agent or IPFS \
-             node?); change {setting}"
-        ),
-        Err(err) => anyhow::bail!("cannot listen on {addr}: {err}; change {setting}"),
+    Some(SocketAddr::new(ip?, port?))
+}
+
+/// Binds the TCP port of `addr` for a moment (and lets it go); port 0 and other forms pass.
+fn probe(addr: &Multiaddr) -> std::io::Result<()> {
+    match tcp_socket(addr) {
+        Some(socket) if socket.port() != 0 => TcpListener::bind(socket).map(drop),
+        _ => Ok(()),
     }
 }
 
@@ -60,5 +87,24 @@ mod tests {
         ensure_port_free(&addr, "network.listen").expect("free again");
         let any: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().expect("addr");
         ensure_port_free(&any, "network.listen").expect("port 0");
+    }
+
+    #[tokio::test]
+    async fn a_wait_ends_once_a_stopped_task_has_let_its_port_go() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().expect("addr");
+        let holder = tokio::spawn(async move {
+            let _held = listener;
+            std::future::pending::<()>().await;
+        });
+        let still = wait_ports_released(std::slice::from_ref(&addr), Duration::from_millis(30));
+        assert_eq!(still.await, vec![addr.clone()], "held by the task");
+        holder.abort();
+        let still = wait_ports_released(std::slice::from_ref(&addr), Duration::from_secs(10));
+        assert!(
+            still.await.is_empty(),
+            "the aborted task dropped its listener"
+        );
     }
 }

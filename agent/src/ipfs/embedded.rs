@@ -63,6 +63,7 @@ impl EmbeddedBackend {
         std::fs::create_dir_all(&options.dir)
             .with_context(|| format!("cannot create {}", options.dir.display()))?;
         let keypair = load_or_create_identity(&options.dir.join("identity.key"))?;
+        wait_repo_unlocked(&options.dir).await;
         let peer_id = keypair.public().to_peer_id();
         let ipfs = DefaultIpfsBuilder::with_keypair(&keypair)?
             .with_identify(Default::default())
@@ -81,7 +82,7 @@ impl EmbeddedBackend {
             })?;
         for addr in &options.listen {
             if let Err(e) = ipfs.add_listening_address(addr.clone()).await {
-                ipfs.exit_daemon().await;
+                shut_down(ipfs).await;
                 anyhow::bail!(
                     "embedded IPFS node cannot listen on {addr}: {e:#} (change [ipfs] listen, or set ipfs.api to use a Kubo daemon instead)"
                 );
@@ -356,7 +357,7 @@ impl PinBackend for EmbeddedBackend {
     }
 
     async fn stop(&self) {
-        self.ipfs.clone().exit_daemon().await;
+        shut_down(self.ipfs.clone()).await;
     }
 }
 
@@ -487,6 +488,51 @@ fn refused(call: &'static str, err: &anyhow::Error) -> IpfsError {
         call,
         message: format!("{err:#}"),
     }
+}
+
+/// How long a stop waits for the node's listeners to close. rust-ipfs stops its node by
+/// aborting the task that owns the swarm and a clone of the repo; the runtime drops that task a
+/// moment later, and only then are its ports and its repo free.
+const RELEASE_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long a start waits for a repo lock that a node stopped a moment ago in this process
+/// still holds (see [`RELEASE_LIMIT`]); a repo locked by another process fails this much later.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// Stops the node and returns once nothing listens on its ports any more, so that a start right
+/// after (the same agent restarted in this process) can listen on them again.
+async fn shut_down(ipfs: Ipfs) {
+    let listening = tokio::time::timeout(Duration::from_secs(5), ipfs.listening_addresses())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    ipfs.exit_daemon().await;
+    let still = crate::net::wait_ports_released(&listening, RELEASE_LIMIT).await;
+    if !still.is_empty() {
+        tracing::warn!(
+            addresses = ?still,
+            "the stopped embedded IPFS node still listens after {RELEASE_LIMIT:?}"
+        );
+    }
+}
+
+/// Waits, at most [`LOCK_WAIT`], while the lock file of the repo in `dir` is held, so that
+/// a start right after a stop in this process finds the repo free. Another process that holds
+/// the lock still fails the start (rust-ipfs reports it) once the wait is over.
+async fn wait_repo_unlocked(dir: &Path) {
+    const POLL: Duration = Duration::from_millis(10);
+    let Ok(file) = std::fs::File::open(dir.join("repo_lock")) else {
+        return; // a new repo, or one rust-ipfs reports on itself
+    };
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    while let Err(std::fs::TryLockError::WouldBlock) = file.try_lock() {
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    // Dropping `file` lets go of the lock if the loop took it.
 }
 
 /// The node's libp2p identity, created on first start (owner-only, protobuf encoding).
