@@ -261,6 +261,8 @@ impl Node {
                         },
                         relist_interval: ipfs.relist_interval,
                         retry_max: ipfs.retry_max,
+                        retry_base: reconcile::RETRY_BASE,
+                        probe_interval: reconcile::PROBE_INTERVAL,
                     },
                     cancel.child_token(),
                 );

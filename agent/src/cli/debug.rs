@@ -36,12 +36,13 @@ pub async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
                 print_json(&r)?;
             } else {
                 println!(
-                    "node {}  pins {}  queued {}  running {}  retrying {}",
+                    "node {}  pins {}  queued {}  running {}  retrying {}  unpins waiting for sync {}",
                     if r.node_down { "DOWN" } else { "up" },
                     r.node_pins,
                     r.queued,
                     r.running,
-                    r.retrying
+                    r.retrying,
+                    r.waiting_for_sync
                 );
                 println!(
                     "last full comparison: listed in {} ms, compared in {} ms, {} CIDs to look at ({} so far)",

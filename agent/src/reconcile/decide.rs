@@ -1,7 +1,188 @@
-//! The reconciler's decisions as pure functions, unit-tested by table: what status a CID has
-//! once a job on it ended.
+//! The reconciler's decisions as pure functions, unit-tested by table: what to do about a CID
+//! from what the pinset wants, what the node has, its status record and whether the agent is
+//! synced ([`decide`]); what status it has once a job on it ended ([`settled`]) or while the
+//! node is down ([`node_down`]); and the listing cycle's tests ([`satisfies`], [`stale`]).
+//!
+//! Nothing here reads the store, calls the node or looks at the clock: the actor gathers the
+//! facts, applies the decision and makes the calls.
 
-use super::{Job, PinState, Status};
+use std::collections::HashMap;
+use std::time::Duration;
+
+use pinmesh_protocol::entry::winner;
+use pinmesh_protocol::{Cid, PinMode, Version};
+
+use super::{UNPINNED_KEEP, allocated_here};
+use crate::ipfs::content_key;
+use crate::store::{PinState, Status};
+
+/// What the pinset wants of one CID here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Wanted {
+    pub mode: PinMode,
+    pub origins: Vec<String>,
+}
+
+/// A call to make about one CID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Job {
+    /// `owned`: the pin is this agent's already (a retry, a mode change), or a listing begun
+    /// after the CID was queued showed the node without it; otherwise the worker asks first.
+    Pin {
+        wanted: Wanted,
+        owned: bool,
+    },
+    Unpin,
+}
+
+/// Everything [`decide`] looks at for one CID.
+#[derive(Debug, Clone)]
+pub(super) struct Facts {
+    /// What the pinset wants here ([`wanted_of`]); `None`: nothing.
+    pub wanted: Option<Wanted>,
+    /// How the node pins the CID's content, as far as the reconciler knows ([`have`]).
+    pub have: Option<PinMode>,
+    /// Its status record (a pending write, else the stored one).
+    pub state: Option<PinState>,
+    /// The agent has caught up with its peers.
+    pub synced: bool,
+    /// A listing begun after the CID was queued: `have: None` then means the node lacked it
+    /// before this agent was asked for it.
+    pub listed_fresh: bool,
+}
+
+/// What to do about one CID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Decision {
+    /// The status record to write, when it changes.
+    pub record: Option<PinState>,
+    /// The record claims ownership of a pin not yet made: it must be on disk before the call,
+    /// or a crash between the two would leave a pin nobody removes.
+    pub durable: bool,
+    pub next: Next,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Next {
+    /// Nothing to call.
+    Idle,
+    Run(Job),
+    /// An unpin that waits until the agent is synced: a stale replica must not unpin what the
+    /// cluster still wants.
+    WaitForSync,
+}
+
+impl Decision {
+    fn idle(record: Option<PinState>) -> Self {
+        Decision {
+            record,
+            durable: false,
+            next: Next::Idle,
+        }
+    }
+}
+
+/// A fresh record.
+pub(super) fn record(status: Status, owned: bool, now_ms: u64) -> PinState {
+    PinState {
+        status,
+        owned,
+        attempts: 0,
+        error: None,
+        updated_ms: now_ms,
+    }
+}
+
+/// Decides one CID: the status to record and the call to make, if any.
+///
+/// Ownership: a pin is this agent's when its record says so, or when a fresh listing shows the
+/// node without it (the pin the agent is about to make). Otherwise the worker asks the node
+/// first and claims the pin only if it is not there. The agent removes only its own pins, and
+/// only once synced.
+pub(super) fn decide(facts: Facts, now_ms: u64) -> Decision {
+    let Facts {
+        wanted,
+        have,
+        state,
+        synced,
+        listed_fresh,
+    } = facts;
+    let owned = state.as_ref().is_some_and(|s| s.owned);
+    let status = state.as_ref().map(|s| s.status);
+    let Some(wanted) = wanted else {
+        let Some(mut state) = state else {
+            return Decision::idle(None);
+        };
+        if owned && have.is_some() {
+            if !synced {
+                return Decision {
+                    record: None,
+                    durable: false,
+                    next: Next::WaitForSync,
+                };
+            }
+            state.status = Status::Unpinning;
+            state.updated_ms = now_ms;
+            return Decision {
+                record: Some(state),
+                durable: false,
+                next: Next::Run(Job::Unpin),
+            };
+        }
+        let changes = state.status != Status::Unpinned || state.owned;
+        return Decision::idle(changes.then(|| record(Status::Unpinned, false, now_ms)));
+    };
+    if satisfies(have, wanted.mode) {
+        let changes = status != Some(Status::Pinned);
+        return Decision::idle(changes.then(|| record(Status::Pinned, owned, now_ms)));
+    }
+    let mut next = state.unwrap_or_else(|| record(Status::Queued, owned, now_ms));
+    // Shown until the pin is back.
+    next.status = if status == Some(Status::Pinned) {
+        Status::UnexpectedlyUnpinned
+    } else {
+        Status::Pinning
+    };
+    next.updated_ms = now_ms;
+    let claims = !owned && have.is_none() && listed_fresh;
+    next.owned = owned || claims;
+    Decision {
+        record: Some(next),
+        durable: claims,
+        next: Next::Run(Job::Pin {
+            wanted,
+            owned: owned || claims,
+        }),
+    }
+}
+
+/// The record of a pin a worker is about to add (the node did not have it): this agent's.
+pub(super) fn claimed(before: Option<PinState>, now_ms: u64) -> PinState {
+    let mut state = before.unwrap_or_else(|| record(Status::Pinning, true, now_ms));
+    state.owned = true;
+    state
+}
+
+/// The record of a queued CID while the node is down: the node's error, shown without a call.
+/// `None` when nothing changes (not wanted, or that error is already shown).
+pub(super) fn node_down(
+    wanted: bool,
+    before: Option<PinState>,
+    error: &str,
+    now_ms: u64,
+) -> Option<PinState> {
+    if !wanted {
+        return None;
+    }
+    let mut state = before.unwrap_or_else(|| record(Status::PinError, false, now_ms));
+    if state.status == Status::PinError && state.error.as_deref() == Some(error) {
+        return None;
+    }
+    state.status = Status::PinError;
+    state.error = Some(error.to_string());
+    state.updated_ms = now_ms;
+    Some(state)
+}
 
 /// How a job on a CID ended.
 #[derive(Debug)]
@@ -29,10 +210,10 @@ pub(super) fn settled(
 ) -> Option<PinState> {
     let mut state = match (&ended, before) {
         (_, Ok(Some(state))) => state,
-        (Ended::Died(_), Ok(None)) => PinState::new(Status::PinError, false),
-        (_, Ok(None)) => PinState::new(Status::Queued, false),
+        (Ended::Died(_), Ok(None)) => record(Status::PinError, false, now_ms),
+        (_, Ok(None)) => record(Status::Queued, false, now_ms),
         // A success says who owns the pin; a failure does not.
-        (Ended::Done { result: Ok(_), .. }, Err(())) => PinState::new(Status::Queued, false),
+        (Ended::Done { result: Ok(_), .. }, Err(())) => record(Status::Queued, false, now_ms),
         (_, Err(())) => return None,
     };
     state.updated_ms = now_ms;
@@ -71,112 +252,47 @@ pub(super) fn settled(
     Some(state)
 }
 
-#[cfg(test)]
-mod tests {
-    use pinmesh_protocol::PinMode;
-
-    use super::*;
-    use crate::reconcile::Wanted;
-
-    fn pin_job() -> Job {
-        Job::Pin {
-            wanted: Wanted {
-                mode: PinMode::Recursive,
-                origins: Vec::new(),
-            },
-            owned: true,
-        }
+/// What the newest version of a CID's entry wants here; `None` when nothing (unpinned,
+/// expired, allocated elsewhere).
+pub(super) fn wanted_of(versions: &[Version], now_secs: u64) -> Option<Wanted> {
+    let w = winner(versions)?;
+    if w.spec.expire_at.is_some_and(|at| at <= now_secs) || !allocated_here(&w.spec) {
+        return None;
     }
+    Some(Wanted {
+        mode: w.spec.mode,
+        origins: w.spec.origins.clone(),
+    })
+}
 
-    fn record(status: Status, owned: bool, attempts: u32) -> PinState {
-        PinState {
-            status,
-            owned,
-            attempts,
-            error: None,
-            updated_ms: 1,
-        }
-    }
+/// How the node pins `cid`'s content, whichever CID version it was pinned under (`actual` is
+/// keyed by [`content_key`]).
+pub(super) fn have(actual: &HashMap<Cid, PinMode>, cid: &Cid) -> Option<PinMode> {
+    actual.get(&content_key(cid)).copied()
+}
 
-    #[test]
-    fn the_status_after_a_job_by_what_was_known_before_and_how_it_ended() {
-        use Status::*;
-        let pin = pin_job();
-        let unpin = Job::Unpin;
-        let ok = |owned| Ok(owned);
-        let err = || Err("refused".to_string());
-        // (before, job, result) -> (status, owned, attempts), or None: nothing recorded.
-        type Case<'a> = (
-            Result<Option<PinState>, ()>,
-            Ended<'a>,
-            Option<(Status, bool, u32)>,
-        );
-        let done = |job, result| Ended::Done { job, result };
-        let cases: Vec<Case> = vec![
-            // Successes say who owns the pin, whatever was known before.
-            (Ok(None), done(&pin, ok(true)), Some((Pinned, true, 0))),
-            (Ok(None), done(&pin, ok(false)), Some((Pinned, false, 0))),
-            (Err(()), done(&pin, ok(true)), Some((Pinned, true, 0))),
-            (
-                Ok(Some(record(Pinning, true, 3))),
-                done(&pin, ok(true)),
-                Some((Pinned, true, 0)),
-            ),
-            (Err(()), done(&unpin, ok(false)), Some((Unpinned, false, 0))),
-            (
-                Ok(Some(record(Unpinning, true, 2))),
-                done(&unpin, ok(false)),
-                Some((Unpinned, false, 0)),
-            ),
-            // Failures keep the ownership on record and count the attempt.
-            (
-                Ok(Some(record(Pinning, true, 0))),
-                done(&pin, err()),
-                Some((PinError, true, 1)),
-            ),
-            (
-                Ok(Some(record(Unpinning, true, 4))),
-                done(&unpin, err()),
-                Some((UnpinError, true, 5)),
-            ),
-            (Ok(None), done(&pin, err()), Some((PinError, false, 1))),
-            // A failure with the record unreadable records nothing: no guess at ownership.
-            (Err(()), done(&pin, err()), None),
-            (Err(()), done(&unpin, err()), None),
-            // A dead worker: an error of the kind of work the record shows.
-            (
-                Ok(Some(record(Unpinning, true, 0))),
-                Ended::Died("panic".into()),
-                Some((UnpinError, true, 1)),
-            ),
-            (
-                Ok(Some(record(Pinning, true, 1))),
-                Ended::Died("panic".into()),
-                Some((PinError, true, 2)),
-            ),
-            (
-                Ok(None),
-                Ended::Died("panic".into()),
-                Some((PinError, false, 1)),
-            ),
-            (Err(()), Ended::Died("panic".into()), None),
-        ];
-        for (i, (before, ended, want)) in cases.into_iter().enumerate() {
-            let what = format!("case {i}: {before:?} {ended:?}");
-            let got = settled(before, ended, 42);
-            match (got, want) {
-                (None, None) => {}
-                (Some(state), Some((status, owned, attempts))) => {
-                    assert_eq!(
-                        (state.status, state.owned, state.attempts),
-                        (status, owned, attempts),
-                        "{what}"
-                    );
-                    assert_eq!(state.updated_ms, 42, "{what}");
-                    assert_eq!(state.error.is_some(), attempts > 0, "{what}");
-                }
-                (got, want) => panic!("{what}: got {got:?}, want {want:?}"),
-            }
-        }
+/// Whether what the node has (`have`) is what is wanted: a recursive pin covers a direct one.
+pub(super) fn satisfies(have: Option<PinMode>, want: PinMode) -> bool {
+    match (have, want) {
+        (None, _) => false,
+        (Some(PinMode::Recursive), _) => true,
+        (Some(PinMode::Direct), want) => want == PinMode::Direct,
     }
 }
+
+/// The delay before the next attempt after `attempts` failures in a row: `base`, doubled per
+/// failure, at most `max`.
+pub(super) fn backoff(attempts: u32, base: Duration, max: Duration) -> Duration {
+    let factor = 1u32 << attempts.saturating_sub(1).min(20);
+    (base * factor).min(max)
+}
+
+/// A record that only says a CID nobody wants was unpinned, longer ago than [`UNPINNED_KEEP`].
+pub(super) fn stale(state: &PinState, now_ms: u64) -> bool {
+    state.status == Status::Unpinned
+        && !state.owned
+        && state.updated_ms + (UNPINNED_KEEP.as_millis() as u64) < now_ms
+}
+
+#[cfg(test)]
+mod tests;

@@ -52,3 +52,17 @@ pub fn flip_a_cid(store: &Store) {
     }
     txn.commit().expect("commit");
 }
+
+/// Replaces the stored pinset with `mem`'s entries, as the replica would leave it after
+/// applying the same operations.
+pub fn write_pinset(store: &Store, mem: &MemPinset) {
+    let txn = store.db().begin_write().expect("write");
+    {
+        let mut pins = txn.open_table(PINS).expect("pins");
+        pins.retain(|_, _| false).expect("clear");
+        for (cid, entry) in mem.entries().iter() {
+            pins.insert(cid, entry).expect("insert");
+        }
+    }
+    txn.commit().expect("commit");
+}

@@ -1,0 +1,530 @@
+//! The reconciler's task: owns the node's pins as far as it knows them, the work queue and the
+//! status records not yet written; turns events (changes, commands, claims, workers' results,
+//! timers) into [`decide`](super::decide) calls, and their decisions into worker tasks and
+//! status records. Store reads and commits run on blocking threads, never on the runtime.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use pinmesh_protocol::{Cid, PinMode};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::cycle::{Listing, list_node, node_after};
+use super::decide::{
+    self, Ended, Facts, Job, Next, backoff, claimed, decide, have, settled, wanted_of,
+};
+use super::health::Health;
+use super::queue::WorkQueue;
+use super::records::Records;
+use super::worker::{Claim, Outcome, Tools, Workers};
+use super::{Command, Report, Settings};
+use crate::ipfs::{IpfsError, PinBackend, twin};
+use crate::replica::{Changes, now_ms};
+use crate::store::{PinState, Status, Store};
+
+/// Claims waiting for the actor; at most one per worker.
+const CLAIM_CAPACITY: usize = 64;
+
+pub(super) struct Reconciler {
+    backend: Arc<dyn PinBackend>,
+    /// Whether the agent has caught up with its peers: unpins wait for it.
+    synced: watch::Receiver<bool>,
+    settings: Settings,
+    /// The node's pins by content (see [`crate::ipfs::content_key`]): the last listing plus
+    /// our own calls.
+    actual: HashMap<Cid, PinMode>,
+    queue: WorkQueue,
+    workers: Workers,
+    claims: mpsc::Receiver<Claim>,
+    listing: Listing,
+    health: Health,
+    records: Records,
+    report: watch::Sender<Report>,
+    /// The last full comparison's numbers.
+    cycle: Report,
+}
+
+impl Reconciler {
+    pub(super) fn new(
+        store: Store,
+        backend: Arc<dyn PinBackend>,
+        synced: watch::Receiver<bool>,
+        settings: Settings,
+        report: watch::Sender<Report>,
+    ) -> Self {
+        let (claims_tx, claims) = mpsc::channel(CLAIM_CAPACITY);
+        let now = Instant::now();
+        Reconciler {
+            workers: Workers::new(Tools {
+                backend: backend.clone(),
+                name: format!("pinmesh:{}", settings.cluster),
+                limits: settings.limits,
+                claims: claims_tx,
+            }),
+            records: Records::new(store),
+            backend,
+            synced,
+            settings,
+            actual: HashMap::new(),
+            queue: WorkQueue::default(),
+            claims,
+            listing: Listing::new(now),
+            health: Health::new(now),
+            report,
+            cycle: Report::default(),
+        }
+    }
+
+    /// Runs until cancelled. Dropping it abandons running calls (the node finishes or times
+    /// them out itself; the next start settles their statuses from a listing).
+    pub(super) async fn run(
+        mut self,
+        mut changes: Changes,
+        mut commands: mpsc::Receiver<Command>,
+        cancel: CancellationToken,
+    ) {
+        info!(backend = %self.backend.describe(), "reconciler started");
+        let mut synced = self.synced.clone();
+        loop {
+            if Instant::now() >= self.listing.next_full && !self.health.down {
+                self.full_cycle().await;
+            } else if std::mem::take(&mut self.listing.now)
+                && !self.health.down
+                && let Err(err) = self.relist().await
+            {
+                warn!(error = %err, "cannot list the IPFS node's pins");
+                self.listing.failed = Some(Instant::now());
+            }
+            if self.queue.counts().waiting_for_sync > 0 && *self.synced.borrow() {
+                self.queue.release_sync_waiters(Instant::now());
+            }
+            self.queue.promote_due(Instant::now());
+            self.dispatch().await;
+            if let Err(err) = self.records.flush().await {
+                warn!(error = %err, "cannot record pin statuses; retrying");
+            }
+            self.publish_report();
+            let wake = self.next_wake();
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                batch = changes.rx.recv() => {
+                    let Some(batch) = batch else { break };
+                    let now = Instant::now();
+                    if changes.rescan.swap(false, Ordering::AcqRel) {
+                        self.listing.rescan(now);
+                    }
+                    for cid in batch {
+                        self.queue.enqueue_now(cid, true, now);
+                    }
+                    // New pins: whether the node has them needs a look after this.
+                    self.listing.last_enqueued = Some(now);
+                }
+                Some(command) = commands.recv() => self.on_command(command).await,
+                // Unpins waiting for `synced` go at the top of the loop.
+                Ok(()) = synced.changed(), if self.queue.counts().waiting_for_sync > 0 => {}
+                Some(first) = self.claims.recv() => {
+                    // Every claim waiting shares one durable commit.
+                    let mut batch = vec![first];
+                    while let Ok(next) = self.claims.try_recv() {
+                        batch.push(next);
+                    }
+                    self.claim(batch).await;
+                }
+                ended = self.workers.ended(), if !self.workers.is_empty() => {
+                    // Every worker that is done shares one read, the next commit and dispatch.
+                    self.on_ended(ended).await;
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    if self.health.down && Instant::now() >= self.health.next_probe {
+                        self.health.next_probe = Instant::now() + self.settings.probe_interval;
+                        self.probe().await;
+                    }
+                }
+            }
+        }
+        if let Err(err) = self.records.flush().await {
+            warn!(error = %err, "cannot record pin statuses at shutdown");
+        }
+        debug!("reconciler stopped");
+    }
+
+    fn publish_report(&self) {
+        let counts = self.queue.counts();
+        let report = Report {
+            node_down: self.health.down,
+            node_pins: self.actual.len() as u64,
+            queued: counts.queued as u64,
+            running: counts.running as u64,
+            retrying: counts.retrying as u64,
+            waiting_for_sync: counts.waiting_for_sync as u64,
+            ..self.cycle.clone()
+        };
+        self.report.send_if_modified(|old| {
+            let changed = *old != report;
+            *old = report;
+            changed
+        });
+    }
+
+    fn next_wake(&self) -> Instant {
+        if self.health.down {
+            return self.health.next_probe;
+        }
+        let mut wake = self.listing.next_full;
+        if let Some(at) = self.queue.next_retry() {
+            wake = wake.min(at);
+        }
+        // Only when a dispatch round could start something: before the first listing, queued
+        // work waits for the first full comparison.
+        let counts = self.queue.counts();
+        if self.listing.started.is_some()
+            && counts.queued > 0
+            && counts.running < self.settings.concurrency
+        {
+            wake = wake.min(self.health.paced_until);
+        }
+        wake
+    }
+
+    /// The node did not answer a listing.
+    fn node_down(&mut self, err: &IpfsError) {
+        let (now, probe) = (Instant::now(), self.settings.probe_interval);
+        if self.health.went_down(err, now, probe) {
+            self.warn_down();
+        }
+    }
+
+    fn warn_down(&self) {
+        warn!(backend = %self.backend.describe(), "IPFS node is down; waiting for it");
+    }
+
+    async fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Recover { cid, reply } => {
+                let cids = match cid {
+                    Some(cid) => vec![cid],
+                    None => self.records.errored().await.unwrap_or_else(|err| {
+                        warn!(error = %err, "cannot read pin statuses");
+                        Vec::new()
+                    }),
+                };
+                let now = Instant::now();
+                for cid in &cids {
+                    self.queue.enqueue_now(*cid, true, now);
+                }
+                // An operator asking is reason enough to look at the node again.
+                self.health.back(now);
+                let _ = reply.send(cids.len());
+            }
+        }
+    }
+
+    /// Lists the node, then compares the whole pinset and every status with it.
+    async fn full_cycle(&mut self) {
+        self.listing.next_full = Instant::now() + self.settings.relist_interval;
+        let started = Instant::now();
+        if let Err(err) = self.relist().await {
+            warn!(error = %err, "cannot list the IPFS node's pins; will retry");
+            self.listing.next_full = Instant::now() + self.settings.probe_interval;
+            return;
+        }
+        let listed = started.elapsed();
+        let (actual, found) = self.records.compare(std::mem::take(&mut self.actual)).await;
+        self.actual = actual;
+        match found {
+            Ok(cids) => {
+                let compared = started.elapsed() - listed;
+                self.listing.cost = started.elapsed();
+                self.listing.done = Some(Instant::now());
+                self.cycle.cycles += 1;
+                self.cycle.last_listed_ms = listed.as_millis() as u64;
+                self.cycle.last_compared_ms = compared.as_millis() as u64;
+                self.cycle.last_to_check = cids.len() as u64;
+                info!(
+                    node_pins = self.actual.len(),
+                    to_check = cids.len(),
+                    listed_ms = listed.as_millis() as u64,
+                    compared_ms = compared.as_millis() as u64,
+                    "compared the pinset with the IPFS node"
+                );
+                let now = Instant::now();
+                for cid in cids {
+                    self.queue.enqueue(cid, false, now);
+                }
+            }
+            Err(err) => warn!(error = %err, "cannot compare the pinset with the node"),
+        }
+    }
+
+    /// Replaces `actual` with a fresh listing of the node's recursive and direct pins.
+    async fn relist(&mut self) -> Result<(), IpfsError> {
+        let started = Instant::now();
+        match list_node(self.backend.as_ref()).await {
+            Ok(actual) => {
+                self.actual = actual;
+                self.listing.started = Some(started);
+                self.listing.took = started.elapsed();
+                self.cycle.last_listed_ms = self.listing.took.as_millis() as u64;
+                Ok(())
+            }
+            Err(err) => {
+                if err.node_down() {
+                    self.node_down(&err);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Asks a node that was down whether it is back; if so, retries everything waiting.
+    async fn probe(&mut self) {
+        match self.backend.id().await {
+            Ok(_) => {
+                info!(backend = %self.backend.describe(), "IPFS node is back");
+                let now = Instant::now();
+                self.health.back(now);
+                self.queue.promote_all(now);
+                // It may have lost or gained pins while away.
+                self.listing.next_full = now;
+            }
+            Err(err) => debug!(error = %err, "IPFS node still down"),
+        }
+    }
+
+    /// Starts queued work while workers are free: CIDs are decided in rounds, each round's
+    /// entries and records read in one transaction.
+    async fn dispatch(&mut self) {
+        if self.health.down {
+            self.fail_queued().await;
+            return;
+        }
+        if self.listing.started.is_none() {
+            return;
+        }
+        let waiting = self.queue.counts().queued;
+        let pause = self.settings.probe_interval;
+        if self.listing.worth_relisting(waiting, Instant::now(), pause) {
+            self.listing.now = true;
+            return;
+        }
+        let mut started = Vec::new();
+        loop {
+            let free = (self.settings.concurrency).saturating_sub(self.queue.counts().running);
+            let round = self.health.may_start(free, Instant::now());
+            let popped: Vec<(Cid, Instant)> = std::iter::from_fn(|| self.queue.pop())
+                .take(round)
+                .collect();
+            if popped.is_empty() {
+                break;
+            }
+            let cids: Vec<Cid> = popped.iter().map(|(cid, _)| *cid).collect();
+            let stored = match self.records.read(cids, true).await {
+                Ok(stored) => stored,
+                Err(err) => {
+                    warn!(error = %err, "cannot read pins to decide on; retrying");
+                    let at = Instant::now() + self.backoff(1);
+                    for (cid, _) in popped {
+                        self.queue.retry_at(cid, at);
+                    }
+                    break;
+                }
+            };
+            let now_ms = now_ms();
+            let synced = *self.synced.borrow();
+            for ((cid, since), stored) in popped.into_iter().zip(stored) {
+                let was_pinned = stored.state.as_ref().map(|s| s.status) == Some(Status::Pinned);
+                let facts = Facts {
+                    wanted: (stored.versions.as_deref()).and_then(|v| wanted_of(v, now_ms / 1000)),
+                    have: have(&self.actual, &cid),
+                    state: stored.state,
+                    synced,
+                    listed_fresh: self.listing.since(Some(since)),
+                };
+                let decision = decide(facts, now_ms);
+                if let Some(record) = decision.record {
+                    if was_pinned && record.status == Status::UnexpectedlyUnpinned {
+                        warn!(%cid, "pin disappeared from the IPFS node; pinning it again");
+                    }
+                    self.records.record(cid, record);
+                }
+                if decision.durable {
+                    self.records.durably();
+                }
+                match decision.next {
+                    Next::Idle => {}
+                    Next::WaitForSync => self.queue.wait_for_sync(cid),
+                    Next::Run(job) => {
+                        self.health.started(Instant::now());
+                        self.queue.start(cid);
+                        started.push((cid, job));
+                    }
+                }
+            }
+        }
+        if started.is_empty() {
+            return;
+        }
+        // Ownership is on disk before the node is asked: a crash between the two must not
+        // leave a pin nobody will ever remove.
+        if let Err(err) = self.records.flush().await {
+            warn!(error = %err, "cannot record pin statuses; not starting calls");
+            let now = Instant::now();
+            for (cid, _) in started {
+                self.queue.finish(&cid);
+                self.queue.enqueue(cid, false, now);
+            }
+            return;
+        }
+        for (cid, job) in started {
+            self.workers.spawn(cid, job);
+        }
+    }
+
+    /// While the node is down, queued pins show the node's error (no call is made) and wait
+    /// with the retries, which all go when the node is back.
+    async fn fail_queued(&mut self) {
+        let cids = self.queue.drain();
+        if cids.is_empty() {
+            return;
+        }
+        let error = (self.health.error.clone()).unwrap_or_else(|| "IPFS node is down".into());
+        match self.records.read(cids.clone(), true).await {
+            Ok(stored) => {
+                let now_ms = now_ms();
+                for (cid, stored) in cids.iter().zip(stored) {
+                    let versions = stored.versions.as_deref();
+                    let wanted = versions.and_then(|v| wanted_of(v, now_ms / 1000)).is_some();
+                    if let Some(state) = decide::node_down(wanted, stored.state, &error, now_ms) {
+                        self.records.record(*cid, state);
+                    }
+                }
+            }
+            Err(err) => warn!(error = %err, "cannot read pins to show the node's error"),
+        }
+        let at = Instant::now() + self.settings.retry_max;
+        for cid in cids {
+            self.queue.retry_at(cid, at);
+        }
+    }
+
+    /// Records, durably and in one commit, that these CIDs' pins are about to be this agent's;
+    /// answers each claim whether it may go on.
+    async fn claim(&mut self, claims: Vec<Claim>) {
+        let cids = claims.iter().map(|(cid, _)| *cid).collect();
+        let stored = match self.records.read(cids, false).await {
+            Ok(stored) => stored,
+            Err(err) => {
+                warn!(error = %err, "cannot read pin statuses; not pinning");
+                for (_, reply) in claims {
+                    let _ = reply.send(false);
+                }
+                return;
+            }
+        };
+        let now_ms = now_ms();
+        let mut granted = Vec::with_capacity(claims.len());
+        for ((cid, reply), stored) in claims.into_iter().zip(stored) {
+            self.records.record(cid, claimed(stored.state, now_ms));
+            granted.push(reply);
+        }
+        self.records.durably();
+        let ok = match self.records.flush().await {
+            Ok(()) => true,
+            Err(err) => {
+                warn!(error = %err, "cannot record pin ownership; not pinning");
+                false
+            }
+        };
+        for reply in granted {
+            let _ = reply.send(ok);
+        }
+    }
+
+    /// Settles the CIDs whose workers ended, from their records read in one transaction.
+    async fn on_ended(&mut self, ended: Vec<(Cid, Outcome)>) {
+        let cids = ended.iter().map(|(cid, _)| *cid).collect();
+        let before = self.records.read(cids, false).await.map_err(|err| {
+            warn!(error = %err, "cannot read pin statuses");
+        });
+        for (i, (cid, outcome)) in ended.into_iter().enumerate() {
+            let before = match &before {
+                Ok(stored) => Ok(stored[i].state.clone()),
+                Err(()) => Err(()),
+            };
+            let rerun = self.queue.finish(&cid);
+            match outcome {
+                Outcome::Done(job, result) => self.on_done(cid, job, result, before),
+                Outcome::Died(error) => {
+                    let state = settled(before, Ended::Died(error), now_ms());
+                    if let Some(state) = &state {
+                        let delay = self.backoff(state.attempts);
+                        self.queue.retry_at(cid, Instant::now() + delay);
+                    }
+                    self.settle(cid, state);
+                }
+            }
+            if rerun {
+                // It changed while the call ran: decide again now (an unpin stops a failing pin).
+                self.queue.enqueue_now(cid, true, Instant::now());
+            }
+        }
+    }
+
+    fn on_done(
+        &mut self,
+        cid: Cid,
+        job: Job,
+        result: Result<bool, IpfsError>,
+        before: Result<Option<PinState>, ()>,
+    ) {
+        let ended = Ended::Done {
+            job: &job,
+            result: (result.as_ref().map(|owned| *owned)).map_err(ToString::to_string),
+        };
+        let state = settled(before, ended, now_ms());
+        match &result {
+            Ok(_) => {
+                self.health.succeeded();
+                node_after(&mut self.actual, &cid, &job);
+                debug!(%cid, ?job, "done");
+            }
+            Err(err) => {
+                let attempts = state.as_ref().map_or(1, |s| s.attempts);
+                warn!(%cid, attempts, error = %err, "IPFS call failed");
+                let (now, probe) = (Instant::now(), self.settings.probe_interval);
+                if self.health.failed(err, now, probe) {
+                    self.warn_down();
+                }
+                let delay = self.backoff(attempts);
+                self.queue.retry_at(cid, Instant::now() + delay);
+            }
+        }
+        let unpinned = matches!(job, Job::Unpin)
+            && state.as_ref().is_some_and(|s| s.status == Status::Unpinned);
+        self.settle(cid, state);
+        if unpinned && let Some(twin) = twin(&cid) {
+            // The same content under its other CID version may still be wanted; the node
+            // counted it as held through the pin just removed. Its blocks are still local, so
+            // pinning it again (as this agent's own) is immediate.
+            self.queue.enqueue_now(twin, true, Instant::now());
+        }
+    }
+
+    fn backoff(&self, attempts: u32) -> Duration {
+        backoff(attempts, self.settings.retry_base, self.settings.retry_max)
+    }
+
+    /// Records what a job left, or, when that is unknown (see [`settled`]), decides the CID
+    /// again after a backoff.
+    fn settle(&mut self, cid: Cid, state: Option<PinState>) {
+        match state {
+            Some(state) => self.records.record(cid, state),
+            None => self.queue.retry_at(cid, Instant::now() + self.backoff(1)),
+        }
+    }
+}

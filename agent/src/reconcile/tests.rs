@@ -1,0 +1,485 @@
+//! The reconciler as a whole against a fake IPFS node, over a real redb store: fast tests of
+//! ownership, `synced` gating, CID version twins, errors and a node that goes away. The tests
+//! in `tests/tests/reconcile.rs` prove the same against real IPFS nodes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pinmesh_protocol::sim::sim_cid;
+use pinmesh_protocol::{ActorId, Dot, MemPinset, Op, PinMode, PinSpec};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::ipfs::{AddInput, Added, ByteStream, IpfsError, NodeInfo, RepoStat, content_key};
+use crate::replica::Changes;
+use crate::store::testing::write_pinset;
+
+/// An IPFS node in memory: pins by content, and switches for the faults a test needs.
+#[derive(Default)]
+struct FakeNode {
+    state: Mutex<FakeState>,
+}
+
+#[derive(Default)]
+struct FakeState {
+    /// By [`content_key`], as a node stores blocks.
+    pins: HashMap<Cid, PinMode>,
+    down: bool,
+    /// `pin/add` of these fails.
+    refuse: HashSet<Cid>,
+    /// `pin/add` of these pins, then the call panics (a library bug on a strange DAG).
+    panic_after_pin: HashSet<Cid>,
+    /// `pin/add` and `pin/ls` calls about one CID, answered or not.
+    cid_calls: u64,
+}
+
+impl FakeNode {
+    fn with(&self, f: impl FnOnce(&mut FakeState)) {
+        f(&mut self.state.lock().expect("fake node"));
+    }
+
+    fn holds(&self, cid: &Cid) -> bool {
+        self.state
+            .lock()
+            .expect("fake node")
+            .pins
+            .contains_key(&content_key(cid))
+    }
+
+    fn up(&self) -> Result<std::sync::MutexGuard<'_, FakeState>, IpfsError> {
+        let state = self.state.lock().expect("fake node");
+        if state.down {
+            return Err(IpfsError::Unreachable {
+                url: "fake".into(),
+                reason: "switched off".into(),
+            });
+        }
+        Ok(state)
+    }
+}
+
+#[async_trait]
+impl PinBackend for FakeNode {
+    fn describe(&self) -> String {
+        "fake IPFS node".into()
+    }
+
+    async fn id(&self) -> Result<NodeInfo, IpfsError> {
+        drop(self.up()?);
+        Ok(NodeInfo {
+            id: "fake".into(),
+            addresses: Vec::new(),
+            agent_version: "fake".into(),
+        })
+    }
+
+    async fn pin(&self, cid: &Cid, mode: PinMode, _: &str, _: PinLimits) -> Result<(), IpfsError> {
+        self.with(|n| n.cid_calls += 1);
+        let mut state = self.up()?;
+        if state.refuse.contains(cid) {
+            return Err(IpfsError::Refused {
+                call: "pin/add",
+                message: "refused by the test".into(),
+            });
+        }
+        let held = state.pins.entry(content_key(cid)).or_insert(mode);
+        if mode == PinMode::Recursive {
+            *held = mode;
+        }
+        let panics = state.panic_after_pin.remove(cid);
+        drop(state);
+        assert!(!panics, "the IPFS library panicked");
+        Ok(())
+    }
+
+    async fn pinned(&self, cid: &Cid) -> Result<Option<PinMode>, IpfsError> {
+        self.with(|n| n.cid_calls += 1);
+        Ok(self.up()?.pins.get(&content_key(cid)).copied())
+    }
+
+    async fn unpin(&self, cid: &Cid) -> Result<(), IpfsError> {
+        self.up()?.pins.remove(&content_key(cid));
+        Ok(())
+    }
+
+    async fn list(
+        &self,
+        mode: PinMode,
+        sink: &mut (dyn FnMut(Cid) + Send),
+    ) -> Result<u64, IpfsError> {
+        let listed: Vec<Cid> = (self.up()?.pins.iter())
+            .filter(|(_, m)| **m == mode)
+            .map(|(cid, _)| *cid)
+            .collect();
+        for cid in &listed {
+            sink(*cid);
+        }
+        Ok(listed.len() as u64)
+    }
+
+    async fn repo_stat(&self) -> Result<RepoStat, IpfsError> {
+        Ok(RepoStat {
+            repo_size: 0,
+            storage_max: 0,
+        })
+    }
+
+    async fn add(&self, _: AddInput, _: Duration) -> Result<Vec<Added>, IpfsError> {
+        Err(unsupported("add"))
+    }
+
+    async fn connect(&self, _: &str) -> Result<(), IpfsError> {
+        Ok(())
+    }
+
+    async fn cat(&self, _: &Cid) -> Result<ByteStream, IpfsError> {
+        Err(unsupported("cat"))
+    }
+}
+
+fn unsupported(call: &'static str) -> IpfsError {
+    IpfsError::Refused {
+        call,
+        message: "not in the fake node".into(),
+    }
+}
+
+/// A reconciler over a fresh store and a [`FakeNode`], and the pinset the test writes.
+struct Harness {
+    _dir: tempfile::TempDir,
+    store: Store,
+    node: Arc<FakeNode>,
+    pinset: MemPinset,
+    dots: u64,
+    feed: mpsc::Sender<Vec<Cid>>,
+    synced: watch::Sender<bool>,
+    handle: ReconcilerHandle,
+    cancel: CancellationToken,
+}
+
+impl Harness {
+    fn start(node: FakeNode, synced: bool) -> Harness {
+        Self::start_with(node, synced, |_| {})
+    }
+
+    fn start_with(node: FakeNode, synced: bool, adjust: impl FnOnce(&mut Settings)) -> Harness {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, _) = Store::open(&dir.path().join("db.redb"), 4 << 20).expect("store");
+        let node = Arc::new(node);
+        let (feed, rx) = mpsc::channel(64);
+        let changes = Changes {
+            rx,
+            rescan: Default::default(),
+        };
+        let (synced_tx, synced_rx) = watch::channel(synced);
+        let cancel = CancellationToken::new();
+        let mut settings = Settings {
+            cluster: "test".into(),
+            concurrency: 4,
+            limits: PinLimits {
+                stall: Duration::from_secs(5),
+                total: Duration::from_secs(5),
+            },
+            relist_interval: Duration::from_secs(3600),
+            retry_max: Duration::from_millis(20),
+            retry_base: Duration::from_millis(5),
+            probe_interval: Duration::from_millis(20),
+        };
+        adjust(&mut settings);
+        let (handle, run) = spawn(
+            store.clone(),
+            node.clone(),
+            changes,
+            synced_rx,
+            settings,
+            cancel.clone(),
+        );
+        tokio::spawn(run);
+        Harness {
+            _dir: dir,
+            store,
+            node,
+            pinset: MemPinset::new(),
+            dots: 0,
+            feed,
+            synced: synced_tx,
+            handle,
+            cancel,
+        }
+    }
+
+    /// Applies `op` to the pinset, stores it and tells the reconciler, as the replica would.
+    async fn write(&mut self, cid: Cid, op: Op) {
+        self.dots += 1;
+        let dot = Dot::new(ActorId::derive(&[7; 32], 1), self.dots);
+        self.pinset.local(dot, cid, op);
+        write_pinset(&self.store, &self.pinset);
+        self.feed.send(vec![cid]).await.expect("reconciler runs");
+    }
+
+    async fn pin(&mut self, cid: Cid) {
+        let op = Op::Pin {
+            at: self.dots + 1,
+            spec: PinSpec::named("t"),
+        };
+        self.write(cid, op).await;
+    }
+
+    async fn unpin(&mut self, cid: Cid) {
+        self.write(cid, Op::Unpin).await;
+    }
+
+    fn status(&self, cid: &Cid) -> Option<PinState> {
+        read_status(&self.store, cid).expect("read")
+    }
+
+    /// Waits until `done` holds, looking again whenever the reconciler's report changes (and
+    /// every few milliseconds, for a record written without one), for at most 10 s.
+    async fn until(&self, what: &str, done: impl Fn(&Harness) -> bool) {
+        let mut report = self.handle.watch_report();
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            while !done(self) {
+                let _ = tokio::time::timeout(Duration::from_millis(5), report.changed()).await;
+            }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "timed out waiting until {what}; report {:?}",
+            self.handle.report()
+        );
+    }
+
+    fn has(&self, cid: &Cid, status: Status, owned: bool) -> bool {
+        self.status(cid)
+            .is_some_and(|s| s.status == status && s.owned == owned)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+#[tokio::test]
+async fn the_agents_pins_are_its_own_and_unpins_wait_until_it_is_synced() {
+    let mut h = Harness::start(FakeNode::default(), false);
+    let (a, b) = (sim_cid(1), sim_cid(2));
+    h.pin(a).await;
+    h.pin(b).await;
+    h.until("both are pinned as the agent's", |h| {
+        h.has(&a, Status::Pinned, true) && h.has(&b, Status::Pinned, true)
+    })
+    .await;
+    assert!(h.node.holds(&a) && h.node.holds(&b));
+
+    h.unpin(a).await;
+    h.until("the unpin waits", |h| {
+        h.handle.report().waiting_for_sync == 1
+    })
+    .await;
+    assert!(
+        h.node.holds(&a),
+        "nothing is removed before the agent is synced"
+    );
+    assert!(h.has(&a, Status::Pinned, true));
+
+    h.synced.send(true).expect("reconciler runs");
+    h.until("the unpin is done", |h| h.has(&a, Status::Unpinned, false))
+        .await;
+    assert!(!h.node.holds(&a));
+    assert!(h.node.holds(&b));
+    assert_eq!(h.handle.report().waiting_for_sync, 0);
+}
+
+#[tokio::test]
+async fn a_pin_made_by_hand_is_never_the_agents_to_remove() {
+    let (before, after) = (sim_cid(1), sim_cid(2));
+    let node = FakeNode::default();
+    node.with(|n| {
+        n.pins.insert(before, PinMode::Recursive);
+    });
+    let mut h = Harness::start(node, true);
+    h.until("the node is listed", |h| h.handle.report().cycles == 1)
+        .await;
+    // Made after the listing: the worker finds it when it asks the node (or a listing taken
+    // because two new pins wait does).
+    h.node.with(|n| {
+        n.pins.insert(after, PinMode::Recursive);
+    });
+    h.pin(before).await;
+    h.pin(after).await;
+    h.until("both show pinned, neither the agent's", |h| {
+        h.has(&before, Status::Pinned, false) && h.has(&after, Status::Pinned, false)
+    })
+    .await;
+
+    h.unpin(before).await;
+    h.unpin(after).await;
+    h.until("both show unpinned", |h| {
+        h.has(&before, Status::Unpinned, false) && h.has(&after, Status::Unpinned, false)
+    })
+    .await;
+    assert!(
+        h.node.holds(&before) && h.node.holds(&after),
+        "left as they were"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_pin_shows_its_error_keeps_ownership_and_recovers() {
+    let cid = sim_cid(1);
+    let node = FakeNode::default();
+    node.with(|n| {
+        n.refuse.insert(cid);
+    });
+    let mut h = Harness::start(node, true);
+    h.until("the node is listed", |h| h.handle.report().cycles == 1)
+        .await;
+    h.pin(cid).await;
+    h.until("retried a few times", |h| {
+        h.status(&cid)
+            .is_some_and(|s| s.status == Status::PinError && s.attempts >= 3)
+    })
+    .await;
+    let failed = h.status(&cid).expect("record");
+    assert!(
+        failed.owned,
+        "claimed before the call; an error keeps the claim"
+    );
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("refused by the test"))
+    );
+
+    h.node.with(|n| n.refuse.clear());
+    h.until("pinned after all", |h| h.has(&cid, Status::Pinned, true))
+        .await;
+    assert_eq!(h.status(&cid).expect("record").attempts, 0);
+}
+
+#[tokio::test]
+async fn a_node_that_goes_away_turns_queued_pins_to_errors_then_pins_them_when_back() {
+    let mut h = Harness::start(FakeNode::default(), true);
+    let (a, b, c) = (sim_cid(1), sim_cid(2), sim_cid(3));
+    h.pin(a).await;
+    h.until("the first pin is done", |h| h.has(&a, Status::Pinned, true))
+        .await;
+    h.node.with(|n| n.down = true);
+    h.pin(b).await;
+    h.until("a call found the node down", |h| {
+        h.handle.report().node_down
+    })
+    .await;
+    let down_error = |h: &Harness, cid: &Cid| {
+        h.status(cid).is_some_and(|s| {
+            s.status == Status::PinError
+                && s.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("switched off"))
+        })
+    };
+    h.until("the pin shows the node's error", |h| down_error(h, &b))
+        .await;
+    // Known down: a new pin shows the node's error without a call about it.
+    let calls = h.node.state.lock().expect("fake node").cid_calls;
+    h.pin(c).await;
+    h.until("the new pin shows the node's error", |h| down_error(h, &c))
+        .await;
+    assert_eq!(
+        h.node.state.lock().expect("fake node").cid_calls,
+        calls,
+        "no call while down"
+    );
+
+    h.node.with(|n| n.down = false);
+    h.until("pinned once the node is back", |h| {
+        h.has(&b, Status::Pinned, true) && h.has(&c, Status::Pinned, true)
+    })
+    .await;
+    assert!(!h.handle.report().node_down);
+    assert!(
+        h.has(&a, Status::Pinned, true),
+        "the earlier pin is untouched"
+    );
+}
+
+#[tokio::test]
+async fn unpinning_one_cid_version_keeps_the_content_its_twin_still_wants() {
+    let raw = sim_cid(1);
+    let v1 = Cid::new_v1(0x70, *raw.hash());
+    let v0 = Cid::new_v0(*raw.hash()).expect("v0");
+    let mut h = Harness::start(FakeNode::default(), true);
+    h.pin(v1).await;
+    h.until("v1 is pinned as the agent's", |h| {
+        h.has(&v1, Status::Pinned, true)
+    })
+    .await;
+    h.pin(v0).await;
+    h.until("v0 is held through v1's pin", |h| {
+        h.has(&v0, Status::Pinned, false)
+    })
+    .await;
+    // Removing the agent's pin on v1 removes the content v0 wants: v0 is pinned again.
+    h.unpin(v1).await;
+    h.until("v1 unpinned, v0 pinned as the agent's own and held", |h| {
+        h.has(&v1, Status::Unpinned, false) && h.has(&v0, Status::Pinned, true) && h.node.holds(&v0)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_worker_that_dies_after_pinning_leaves_the_pin_the_agents_to_remove() {
+    let cid = sim_cid(1);
+    let node = FakeNode::default();
+    node.with(|n| {
+        n.panic_after_pin.insert(cid);
+    });
+    let mut h = Harness::start(node, true);
+    h.until("the node is listed", |h| h.handle.report().cycles == 1)
+        .await;
+    h.pin(cid).await;
+    h.until("pinned on the retry after the panic", |h| {
+        h.has(&cid, Status::Pinned, true)
+    })
+    .await;
+    h.unpin(cid).await;
+    h.until("removed as the agent's own", |h| {
+        h.has(&cid, Status::Unpinned, false)
+    })
+    .await;
+    assert!(!h.node.holds(&cid), "not leaked");
+}
+
+#[tokio::test]
+async fn recover_retries_every_error_at_once() {
+    let cids = [sim_cid(1), sim_cid(2)];
+    let node = FakeNode::default();
+    node.with(|n| n.refuse.extend(cids));
+    // No retry comes by itself during the test: only `recover` pins them.
+    let hour = Duration::from_secs(3600);
+    let mut h = Harness::start_with(node, true, |s| (s.retry_base, s.retry_max) = (hour, hour));
+    h.until("the node is listed", |h| h.handle.report().cycles == 1)
+        .await;
+    for cid in cids {
+        h.pin(cid).await;
+    }
+    h.until("both failed", |h| {
+        cids.iter()
+            .all(|c| h.status(c).is_some_and(|s| s.status == Status::PinError))
+    })
+    .await;
+    h.node.with(|n| n.refuse.clear());
+    let queued = h.handle.recover(None).await.expect("answered");
+    assert_eq!(queued, 2, "every CID in an error status");
+    h.until("both pinned", |h| {
+        cids.iter().all(|c| h.has(c, Status::Pinned, true))
+    })
+    .await;
+}
