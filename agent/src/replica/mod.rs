@@ -12,22 +12,28 @@
 //! the [`ChangeFeed`] (the reconciler's work list).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use libp2p::PeerId;
-use libp2p::identity::ed25519;
 use pinmesh_protocol::catchup::Staged;
 use pinmesh_protocol::pinset::{self, join_encoded_entry, local_op, prune_entry};
 use pinmesh_protocol::snapshot::{Progress, SnapshotError, SnapshotStage};
 use pinmesh_protocol::{
-    ActorId, Cid, Delta, DeltaBatch, Dot, Head, Op, PinSpec, Signer, SnapshotChunk, Summary, codec,
+    ActorId, Cid, Delta, DeltaBatch, Dot, Head, Op, Signer, SnapshotChunk, Summary, codec,
 };
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::store::{Group, PinsTable, Store, StoreError, TableError};
+
+mod feed;
+mod handle;
+
+pub use self::feed::{CHANGE_CAPACITY, ChangeFeed, Changes, change_feed};
+pub use self::handle::{
+    Command, LocalError, LocalOp, NodeSigner, Output, Receipt, ReplicaHandle, ReplicaState,
+    flush_periodically,
+};
 
 /// Commands queued to the replica. Capacity: enough for bursts of API calls and gossip; the
 /// swarm uses `try_send` and drops when full (anti-entropy repairs drops).
@@ -43,218 +49,6 @@ const BATCH_BYTES: usize = 512 << 10;
 /// Remote-only groups commit without fsync; [`flush_periodically`] asks for a durable flush this
 /// often, and any group this long after the last durable commit is durable itself.
 const DURABLE_EVERY: Duration = Duration::from_millis(200);
-
-/// A local operation requested through the API.
-#[derive(Debug, Clone)]
-pub enum LocalOp {
-    Pin { cid: Cid, spec: PinSpec },
-    Unpin { cid: Cid },
-}
-
-/// Why a local operation was refused.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum LocalError {
-    #[error("{0} is not pinned")]
-    NotPinned(Cid),
-    #[error("invalid pin options: {0}")]
-    Spec(#[from] pinmesh_protocol::SpecError),
-    #[error("storage failed: {0}")]
-    Store(String),
-    #[error("the disk is full: {0}; the agent is stopping (free space, then start it again)")]
-    DiskFull(String),
-    #[error("the replica has stopped")]
-    Stopped,
-}
-
-/// The outcome of one accepted local operation.
-#[derive(Debug, Clone)]
-pub struct Receipt {
-    pub cid: Cid,
-    pub dot: Dot,
-}
-
-#[derive(Debug)]
-pub enum Command {
-    Local {
-        ops: Vec<LocalOp>,
-        reply: oneshot::Sender<Result<Vec<Receipt>, LocalError>>,
-    },
-    /// Verified batches (signature and origin checked) from `from`.
-    Remote {
-        from: PeerId,
-        batches: Vec<DeltaBatch>,
-    },
-    /// A snapshot chunk; a chunk with a head starts a new snapshot. The last one is checked
-    /// against its head and joined.
-    Snapshot {
-        chunk: SnapshotChunk,
-        reply: oneshot::Sender<Staged>,
-    },
-    /// Make any non-durable commit durable (sent on a timer).
-    Flush,
-    /// Remember where a peer can be dialled (written with the next group).
-    RememberPeer {
-        peer: PeerId,
-        record: crate::store::PeerRecord,
-    },
-    /// Forget a peer's record (it belongs to another cluster).
-    ForgetPeer { peer: PeerId },
-}
-
-#[derive(Debug, Clone)]
-pub enum Output {
-    /// A committed local batch to publish.
-    Publish(DeltaBatch),
-    /// `peer` showed deltas of `origin` we lack: `ranges` of counters.
-    Repair {
-        peer: PeerId,
-        origin: ActorId,
-        ranges: Vec<(u64, u64)>,
-    },
-}
-
-/// What the replica last committed, for the API, beacons and sync answers.
-#[derive(Debug, Clone)]
-pub struct ReplicaState {
-    pub summary: Summary,
-    /// Snapshots joined since start.
-    pub snapshots_joined: u64,
-    /// The full head (context and applied vector are small: O(actors + gaps)).
-    pub head: Head,
-    pub counter: u64,
-    pub incarnation: u64,
-}
-
-/// A handle to send commands to the replica.
-#[derive(Debug, Clone)]
-pub struct ReplicaHandle {
-    tx: mpsc::Sender<Command>,
-    state: watch::Receiver<Arc<ReplicaState>>,
-}
-
-impl ReplicaHandle {
-    /// Applies local operations; resolves once they are durable. Dropping the future does not
-    /// cancel the operations once queued.
-    pub async fn local(&self, ops: Vec<LocalOp>) -> Result<Vec<Receipt>, LocalError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Local { ops, reply })
-            .await
-            .map_err(|_| LocalError::Stopped)?;
-        rx.await.map_err(|_| LocalError::Stopped)?
-    }
-
-    /// Stages a snapshot chunk; resolves once it is written (and, for the last, joined).
-    pub async fn snapshot(&self, chunk: SnapshotChunk) -> Staged {
-        let stopped = || Staged::Failed("the replica has stopped".into());
-        let (reply, rx) = oneshot::channel();
-        if self
-            .tx
-            .send(Command::Snapshot { chunk, reply })
-            .await
-            .is_err()
-        {
-            return stopped();
-        }
-        rx.await.unwrap_or_else(|_| stopped())
-    }
-
-    /// Queues a peer record for the next commit; never waits (dropped if the queue is full).
-    pub fn remember_peer(&self, peer: PeerId, record: crate::store::PeerRecord) {
-        let _ = self.tx.try_send(Command::RememberPeer { peer, record });
-    }
-
-    /// Queues the removal of a peer's record for the next commit; never waits.
-    pub fn forget_peer(&self, peer: PeerId) {
-        let _ = self.tx.try_send(Command::ForgetPeer { peer });
-    }
-
-    /// Asks for pending non-durable commits to be made durable; never waits.
-    pub fn flush(&self) {
-        let _ = self.tx.try_send(Command::Flush);
-    }
-
-    /// Queues remote batches without waiting; false if the queue is full or the replica stopped.
-    pub fn remote(&self, from: PeerId, batches: Vec<DeltaBatch>) -> bool {
-        self.tx.try_send(Command::Remote { from, batches }).is_ok()
-    }
-
-    pub fn state(&self) -> Arc<ReplicaState> {
-        self.state.borrow().clone()
-    }
-
-    pub fn watch(&self) -> watch::Receiver<Arc<ReplicaState>> {
-        self.state.clone()
-    }
-}
-
-/// Signs batches with the node's ed25519 identity.
-#[derive(Clone)]
-pub struct NodeSigner(pub ed25519::Keypair);
-
-impl std::fmt::Debug for NodeSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "NodeSigner({})", hex::encode(self.0.public().to_bytes()))
-    }
-}
-
-impl Signer for NodeSigner {
-    fn public_key(&self) -> [u8; 32] {
-        self.0.public().to_bytes()
-    }
-    fn sign(&self, message: &[u8]) -> [u8; 64] {
-        let sig = self.0.sign(message);
-        sig.try_into().expect("ed25519 signatures are 64 bytes")
-    }
-}
-
-/// Batches of changed CIDs in flight to the reconciler. When it falls this far behind, it
-/// compares everything instead.
-pub const CHANGE_CAPACITY: usize = 256;
-
-/// The replica's side of the change feed: after each commit, the CIDs whose entries changed.
-/// Nothing is lost when the feed is full or nobody listens: `rescan` is raised, and the
-/// reconciler compares the whole pinset (as it does at every start).
-#[derive(Debug, Clone)]
-pub struct ChangeFeed {
-    tx: mpsc::Sender<Vec<Cid>>,
-    rescan: Arc<AtomicBool>,
-}
-
-/// The reconciler's side of the change feed.
-#[derive(Debug)]
-pub struct Changes {
-    pub rx: mpsc::Receiver<Vec<Cid>>,
-    /// Set when changes were not itemised (feed full, snapshot joined): compare everything.
-    pub rescan: Arc<AtomicBool>,
-}
-
-pub fn change_feed() -> (ChangeFeed, Changes) {
-    let (tx, rx) = mpsc::channel(CHANGE_CAPACITY);
-    let rescan = Arc::new(AtomicBool::new(false));
-    (
-        ChangeFeed {
-            tx,
-            rescan: rescan.clone(),
-        },
-        Changes { rx, rescan },
-    )
-}
-
-impl ChangeFeed {
-    fn send(&self, cids: Vec<Cid>, everything: bool) {
-        if everything {
-            self.rescan.store(true, Ordering::Release);
-        }
-        if cids.is_empty() && !everything {
-            return;
-        }
-        if self.tx.try_send(cids).is_err() {
-            // Full: the reconciler will see the flag with the next batch it reads.
-            self.rescan.store(true, Ordering::Release);
-        }
-    }
-}
 
 struct Replica {
     /// Signed into every batch: a batch replayed into another cluster does not verify.
@@ -336,18 +130,6 @@ fn state_of(actor: ActorId, head: &Head, counter: u64, incarnation: u64) -> Repl
         head: head.clone(),
         counter,
         incarnation,
-    }
-}
-
-/// Makes remote-only commits durable within [`DURABLE_EVERY`] (they commit without fsync, and a
-/// replica that receives nothing more would keep the last ones in memory). Runs until `cancel`.
-pub async fn flush_periodically(replica: ReplicaHandle, cancel: CancellationToken) {
-    let mut every = tokio::time::interval(DURABLE_EVERY);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = every.tick() => replica.flush(),
-        }
     }
 }
 

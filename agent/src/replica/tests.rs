@@ -1,3 +1,4 @@
+use libp2p::identity::ed25519;
 use pinmesh_protocol::sim::sim_cid;
 use pinmesh_protocol::{PinSpec, Response};
 use tempfile::TempDir;
