@@ -161,6 +161,14 @@ struct Harness {
 }
 
 impl Harness {
+    /// Started, synced, and past its first listing of the node.
+    async fn listed(node: FakeNode) -> Harness {
+        let h = Self::start(node, true);
+        h.until("the node is listed", |h| h.handle.report().cycles == 1)
+            .await;
+        h
+    }
+
     fn start(node: FakeNode, synced: bool) -> Harness {
         Self::start_with(node, synced, |_| {})
     }
@@ -303,9 +311,7 @@ async fn a_pin_made_by_hand_is_never_the_agents_to_remove() {
     node.with(|n| {
         n.pins.insert(before, PinMode::Recursive);
     });
-    let mut h = Harness::start(node, true);
-    h.until("the node is listed", |h| h.handle.report().cycles == 1)
-        .await;
+    let mut h = Harness::listed(node).await;
     // Made after the listing: the worker finds it when it asks the node (or a listing taken
     // because two new pins wait does).
     h.node.with(|n| {
@@ -337,9 +343,7 @@ async fn a_refused_pin_shows_its_error_keeps_ownership_and_recovers() {
     node.with(|n| {
         n.refuse.insert(cid);
     });
-    let mut h = Harness::start(node, true);
-    h.until("the node is listed", |h| h.handle.report().cycles == 1)
-        .await;
+    let mut h = Harness::listed(node).await;
     h.pin(cid).await;
     h.until("retried a few times", |h| {
         h.status(&cid)
@@ -441,9 +445,7 @@ async fn a_worker_that_dies_after_pinning_leaves_the_pin_the_agents_to_remove() 
     node.with(|n| {
         n.panic_after_pin.insert(cid);
     });
-    let mut h = Harness::start(node, true);
-    h.until("the node is listed", |h| h.handle.report().cycles == 1)
-        .await;
+    let mut h = Harness::listed(node).await;
     h.pin(cid).await;
     h.until("pinned on the retry after the panic", |h| {
         h.has(&cid, Status::Pinned, true)
