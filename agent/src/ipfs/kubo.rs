@@ -14,9 +14,14 @@ use futures::StreamExt;
 use pinmesh_protocol::PinMode;
 use serde::Deserialize;
 
+use self::wire::{AddLine, ErrorBody, IdBody, Line, PinAddLine, PinLsLine, RepoStatBody};
 use super::{
     AddInput, Added, ByteStream, IpfsError, NodeInfo, PinBackend, PinLimits, RepoStat, same_content,
 };
+
+#[cfg(test)]
+mod tests;
+mod wire;
 
 /// Node-side limit on a full listing (the client side is a no-data timeout per chunk).
 const LIST_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -519,168 +524,4 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
         cause = next;
     }
     cause.to_string()
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    #[serde(rename = "Message")]
-    message: String,
-}
-
-#[derive(Deserialize)]
-struct IdBody {
-    #[serde(rename = "ID")]
-    id: String,
-    #[serde(rename = "Addresses")]
-    addresses: Option<Vec<String>>,
-    #[serde(rename = "AgentVersion")]
-    agent_version: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct PinAddLine {
-    #[serde(rename = "Pins")]
-    pins: Option<Vec<String>>,
-    #[serde(rename = "Progress")]
-    progress: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct AddLine {
-    #[serde(rename = "Name")]
-    name: Option<String>,
-    #[serde(rename = "Hash")]
-    hash: Option<String>,
-    #[serde(rename = "Size")]
-    size: Option<Flex>,
-}
-
-#[derive(Deserialize)]
-struct PinLsLine {
-    #[serde(rename = "Cid")]
-    cid: Option<String>,
-    #[serde(rename = "Keys", default)]
-    keys: std::collections::BTreeMap<String, serde_json::Value>,
-}
-
-/// One line of a streamed answer: `T`, or the error the node reported mid-stream.
-#[derive(Deserialize)]
-struct Line<T> {
-    #[serde(rename = "Message")]
-    message: Option<String>,
-    #[serde(flatten)]
-    body: T,
-}
-
-#[derive(Deserialize)]
-struct RepoStatBody {
-    #[serde(rename = "RepoSize")]
-    repo_size: Flex,
-    #[serde(rename = "StorageMax")]
-    storage_max: Flex,
-}
-
-/// A u64 sent as a JSON number or as a string of digits (nodes differ).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Flex(u64);
-
-impl<'de> Deserialize<'de> for Flex {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Either {
-            Number(u64),
-            Text(String),
-        }
-        match Either::deserialize(d)? {
-            Either::Number(n) => Ok(Flex(n)),
-            Either::Text(t) => t
-                .trim()
-                .parse()
-                .map(Flex)
-                .map_err(|_| serde::de::Error::custom(format!("{t:?} is not a number"))),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbers_are_read_as_numbers_or_strings() {
-        let kubo: RepoStatBody =
-            serde_json::from_str(r#"{"RepoSize":1354,"StorageMax":10000000000}"#).expect("kubo");
-        let js: RepoStatBody = serde_json::from_str(
-            r#"{"NumObjects":"2","RepoSize":"1354","StorageMax":"9007199254740991"}"#,
-        )
-        .expect("js-ipfs");
-        assert_eq!(kubo.repo_size, Flex(1354));
-        assert_eq!(js.repo_size, Flex(1354));
-        assert_eq!(js.storage_max, Flex(9007199254740991));
-        assert!(
-            serde_json::from_str::<RepoStatBody>(r#"{"RepoSize":"lots","StorageMax":1}"#).is_err()
-        );
-    }
-
-    #[test]
-    fn an_error_in_the_stream_is_read_as_the_nodes_message() {
-        let line: Line<PinAddLine> = serde_json::from_str(
-            r#"{"Message":"context deadline exceeded","Code":0,"Type":"error"}"#,
-        )
-        .expect("error line");
-        assert_eq!(line.message.as_deref(), Some("context deadline exceeded"));
-        let line: Line<PinAddLine> = serde_json::from_str(r#"{"Progress":7}"#).expect("progress");
-        assert_eq!((line.message, line.body.progress), (None, Some(7)));
-    }
-
-    #[test]
-    fn listings_are_read_streamed_or_whole() {
-        let streamed: PinLsLine =
-            serde_json::from_str(r#"{"Cid":"QmeCaRmZ3KyqZQkMnpybyCMqwyrCZhBmzyUkJv3xNxaA9T","Type":"recursive","Name":""}"#)
-                .expect("line");
-        assert!(streamed.cid.is_some() && streamed.keys.is_empty());
-        let whole: PinLsLine = serde_json::from_str(
-            r#"{"Keys":{"zb2rhXq8rmxEJnpVC8T1PXdyaaodvWhcvsLYGeKEdeLFaSpyD":{"Type":"recursive"}}}"#,
-        )
-        .expect("whole");
-        assert_eq!(whole.keys.len(), 1);
-    }
-
-    #[test]
-    fn auth_follows_kubo_syntax_and_urls_are_checked() {
-        assert_eq!(parse_auth("bearer:abc").as_deref(), Ok("Bearer abc"));
-        assert_eq!(
-            parse_auth("basic:user:pw").as_deref(),
-            Ok("Basic dXNlcjpwdw==")
-        );
-        assert!(parse_auth("token abc").is_err());
-        assert!(parse_auth("bearer:").is_err());
-        assert!(KuboBackend::new("127.0.0.1:5001", None, Duration::from_secs(1)).is_err());
-        assert!(KuboBackend::new("ftp://x", None, Duration::from_secs(1)).is_err());
-        let ok = KuboBackend::new(
-            "http://127.0.0.1:5001/api/v0/",
-            None,
-            Duration::from_secs(1),
-        )
-        .expect("url");
-        assert_eq!(ok.base, "http://127.0.0.1:5001");
-    }
-
-    #[tokio::test]
-    async fn a_node_that_is_down_is_unreachable_not_refused() {
-        // A port nothing listens on: bind one, then drop it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port")
-            .port();
-        let kubo = KuboBackend::new(
-            &format!("http://127.0.0.1:{port}"),
-            None,
-            Duration::from_secs(2),
-        )
-        .expect("url");
-        let err = kubo.id().await.expect_err("nothing listens");
-        assert!(err.node_down(), "{err:?}");
-    }
 }
