@@ -80,16 +80,9 @@ impl Reader {
         after_key: Option<&[u8]>,
     ) -> Result<impl Iterator<Item = Result<(Cid, Vec<Version>), StoreError>> + '_, StoreError>
     {
-        let range = self.pins.range::<&[u8]>(after(after_key))?;
-        Ok(range.filter_map(|item| {
-            let (key, value) = match item {
-                Ok(kv) => kv,
-                Err(e) => return Some(Err(e.into())),
-            };
-            // Keys are CIDs the replica validated; anything else is skipped, not fatal.
-            let cid = Cid::try_from(key.value()).ok()?;
-            Some(decode_pin_entry(value.value()).map(|versions| (cid, versions)))
-        }))
+        self.pin_rows(after_key, |_, cid, entry| {
+            Ok((cid, decode_pin_entry(entry)?))
+        })
     }
 
     /// As [`entries`](Self::entries), each with the reconciler's record of its CID (looked up
@@ -98,18 +91,27 @@ impl Reader {
         &self,
         after_key: Option<&[u8]>,
     ) -> Result<impl Iterator<Item = Result<EntryAndStatus, StoreError>> + '_, StoreError> {
+        self.pin_rows(after_key, |key, cid, entry| {
+            Ok((cid, decode_pin_entry(entry)?, self.status_by_key(key)?))
+        })
+    }
+
+    /// The pinset's rows in key order after `after_key`, each made by `row` from its stored
+    /// key, its CID and its entry's bytes. Keys are CIDs the replica validated; anything else
+    /// is skipped, not fatal.
+    fn pin_rows<'r, T>(
+        &'r self,
+        after_key: Option<&[u8]>,
+        row: impl Fn(&[u8], Cid, &[u8]) -> Result<T, StoreError> + 'r,
+    ) -> Result<impl Iterator<Item = Result<T, StoreError>> + 'r, StoreError> {
         let range = self.pins.range::<&[u8]>(after(after_key))?;
-        Ok(range.filter_map(|item| {
+        Ok(range.filter_map(move |item| {
             let (key, value) = match item {
                 Ok(kv) => kv,
                 Err(e) => return Some(Err(e.into())),
             };
             let cid = Cid::try_from(key.value()).ok()?;
-            let read = || -> Result<EntryAndStatus, StoreError> {
-                let versions = decode_pin_entry(value.value())?;
-                Ok((cid, versions, self.status_by_key(key.value())?))
-            };
-            Some(read())
+            Some(row(key.value(), cid, value.value()))
         }))
     }
 
