@@ -11,6 +11,7 @@
 //! - [`fatal`]: how a part that cannot go on stops the agent with one line.
 //! - [`files`]: files written atomically and privately.
 //! - [`net`]: checks on listen addresses; [`http`]: the hardened HTTP server.
+//! - [`text`]: typed identifiers (CIDs, peer ids, multiaddrs) in their text form, for serde.
 //! - [`cli`]: the `pinmesh` command line.
 
 pub mod api;
@@ -27,3 +28,4 @@ pub mod reconcile;
 pub mod replica;
 pub mod store;
 pub mod swarm;
+pub mod text;

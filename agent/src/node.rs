@@ -226,11 +226,7 @@ impl Node {
             Vec::new()
         });
         for (peer, record) in known {
-            for addr in record.addrs {
-                if let Ok(addr) = addr.parse::<Multiaddr>() {
-                    dial.push(with_peer(addr, &peer));
-                }
-            }
+            dial.extend(record.addrs.into_iter().map(|addr| with_peer(addr, &peer)));
         }
         dial.retain(|a| !matches!(a.iter().last(), Some(Protocol::P2p(p)) if p == peer_id));
 
@@ -495,11 +491,10 @@ fn warn_about(config: &crate::config::Validated) {
     }
 }
 
-fn with_peer(addr: Multiaddr, peer: &str) -> Multiaddr {
-    match (addr.iter().last(), peer.parse::<PeerId>()) {
-        (Some(Protocol::P2p(_)), _) => addr,
-        (_, Ok(id)) => addr.with(Protocol::P2p(id)),
-        _ => addr,
+fn with_peer(addr: Multiaddr, peer: &PeerId) -> Multiaddr {
+    match addr.iter().last() {
+        Some(Protocol::P2p(_)) => addr,
+        _ => addr.with(Protocol::P2p(*peer)),
     }
 }
 

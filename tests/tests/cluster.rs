@@ -102,7 +102,7 @@ async fn an_agent_with_the_wrong_secret_cannot_connect_and_learns_nothing() {
     assert!(err.to_string().contains("cannot connect"), "{err}");
     assert_eq!(outsider.state().summary.pins, 0);
     let peers = cluster.agents[0].client().peers().await.expect("peers");
-    let outsider_id = outsider.node().peer_id.to_string();
+    let outsider_id = outsider.node().peer_id;
     assert!(
         peers
             .peers

@@ -26,7 +26,7 @@ pub(super) async fn digest(
         if done || tokio::time::Instant::now() >= deadline {
             let info = swarm_info(&state).await?;
             return Ok(Json(DigestInfo {
-                peer_id: info.peer_id,
+                peer_id: info.peer_id.to_string(),
                 actor: replica.summary.actor.to_string(),
                 pins: replica.summary.pins,
                 applied_digest: replica.summary.applied_digest.to_hex(),
@@ -106,7 +106,7 @@ pub(super) async fn peers(State(state): State<ApiState>) -> Result<Json<PeersRep
                 }
             }
             PeerReport {
-                peer_id: p.peer_id,
+                peer_id: p.peer_id.to_string(),
                 connected: p.connected,
                 last_heard_ms: p.last_heard_ms,
                 pins: summary.map(|s| s.pins),

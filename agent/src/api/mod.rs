@@ -219,7 +219,7 @@ async fn id(State(state): State<ApiState>) -> Result<Json<IdInfo>, ApiError> {
         .map(|a| format!("{a}/p2p/{}", info.peer_id))
         .collect();
     Ok(Json(IdInfo {
-        peer_id: info.peer_id,
+        peer_id: info.peer_id.to_string(),
         addresses,
         cluster: state.cluster.to_string(),
         version: env!("CARGO_PKG_VERSION").into(),

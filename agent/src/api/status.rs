@@ -67,7 +67,7 @@ pub async fn status(
         return Err(ApiError::Unavailable(NO_NODE.into()));
     }
     let (cids, filter) = query.parse()?;
-    let peer_id = state.peer_id.to_string();
+    let peer_id = state.peer_id;
     let store = state.store.clone();
     super::stream_pages(&state.tasks, super::listing_permit(&state)?, move |after| {
         let mut lines = Vec::new();
@@ -163,7 +163,7 @@ pub async fn cluster_status(
         .peers
         .iter()
         .filter(|p| p.connected)
-        .filter_map(|p| p.peer_id.parse().ok())
+        .map(|p| p.peer_id)
         .collect();
     let permit = super::listing_permit(&state)?;
     let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(LIST_BUFFER);
@@ -283,7 +283,7 @@ async fn round(
     }
     if state.reconciler.is_some() {
         let store = state.store.clone();
-        let me = state.peer_id.to_string();
+        let me = state.peer_id;
         let cids = chunk.to_vec();
         let local = state
             .tasks
@@ -293,7 +293,7 @@ async fn round(
             .map_err(|e| e.to_string())?;
         for (line, own) in lines.iter_mut().zip(local) {
             line.peers.insert(
-                own.peer_id,
+                own.peer_id.to_string(),
                 PeerPinStatus {
                     status: own.status.into(),
                     error: own.error,

@@ -56,7 +56,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 for peer in &info.peers {
                     let state = if peer.connected { "connected" } else { "known" };
-                    let addr = peer.addrs.first().map_or("-", String::as_str);
+                    let addr = peer.addrs.first().map_or("-".into(), ToString::to_string);
                     println!("{}  {state}  {addr}", peer.peer_id);
                 }
                 if info.foreign_peers > 0 {

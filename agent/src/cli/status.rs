@@ -92,7 +92,7 @@ fn print_line(line: &StatusLine, json: bool) -> anyhow::Result<()> {
     if json {
         let mut peers = serde_json::Map::new();
         peers.insert(
-            line.peer_id.clone(),
+            line.peer_id.to_string(),
             serde_json::json!({
                 "status": line.status,
                 "error": line.error,
@@ -101,7 +101,7 @@ fn print_line(line: &StatusLine, json: bool) -> anyhow::Result<()> {
                 "owned": line.owned,
             }),
         );
-        super::print_json(&serde_json::json!({ "cid": line.cid, "peers": peers }))
+        super::print_json(&serde_json::json!({ "cid": line.cid.to_string(), "peers": peers }))
     } else {
         let status = line.status.to_string();
         println!(

@@ -97,11 +97,11 @@ impl EmbeddedBackend {
 
     /// The addresses other nodes dial, each ending in `/p2p/<node id>`: what the node listens
     /// on now (an unspecified address is reported once per interface, as interfaces appear).
-    pub async fn addresses(&self) -> Result<Vec<String>, IpfsError> {
+    pub async fn addresses(&self) -> Result<Vec<Multiaddr>, IpfsError> {
         let listening = self.within("id", self.ipfs.listening_addresses()).await?;
         Ok(listening
             .into_iter()
-            .map(|a| a.with(Protocol::P2p(self.peer_id)).to_string())
+            .map(|a| a.with(Protocol::P2p(self.peer_id)))
             .collect())
     }
 
@@ -193,7 +193,7 @@ impl PinBackend for EmbeddedBackend {
 
     async fn id(&self) -> Result<NodeInfo, IpfsError> {
         Ok(NodeInfo {
-            id: self.peer_id.to_string(),
+            id: self.peer_id,
             addresses: self.addresses().await?,
             agent_version: format!("pinmesh/{} (embedded rust-ipfs)", env!("CARGO_PKG_VERSION")),
         })
@@ -313,17 +313,14 @@ impl PinBackend for EmbeddedBackend {
             })?
     }
 
-    async fn connect(&self, addr: &str) -> Result<(), IpfsError> {
+    async fn connect(&self, addr: &Multiaddr) -> Result<(), IpfsError> {
         const CALL: &str = "swarm/connect";
-        let invalid = |message: String| IpfsError::Refused {
-            call: CALL,
-            message,
-        };
-        let mut addr: Multiaddr = addr
-            .parse()
-            .map_err(|e| invalid(format!("{addr:?} is not a multiaddr: {e}")))?;
+        let mut addr = addr.clone();
         let Some(Protocol::P2p(peer)) = addr.pop() else {
-            return Err(invalid(format!("{addr} does not end in /p2p/<peer id>")));
+            return Err(IpfsError::Refused {
+                call: CALL,
+                message: format!("{addr} does not end in /p2p/<peer id>"),
+            });
         };
         if peer == self.peer_id {
             return Ok(());

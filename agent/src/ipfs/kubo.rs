@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cid::Cid;
 use futures::StreamExt;
+use libp2p::Multiaddr;
 use pinmesh_protocol::PinMode;
 use serde::Deserialize;
 
@@ -233,10 +234,18 @@ impl PinBackend for KuboBackend {
     }
 
     async fn id(&self) -> Result<NodeInfo, IpfsError> {
-        let id: IdBody = self.call("id", &[]).await?;
+        const CALL: &str = "id";
+        let id: IdBody = self.call(CALL, &[]).await?;
+        let peer = id.id.parse().map_err(|e| IpfsError::Protocol {
+            call: CALL,
+            message: format!("the node's ID {:?} is not a peer id: {e}", id.id),
+        })?;
         Ok(NodeInfo {
-            id: id.id,
-            addresses: id.addresses.unwrap_or_default(),
+            id: peer,
+            // Transports this build does not know are not addresses it could pass on.
+            addresses: (id.addresses.unwrap_or_default().iter())
+                .filter_map(|a| a.parse().ok())
+                .collect(),
             agent_version: id.agent_version.unwrap_or_default(),
         })
     }
@@ -448,7 +457,7 @@ impl PinBackend for KuboBackend {
             })?
     }
 
-    async fn connect(&self, addr: &str) -> Result<(), IpfsError> {
+    async fn connect(&self, addr: &Multiaddr) -> Result<(), IpfsError> {
         self.call::<serde_json::Value>("swarm/connect", &[("arg", addr.to_string())])
             .await
             .map(|_| ())

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cid::Cid;
+use libp2p::{Multiaddr, PeerId};
 use pinmesh_protocol::PinMode;
 
 /// Why a call to the IPFS node failed.
@@ -52,8 +53,10 @@ impl IpfsError {
 /// `id`: who the node is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
-    pub id: String,
-    pub addresses: Vec<String>,
+    pub id: PeerId,
+    /// What the node reports, as far as this build can parse it (not yet filtered for
+    /// dialling: see [`peering::dialable`]).
+    pub addresses: Vec<Multiaddr>,
     pub agent_version: String,
 }
 
@@ -143,7 +146,7 @@ pub trait PinBackend: Send + Sync + 'static {
     async fn add(&self, input: AddInput, limit: Duration) -> Result<Vec<Added>, IpfsError>;
 
     /// Dials a peer that has the content (a pin's origins). Best effort.
-    async fn connect(&self, addr: &str) -> Result<(), IpfsError>;
+    async fn connect(&self, addr: &Multiaddr) -> Result<(), IpfsError>;
 
     /// The bytes of the UnixFS file `cid`, from this node's blockstore only (a block the node
     /// does not hold ends the stream with an error instead of being fetched).

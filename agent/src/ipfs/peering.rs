@@ -35,19 +35,29 @@ const MAX_DIALS: usize = 16;
 /// reports what peers answered.
 #[derive(Debug, Clone)]
 pub struct Peering {
-    pub own: watch::Receiver<Vec<String>>,
+    pub own: watch::Receiver<Vec<Multiaddr>>,
     pub found: mpsc::Sender<(PeerId, Vec<String>)>,
 }
 
-/// Keeps only addresses a node can be dialed at: valid multiaddrs ending in `/p2p/<id>`, TCP
-/// before other transports and loopback last (a remote peer's loopback address is this
-/// machine), at most [`MAX_IPFS_ADDRS`] of them.
+/// What a peer answered (text, from the wire): the addresses that parse, then [`dialable`].
 pub fn sanitize(addrs: Vec<String>) -> Vec<Multiaddr> {
+    dialable(
+        addrs
+            .into_iter()
+            .filter(|a| a.len() <= MAX_IPFS_ADDR_LEN)
+            .filter_map(|a| a.parse::<Multiaddr>().ok())
+            .collect(),
+    )
+}
+
+/// Keeps only addresses a node can be dialed at: multiaddrs ending in `/p2p/<id>` and short
+/// enough for the wire, TCP before other transports and loopback last (a remote peer's loopback
+/// address is this machine), at most [`MAX_IPFS_ADDRS`] of them.
+pub fn dialable(addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
     let mut out: Vec<Multiaddr> = addrs
         .into_iter()
-        .filter(|a| a.len() <= MAX_IPFS_ADDR_LEN)
-        .filter_map(|a| a.parse::<Multiaddr>().ok())
         .filter(|a| matches!(a.iter().last(), Some(Protocol::P2p(_))))
+        .filter(|a| a.to_string().len() <= MAX_IPFS_ADDR_LEN)
         .collect();
     out.sort_by_key(|a| (!is_tcp(a), is_loopback(a)));
     out.dedup();
@@ -97,11 +107,11 @@ pub fn spawn(
 
 async fn run(
     backend: Arc<dyn PinBackend>,
-    own_tx: watch::Sender<Vec<String>>,
+    own_tx: watch::Sender<Vec<Multiaddr>>,
     mut found: mpsc::Receiver<(PeerId, Vec<String>)>,
     cancel: CancellationToken,
 ) {
-    let mut own_id: Option<String> = None;
+    let mut own_id: Option<PeerId> = None;
     let mut next_id = tokio::time::Instant::now();
     // Dials run beside the loop (each address may take the backend's call timeout); dropping
     // the set at shutdown aborts them.
@@ -111,8 +121,7 @@ async fn run(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep_until(next_id) => match backend.id().await {
                 Ok(info) => {
-                    let addrs: Vec<String> =
-                        sanitize(info.addresses).iter().map(|a| a.to_string()).collect();
+                    let addrs = dialable(info.addresses);
                     if own_id.is_none() {
                         info!(node = %info.id, addresses = addrs.len(), "IPFS node identified");
                     }
@@ -132,7 +141,7 @@ async fn run(
             Some((agent, addrs)) = found.recv() => {
                 let addrs = sanitize(addrs);
                 let Some(node) = node_of(&addrs) else { continue };
-                if own_id.as_deref() == Some(node.to_string().as_str()) {
+                if own_id == Some(node) {
                     continue; // another agent on the same IPFS node
                 }
                 if dials.len() >= MAX_DIALS {
@@ -159,7 +168,7 @@ fn node_of(addrs: &[Multiaddr]) -> Option<PeerId> {
 async fn dial(backend: &dyn PinBackend, agent: PeerId, node: PeerId, addrs: &[Multiaddr]) {
     let mut last = None;
     for addr in addrs {
-        match backend.connect(&addr.to_string()).await {
+        match backend.connect(addr).await {
             Ok(()) => {
                 debug!(%agent, %node, %addr, "connected to a cluster peer's IPFS node");
                 return;

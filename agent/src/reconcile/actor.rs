@@ -14,10 +14,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::cycle::{Listing, list_node, node_after};
-use super::decide::{
-    self, Ended, Facts, Job, Next, backoff, claimed, decide, have, settled, wanted_of,
-};
+use super::cycle::{Listing, node_after};
+use super::decide::{Ended, Facts, Job, Next, backoff, claimed, decide, have, settled, wanted_of};
 use super::health::Health;
 use super::queue::WorkQueue;
 use super::records::Records;
@@ -26,6 +24,8 @@ use super::{Command, Report, Settings};
 use crate::ipfs::{IpfsError, PinBackend, twin};
 use crate::replica::{Changes, now_ms};
 use crate::store::{PinState, Status, Store};
+
+mod node;
 
 /// Claims waiting for the actor; at most one per worker.
 const CLAIM_CAPACITY: usize = 64;
@@ -191,18 +191,6 @@ impl Reconciler {
         wake
     }
 
-    /// The node did not answer a listing.
-    fn node_down(&mut self, err: &IpfsError) {
-        let (now, probe) = (Instant::now(), self.settings.probe_interval);
-        if self.health.went_down(err, now, probe) {
-            self.warn_down();
-        }
-    }
-
-    fn warn_down(&self) {
-        warn!(backend = %self.backend.describe(), "IPFS node is down; waiting for it");
-    }
-
     async fn on_command(&mut self, command: Command) {
         match command {
             Command::Recover { cid, reply } => {
@@ -221,78 +209,6 @@ impl Reconciler {
                 self.health.back(now);
                 let _ = reply.send(cids.len());
             }
-        }
-    }
-
-    /// Lists the node, then compares the whole pinset and every status with it.
-    async fn full_cycle(&mut self) {
-        self.listing.next_full = Instant::now() + self.settings.relist_interval;
-        let started = Instant::now();
-        if let Err(err) = self.relist().await {
-            warn!(error = %err, "cannot list the IPFS node's pins; will retry");
-            self.listing.next_full = Instant::now() + self.settings.probe_interval;
-            return;
-        }
-        let listed = started.elapsed();
-        let (actual, found) = self.records.compare(std::mem::take(&mut self.actual)).await;
-        self.actual = actual;
-        match found {
-            Ok(cids) => {
-                let compared = started.elapsed() - listed;
-                self.listing.cost = started.elapsed();
-                self.listing.done = Some(Instant::now());
-                self.cycle.cycles += 1;
-                self.cycle.last_listed_ms = listed.as_millis() as u64;
-                self.cycle.last_compared_ms = compared.as_millis() as u64;
-                self.cycle.last_to_check = cids.len() as u64;
-                info!(
-                    node_pins = self.actual.len(),
-                    to_check = cids.len(),
-                    listed_ms = listed.as_millis() as u64,
-                    compared_ms = compared.as_millis() as u64,
-                    "compared the pinset with the IPFS node"
-                );
-                let now = Instant::now();
-                for cid in cids {
-                    self.queue.enqueue(cid, false, now);
-                }
-            }
-            Err(err) => warn!(error = %err, "cannot compare the pinset with the node"),
-        }
-    }
-
-    /// Replaces `actual` with a fresh listing of the node's recursive and direct pins.
-    async fn relist(&mut self) -> Result<(), IpfsError> {
-        let started = Instant::now();
-        match list_node(self.backend.as_ref()).await {
-            Ok(actual) => {
-                self.actual = actual;
-                self.listing.started = Some(started);
-                self.listing.took = started.elapsed();
-                self.cycle.last_listed_ms = self.listing.took.as_millis() as u64;
-                Ok(())
-            }
-            Err(err) => {
-                if err.node_down() {
-                    self.node_down(&err);
-                }
-                Err(err)
-            }
-        }
-    }
-
-    /// Asks a node that was down whether it is back; if so, retries everything waiting.
-    async fn probe(&mut self) {
-        match self.backend.id().await {
-            Ok(_) => {
-                info!(backend = %self.backend.describe(), "IPFS node is back");
-                let now = Instant::now();
-                self.health.back(now);
-                self.queue.promote_all(now);
-                // It may have lost or gained pins while away.
-                self.listing.next_full = now;
-            }
-            Err(err) => debug!(error = %err, "IPFS node still down"),
         }
     }
 
@@ -336,7 +252,14 @@ impl Reconciler {
             };
             let now_ms = now_ms();
             let synced = *self.synced.borrow();
-            for ((cid, since), stored) in popped.into_iter().zip(stored) {
+            for ((cid, since), read) in popped.into_iter().zip(stored) {
+                let stored = match read {
+                    Ok(stored) => stored,
+                    Err(err) => {
+                        self.unreadable(cid, &err);
+                        continue;
+                    }
+                };
                 let was_pinned = stored.state.as_ref().map(|s| s.status) == Some(Status::Pinned);
                 let facts = Facts {
                     wanted: (stored.versions.as_deref()).and_then(|v| wanted_of(v, now_ms / 1000)),
@@ -385,33 +308,6 @@ impl Reconciler {
         }
     }
 
-    /// While the node is down, queued pins show the node's error (no call is made) and wait
-    /// with the retries, which all go when the node is back.
-    async fn fail_queued(&mut self) {
-        let cids = self.queue.drain();
-        if cids.is_empty() {
-            return;
-        }
-        let error = (self.health.error.clone()).unwrap_or_else(|| "IPFS node is down".into());
-        match self.records.read(cids.clone(), true).await {
-            Ok(stored) => {
-                let now_ms = now_ms();
-                for (cid, stored) in cids.iter().zip(stored) {
-                    let versions = stored.versions.as_deref();
-                    let wanted = versions.and_then(|v| wanted_of(v, now_ms / 1000)).is_some();
-                    if let Some(state) = decide::node_down(wanted, stored.state, &error, now_ms) {
-                        self.records.record(*cid, state);
-                    }
-                }
-            }
-            Err(err) => warn!(error = %err, "cannot read pins to show the node's error"),
-        }
-        let at = Instant::now() + self.settings.retry_max;
-        for cid in cids {
-            self.queue.retry_at(cid, at);
-        }
-    }
-
     /// Records, durably and in one commit, that these CIDs' pins are about to be this agent's;
     /// answers each claim whether it may go on.
     async fn claim(&mut self, claims: Vec<Claim>) {
@@ -428,9 +324,20 @@ impl Reconciler {
         };
         let now_ms = now_ms();
         let mut granted = Vec::with_capacity(claims.len());
-        for ((cid, reply), stored) in claims.into_iter().zip(stored) {
-            self.records.record(cid, claimed(stored.state, now_ms));
-            granted.push(reply);
+        for ((cid, reply), read) in claims.into_iter().zip(stored) {
+            match read {
+                Ok(stored) => {
+                    self.records.record(cid, claimed(stored.state, now_ms));
+                    granted.push(reply);
+                }
+                Err(err) => {
+                    warn!(%cid, error = %err, "cannot read this pin's status; not pinning");
+                    let _ = reply.send(false);
+                }
+            }
+        }
+        if granted.is_empty() {
+            return;
         }
         self.records.durably();
         let ok = match self.records.flush().await {
@@ -453,7 +360,7 @@ impl Reconciler {
         });
         for (i, (cid, outcome)) in ended.into_iter().enumerate() {
             let before = match &before {
-                Ok(stored) => Ok(stored[i].state.clone()),
+                Ok(reads) => reads[i].as_ref().map(|s| s.state.clone()).map_err(|_| ()),
                 Err(()) => Err(()),
             };
             let rerun = self.queue.finish(&cid);
@@ -513,6 +420,14 @@ impl Reconciler {
             // pinning it again (as this agent's own) is immediate.
             self.queue.enqueue_now(twin, true, Instant::now());
         }
+    }
+
+    /// A CID whose entry or status record cannot be read (a damaged value) is decided again
+    /// later: nothing is done while its ownership cannot be known.
+    fn unreadable(&mut self, cid: Cid, err: &str) {
+        warn!(%cid, error = %err, "cannot read this CID's pin entry or status; retrying later");
+        self.queue
+            .retry_at(cid, Instant::now() + self.settings.retry_max);
     }
 
     fn backoff(&self, attempts: u32) -> Duration {

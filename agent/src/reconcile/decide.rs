@@ -20,7 +20,9 @@ use crate::store::{PinState, Status};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Wanted {
     pub mode: PinMode,
-    pub origins: Vec<String>,
+    /// The pin's origins that parse as multiaddrs (the writer checked them; a newer writer's
+    /// transport this build does not know is left out).
+    pub origins: Vec<libp2p::Multiaddr>,
 }
 
 /// A call to make about one CID.
@@ -261,7 +263,12 @@ pub(super) fn wanted_of(versions: &[Version], now_secs: u64) -> Option<Wanted> {
     }
     Some(Wanted {
         mode: w.spec.mode,
-        origins: w.spec.origins.clone(),
+        origins: w
+            .spec
+            .origins
+            .iter()
+            .filter_map(|o| o.parse().ok())
+            .collect(),
     })
 }
 

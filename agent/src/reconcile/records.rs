@@ -19,6 +19,9 @@ pub(super) struct Stored {
     pub state: Option<PinState>,
 }
 
+/// One CID's read: what the store holds, or why it could not be read.
+pub(super) type Read = Result<Stored, String>;
+
 pub(super) struct Records {
     store: Store,
     /// Status records to write with the next flush.
@@ -47,28 +50,28 @@ impl Records {
     }
 
     /// Each CID's entry (when `entries`) and status record, read in one transaction, in the
-    /// order of `cids`.
-    pub async fn read(&self, cids: Vec<Cid>, entries: bool) -> Result<Vec<Stored>, String> {
+    /// order of `cids`. One CID's unreadable entry or record (a corrupt value) fails that CID
+    /// only; the whole read fails when the transaction cannot be had.
+    pub async fn read(&self, cids: Vec<Cid>, entries: bool) -> Result<Vec<Read>, String> {
         let stored = blocking(&self.store, move |store| {
             let reader = store.reader()?;
-            let mut out = Vec::with_capacity(cids.len());
-            for cid in cids {
-                let versions = if entries {
-                    reader.versions(&cid)?
-                } else {
-                    None
-                };
-                let state = reader.status(&cid)?;
-                out.push((cid, versions, state));
-            }
-            Ok(out)
+            let one = |cid: &Cid| -> Result<_, StoreError> {
+                let versions = if entries { reader.versions(cid)? } else { None };
+                Ok((versions, reader.status(cid)?))
+            };
+            Ok(cids
+                .into_iter()
+                .map(|cid| (cid, one(&cid).map_err(|err| err.to_string())))
+                .collect::<Vec<_>>())
         })
         .await?;
         Ok(stored
             .into_iter()
-            .map(|(cid, versions, state)| Stored {
-                versions,
-                state: self.pending.get(&cid).cloned().or(state),
+            .map(|(cid, read)| {
+                read.map(|(versions, state)| Stored {
+                    versions,
+                    state: self.pending.get(&cid).cloned().or(state),
+                })
             })
             .collect())
     }

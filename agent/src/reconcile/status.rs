@@ -2,6 +2,7 @@
 //! `GET /v1/status` and answers to peers' `PinStatus`, read from the pinset and the reconciler's
 //! status records in one read transaction.
 
+use libp2p::PeerId;
 use pinmesh_protocol::message::MAX_STATUS_ERROR;
 use pinmesh_protocol::{Cid, PinStatus, PinStatusEntry, Version};
 use serde::{Deserialize, Serialize};
@@ -12,8 +13,10 @@ use crate::store::{Store, StoreError};
 /// One CID's status on one peer: a line of `GET /v1/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusLine {
-    pub cid: String,
-    pub peer_id: String,
+    #[serde(with = "crate::text")]
+    pub cid: Cid,
+    #[serde(with = "crate::text")]
+    pub peer_id: PeerId,
     pub status: Status,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -27,14 +30,14 @@ pub struct StatusLine {
 /// A CID's line from its pinset entry (if any) and its status record (if any).
 fn line_of(
     cid: &Cid,
-    peer_id: &str,
+    peer_id: &PeerId,
     entry: Option<&[Version]>,
     record: Option<PinState>,
 ) -> StatusLine {
     let wanted = entry.and_then(|versions| pinmesh_protocol::entry::winner(versions));
     let line = |status: Status, record: Option<&PinState>| StatusLine {
-        cid: cid.to_string(),
-        peer_id: peer_id.to_string(),
+        cid: *cid,
+        peer_id: *peer_id,
         status,
         error: record.and_then(|r| r.error.clone()),
         attempts: record.map_or(0, |r| r.attempts),
@@ -56,7 +59,7 @@ fn line_of(
 /// in both phases (its status then, and again at the end).
 pub fn scan_page(
     store: &Store,
-    peer_id: &str,
+    peer_id: &PeerId,
     page: usize,
     after: Option<Vec<u8>>,
     emit: &mut dyn FnMut(StatusLine) -> bool,
@@ -99,7 +102,7 @@ pub fn scan_page(
 /// This agent's lines for `cids`, in order (answers a peer's `PinStatus`).
 pub fn lines_for(
     store: &Store,
-    peer_id: &str,
+    peer_id: &PeerId,
     cids: &[Cid],
 ) -> Result<Vec<StatusLine>, StoreError> {
     let mut lines = Vec::with_capacity(cids.len());
@@ -140,7 +143,7 @@ impl StatusLine {
             e
         });
         PinStatusEntry {
-            cid: self.cid.parse().unwrap_or_default(),
+            cid: self.cid,
             status: self.status.into(),
             error,
             attempts: self.attempts,
@@ -151,7 +154,7 @@ impl StatusLine {
 
 pub fn scan_some(
     store: &Store,
-    peer_id: &str,
+    peer_id: &PeerId,
     cids: &[Cid],
     emit: &mut dyn FnMut(StatusLine) -> bool,
 ) -> Result<(), StoreError> {

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::ipfs::{AddInput, Added, ByteStream, IpfsError, NodeInfo, RepoStat, content_key};
 use crate::replica::Changes;
-use crate::store::testing::write_pinset;
+use crate::store::testing::{corrupt_status, write_pinset};
 
 /// An IPFS node in memory: pins by content, and switches for the faults a test needs.
 #[derive(Default)]
@@ -70,7 +70,7 @@ impl PinBackend for FakeNode {
     async fn id(&self) -> Result<NodeInfo, IpfsError> {
         drop(self.up()?);
         Ok(NodeInfo {
-            id: "fake".into(),
+            id: libp2p::PeerId::random(),
             addresses: Vec::new(),
             agent_version: "fake".into(),
         })
@@ -131,7 +131,7 @@ impl PinBackend for FakeNode {
         Err(unsupported("add"))
     }
 
-    async fn connect(&self, _: &str) -> Result<(), IpfsError> {
+    async fn connect(&self, _: &libp2p::Multiaddr) -> Result<(), IpfsError> {
         Ok(())
     }
 
@@ -219,25 +219,38 @@ impl Harness {
         }
     }
 
-    /// Applies `op` to the pinset, stores it and tells the reconciler, as the replica would.
-    async fn write(&mut self, cid: Cid, op: Op) {
-        self.dots += 1;
-        let dot = Dot::new(ActorId::derive(&[7; 32], 1), self.dots);
-        self.pinset.local(dot, cid, op);
+    /// Applies the ops to the pinset, stores them and tells the reconciler in one change (which
+    /// it decides in one round), as the replica would.
+    async fn write(&mut self, ops: Vec<(Cid, Op)>) {
+        let mut cids = Vec::with_capacity(ops.len());
+        for (cid, op) in ops {
+            self.dots += 1;
+            let dot = Dot::new(ActorId::derive(&[7; 32], 1), self.dots);
+            self.pinset.local(dot, cid, op);
+            cids.push(cid);
+        }
         write_pinset(&self.store, &self.pinset);
-        self.feed.send(vec![cid]).await.expect("reconciler runs");
+        self.feed.send(cids).await.expect("reconciler runs");
     }
 
     async fn pin(&mut self, cid: Cid) {
-        let op = Op::Pin {
-            at: self.dots + 1,
+        self.pin_together(&[cid]).await;
+    }
+
+    async fn pin_together(&mut self, cids: &[Cid]) {
+        let first = self.dots + 1;
+        let pin = |n: u64| Op::Pin {
+            at: first + n,
             spec: PinSpec::named("t"),
         };
-        self.write(cid, op).await;
+        let ops = (cids.iter().zip(0..))
+            .map(|(cid, n)| (*cid, pin(n)))
+            .collect();
+        self.write(ops).await;
     }
 
     async fn unpin(&mut self, cid: Cid) {
-        self.write(cid, Op::Unpin).await;
+        self.write(vec![(cid, Op::Unpin)]).await;
     }
 
     fn status(&self, cid: &Cid) -> Option<PinState> {
@@ -482,6 +495,42 @@ async fn recover_retries_every_error_at_once() {
     assert_eq!(queued, 2, "every CID in an error status");
     h.until("both pinned", |h| {
         cids.iter().all(|c| h.has(c, Status::Pinned, true))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_cid_whose_record_cannot_be_read_waits_without_holding_up_the_others() {
+    let (bad, good) = (sim_cid(1), sim_cid(2));
+    let mut h = Harness::listed(FakeNode::default()).await;
+    corrupt_status(&h.store, &bad);
+    h.pin_together(&[bad, good]).await;
+    h.until("the readable one is pinned", |h| {
+        h.has(&good, Status::Pinned, true)
+    })
+    .await;
+    assert!(
+        !h.node.holds(&bad),
+        "nothing done while ownership is unknown"
+    );
+    assert!(
+        read_status(&h.store, &bad).is_err(),
+        "the damaged record is left as it was"
+    );
+
+    // Once it reads again (here: rewritten), the CID is decided on its next retry.
+    let record = PinState {
+        status: Status::Queued,
+        owned: false,
+        attempts: 0,
+        error: None,
+        updated_ms: 1,
+    };
+    h.store
+        .write_statuses([(&bad, &record)], true)
+        .expect("write");
+    h.until("pinned as the agent's own", |h| {
+        h.has(&bad, Status::Pinned, true)
     })
     .await;
 }

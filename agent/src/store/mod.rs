@@ -63,7 +63,9 @@ fn decode_pin_entry(bytes: &[u8]) -> Result<Vec<pinmesh_protocol::Version>, Stor
 /// What a peer is known by.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerRecord {
-    pub addrs: Vec<String>,
+    /// Stored as text; an address this build cannot parse (a newer transport) is skipped.
+    #[serde(with = "crate::text::lenient_list")]
+    pub addrs: Vec<libp2p::Multiaddr>,
     /// Unix seconds.
     pub last_seen: u64,
 }
@@ -274,16 +276,21 @@ impl Store {
         Ok((out, low))
     }
 
-    /// Known peers.
-    pub fn peers(&self) -> Result<Vec<(String, PeerRecord)>, StoreError> {
+    /// Known peers. A record that cannot be read (or keyed by something other than a peer id)
+    /// is skipped with a warning.
+    pub fn peers(&self) -> Result<Vec<(libp2p::PeerId, PeerRecord)>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(PEERS)?;
         let mut out = Vec::new();
         for item in table.iter()? {
             let (k, v) = item?;
-            match codec::decode_stored(v.value()) {
-                Ok(record) => out.push((k.value().to_string(), record)),
-                Err(err) => {
+            let peer = k.value().parse::<libp2p::PeerId>();
+            match (peer, codec::decode_stored(v.value())) {
+                (Ok(peer), Ok(record)) => out.push((peer, record)),
+                (Err(err), _) => {
+                    tracing::warn!(peer = k.value(), error = %err, "peer record with a bad key skipped")
+                }
+                (_, Err(err)) => {
                     tracing::warn!(peer = k.value(), error = %err, "unreadable peer record skipped")
                 }
             }

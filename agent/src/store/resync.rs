@@ -169,7 +169,7 @@ mod tests {
                 .write_statuses([(&cid(1), &owned), (&cid(2), &other)], true)
                 .expect("statuses");
             let peer = super::super::PeerRecord {
-                addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+                addrs: vec!["/ip4/127.0.0.1/tcp/1".parse().expect("multiaddr")],
                 last_seen: 1,
             };
             store

@@ -3,9 +3,9 @@
 use std::path::Path;
 
 use pinmesh_protocol::sim::sim_cid;
-use pinmesh_protocol::{ActorId, Dot, MemPinset, Op, PinSpec, codec};
+use pinmesh_protocol::{ActorId, Cid, Dot, MemPinset, Op, PinSpec, codec};
 
-use super::{META, META_HEAD, PINS, Store};
+use super::{META, META_HEAD, PINS, STATUS, Store};
 
 /// A store holding 50 pins and their head, as the replica would have written them.
 pub fn filled(path: &Path) -> Store {
@@ -63,6 +63,19 @@ pub fn write_pinset(store: &Store, mem: &MemPinset) {
         for (cid, entry) in mem.entries().iter() {
             pins.insert(cid, entry).expect("insert");
         }
+    }
+    txn.commit().expect("commit");
+}
+
+/// Replaces `cid`'s status record with bytes that do not decode, as a damaged value would.
+pub fn corrupt_status(store: &Store, cid: &Cid) {
+    let txn = store.db().begin_write().expect("write");
+    {
+        let mut statuses = txn.open_table(STATUS).expect("statuses");
+        let key = cid.to_bytes();
+        statuses
+            .insert(key.as_slice(), [0xff_u8, 0x00, 0x13].as_slice())
+            .expect("insert");
     }
     txn.commit().expect("commit");
 }

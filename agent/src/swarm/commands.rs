@@ -77,10 +77,10 @@ impl EventLoop {
                 let state = self.peers.get(&id);
                 let heard = self.catchup.heard_from(&id);
                 PeerView {
-                    peer_id: id.to_string(),
+                    peer_id: id,
                     connected: state.is_some_and(|p| p.connections > 0),
                     addrs: state
-                        .map(|p| p.addrs.iter().map(ToString::to_string).collect())
+                        .map(|p| p.addrs.iter().cloned().collect())
                         .unwrap_or_default(),
                     last_heard_ms: heard.map(|(at, _)| now.saturating_sub(at).as_millis() as u64),
                     summary: heard.map(|(_, s)| s.clone()),
@@ -88,8 +88,8 @@ impl EventLoop {
             })
             .collect();
         SwarmInfo {
-            peer_id: self.swarm.local_peer_id().to_string(),
-            listen: self.swarm.listeners().map(ToString::to_string).collect(),
+            peer_id: *self.swarm.local_peer_id(),
+            listen: self.swarm.listeners().cloned().collect(),
             peers,
             rejected_messages: self.flags.rejected.load(Ordering::Relaxed),
             foreign_peers: self.flags.foreign_peers.load(Ordering::Relaxed),

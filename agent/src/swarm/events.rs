@@ -385,12 +385,7 @@ impl EventLoop {
             return;
         };
         let record = PeerRecord {
-            addrs: peer
-                .addrs
-                .iter()
-                .take(16)
-                .map(ToString::to_string)
-                .collect(),
+            addrs: peer.addrs.iter().take(16).cloned().collect(),
             last_seen: crate::replica::now_ms() / 1000,
         };
         self.replica.remember_peer(peer_id, record);

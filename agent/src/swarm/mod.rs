@@ -73,8 +73,10 @@ pub enum SwarmCommand {
 /// A snapshot of the swarm for `id`, `peers` and `debug`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SwarmInfo {
-    pub peer_id: String,
-    pub listen: Vec<String>,
+    #[serde(with = "crate::text")]
+    pub peer_id: PeerId,
+    #[serde(with = "crate::text::lenient_list")]
+    pub listen: Vec<Multiaddr>,
     pub peers: Vec<PeerView>,
     pub rejected_messages: u64,
     /// Peers of another cluster (same secret, another name) refused since start.
@@ -85,9 +87,11 @@ pub struct SwarmInfo {
 /// What this agent knows of one peer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerView {
-    pub peer_id: String,
+    #[serde(with = "crate::text")]
+    pub peer_id: PeerId,
     pub connected: bool,
-    pub addrs: Vec<String>,
+    #[serde(with = "crate::text::lenient_list")]
+    pub addrs: Vec<Multiaddr>,
     /// Milliseconds since its last beacon or status answer.
     pub last_heard_ms: Option<u64>,
     pub summary: Option<Summary>,
@@ -359,7 +363,12 @@ impl EventLoop {
             Request::Status => Some((channel, Response::Status(self.summary(true)))),
             Request::IpfsNode => {
                 let addrs = match &self.peering {
-                    Some(peering) => peering.own.borrow().clone(),
+                    Some(peering) => peering
+                        .own
+                        .borrow()
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
                     None => Vec::new(),
                 };
                 Some((channel, Response::IpfsNode { addrs }))

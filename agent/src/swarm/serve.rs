@@ -40,7 +40,7 @@ pub struct Server {
     fatal: Fatal,
     /// This agent drives an IPFS node, so it can answer `PinStatus`.
     ipfs: bool,
-    me: String,
+    me: PeerId,
 }
 
 impl Server {
@@ -60,7 +60,7 @@ impl Server {
             tx,
             fatal,
             ipfs,
-            me: me.to_string(),
+            me,
         };
         (server, rx)
     }
@@ -104,7 +104,7 @@ impl Server {
         let snapshots = self.snapshots.clone();
         let fatal = self.fatal.clone();
         let tx = self.tx.clone();
-        let me = self.me.clone();
+        let me = self.me;
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let response = read(&store, &snapshots, &fatal, &me, peer, request);
@@ -118,7 +118,7 @@ fn read(
     store: &Store,
     snapshots: &Snapshots,
     fatal: &Fatal,
-    me: &str,
+    me: &PeerId,
     peer: PeerId,
     request: Request,
 ) -> Response {

@@ -75,8 +75,8 @@ async fn clusters_sharing_a_secret_keep_their_pinsets_apart() {
     let foreign = |agent: &TestAgent| agent.node().flags.foreign_peers.load(Ordering::Relaxed);
     let waited = wait_for(&[&m1, &y1], CONVERGE, |_| foreign(&m1) + foreign(&y1) >= 1).await;
     assert!(waited.is_ok(), "the other cluster was never recognised");
-    let y1_id = y1.node().peer_id.to_string();
-    let m1_id = m1.node().peer_id.to_string();
+    let y1_id = y1.node().peer_id;
+    let m1_id = m1.node().peer_id;
     let deadline = tokio::time::Instant::now() + CONVERGE;
     loop {
         let m1_peers = m1.client().peers().await.expect("peers").peers;
@@ -192,7 +192,7 @@ async fn an_untrusted_member_neither_blocks_synced_nor_causes_repeated_repair() 
     let bytes_before = t4.node().flags.sync_bytes_in.load(Ordering::Relaxed);
     let mut heard = 0;
     let mut last = None;
-    let rogue_id = rogue.node().peer_id.to_string();
+    let rogue_id = rogue.node().peer_id;
     let deadline = tokio::time::Instant::now() + CONVERGE;
     while heard < 30 {
         assert!(
