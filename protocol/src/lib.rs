@@ -4,6 +4,7 @@
 //! `now` passed in) to (state, output), so the [`sim`] simulator can drive many replicas through
 //! a hostile network in one test, and the agent wraps the same functions in its actors.
 //!
+//! - [`allocate`]: which peers hold a pin (replication factors, tags, free space).
 //! - [`dot`]: actors, dots and exact dot sets (causal context, applied vector).
 //! - [`spec`]: the options of a pin.
 //! - [`entry`]: one CID's versions and their join.
@@ -16,6 +17,7 @@
 //!   machine the agent's swarm and the simulator both drive.
 //! - [`sim`]: a seeded multi-replica simulator.
 
+pub mod allocate;
 pub mod catchup;
 pub mod codec;
 pub mod delta;

@@ -1,0 +1,157 @@
+//! Which peers hold a pin: a pure function of the pin's CID, its replication factors, the
+//! allocations asked for or kept, and the live peers' metrics.
+//!
+//! The writer of a pin calls [`allocate`] and stores the result in the pin, so every peer sees
+//! the same list; nobody computes it again unless an allocated peer is lost (a repin keeps the
+//! live allocations and adds peers to them).
+//!
+//! Order of choice:
+//! 1. the allocations to keep (a repin's live ones), then the user's, as long as they are
+//!    candidates;
+//! 2. spread across tag values: the next peer is one whose tags (in `allocate_by` order) are
+//!    shared by the fewest peers chosen so far, comparing the first tag, then the first two, ...;
+//! 3. among those, the best weighted rendezvous score of (CID, peer), the weight being the
+//!    peer's free space.
+//!
+//! Rendezvous hashing moves few pins when the peer set changes: a peer's score for a CID does
+//! not depend on the other peers, so removing one peer changes only the lists it was in, and
+//! adding one takes from each list only where it now scores best. The weight makes a peer with
+//! twice the free space receive about twice the pins (`-w / ln(u)` of a uniform `u` is the
+//! exponential-race form of weighted choice).
+
+/// A peer that may be allocated: it has an IPFS node and a live metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate<P> {
+    pub peer: P,
+    /// Bytes free for pins; the weight of its score (0 counts as 1: last resort).
+    pub free: u64,
+    /// Its values of the `allocate_by` tags, in that order (an absent tag is `""`).
+    pub tags: Vec<String>,
+}
+
+/// What a pin asks for.
+#[derive(Debug, Clone)]
+pub struct Wanted<'a, P> {
+    /// The CID's bytes: the rendezvous key.
+    pub cid: &'a [u8],
+    /// Fewer live peers than this: refused.
+    pub min: usize,
+    /// At most this many peers.
+    pub max: usize,
+    /// Allocations to keep first (a repin passes the live ones of the current list).
+    pub keep: &'a [P],
+    /// The user's allocations, taken next.
+    pub user: &'a [P],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllocateError {
+    #[error("{needed} peers needed, {available} available")]
+    TooFewPeers { needed: usize, available: usize },
+}
+
+/// The peers for a pin, in order of choice (kept, user, then spread and score).
+pub fn allocate<P>(
+    wanted: &Wanted<'_, P>,
+    candidates: &[Candidate<P>],
+) -> Result<Vec<P>, AllocateError>
+where
+    P: AsRef<[u8]> + Clone + Eq,
+{
+    let mut chosen: Vec<&Candidate<P>> = Vec::with_capacity(wanted.max);
+    for peer in wanted.keep.iter().chain(wanted.user) {
+        if chosen.len() == wanted.max {
+            break;
+        }
+        if let Some(c) = candidates.iter().find(|c| &c.peer == peer)
+            && !chosen.iter().any(|x| x.peer == c.peer)
+        {
+            chosen.push(c);
+        }
+    }
+    let mut rest: Vec<(f64, &Candidate<P>)> = candidates
+        .iter()
+        .filter(|c| !chosen.iter().any(|x| x.peer == c.peer))
+        .map(|c| (score(wanted.cid, c.peer.as_ref(), c.free), c))
+        .collect();
+    // Best score first; equal scores (equal keys) by peer bytes, so the order is total.
+    rest.sort_by(|(a, x), (b, y)| {
+        b.total_cmp(a)
+            .then_with(|| x.peer.as_ref().cmp(y.peer.as_ref()))
+    });
+    let levels = candidates.iter().map(|c| c.tags.len()).max().unwrap_or(0);
+    while chosen.len() < wanted.max && !rest.is_empty() {
+        let pick = if levels == 0 {
+            0
+        } else {
+            // The first (best-scored) of those whose tags are least taken.
+            let crowding = |c: &Candidate<P>| -> Vec<usize> {
+                (1..=levels)
+                    .map(|depth| {
+                        let mine = prefix(&c.tags, depth);
+                        chosen
+                            .iter()
+                            .filter(|x| prefix(&x.tags, depth) == mine)
+                            .count()
+                    })
+                    .collect()
+            };
+            let mut best = 0;
+            let mut best_crowding = crowding(rest[0].1);
+            for (i, (_, c)) in rest.iter().enumerate().skip(1) {
+                let crowding = crowding(c);
+                if crowding < best_crowding {
+                    (best, best_crowding) = (i, crowding);
+                }
+            }
+            best
+        };
+        chosen.push(rest.remove(pick).1);
+    }
+    if chosen.len() < wanted.min {
+        return Err(AllocateError::TooFewPeers {
+            needed: wanted.min,
+            available: candidates.len(),
+        });
+    }
+    Ok(chosen.into_iter().map(|c| c.peer.clone()).collect())
+}
+
+/// The first `depth` tag values (fewer when a peer has fewer tags).
+fn prefix(tags: &[String], depth: usize) -> &[String] {
+    &tags[..depth.min(tags.len())]
+}
+
+/// Weighted rendezvous score of `peer` for `cid`: `-w / ln(u)`, `u` uniform in (0, 1) from a
+/// hash of both. Higher is better.
+pub fn score(cid: &[u8], peer: &[u8], weight: u64) -> f64 {
+    let u = unit(cid, peer);
+    weight.max(1) as f64 / -u.ln()
+}
+
+/// Plain rendezvous: which of `peers` ranks first for `key` (the same on every peer, whatever
+/// the order it knows them in). Decides who among live peers repins a CID.
+pub fn first_for<'p, P: AsRef<[u8]>>(key: &[u8], peers: &'p [P]) -> Option<&'p P> {
+    // Equal hashes (never seen in practice) go to the smallest peer bytes.
+    peers.iter().max_by(|a, b| {
+        (hash(key, a.as_ref()).cmp(&hash(key, b.as_ref()))).then_with(|| b.as_ref().cmp(a.as_ref()))
+    })
+}
+
+fn hash(key: &[u8], peer: &[u8]) -> u64 {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&(key.len() as u64).to_le_bytes());
+    hasher.update(key);
+    hasher.update(peer);
+    let bytes = hasher.finalize();
+    u64::from_le_bytes(bytes.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+}
+
+/// A hash of (`key`, `peer`) as a number in (0, 1), never 0 or 1.
+fn unit(key: &[u8], peer: &[u8]) -> f64 {
+    // 53 bits: exactly representable; +0.5 keeps it off both ends.
+    ((hash(key, peer) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests;
