@@ -21,7 +21,9 @@ src=$own/src
 rm -rf "$src"
 mkdir -p "$src" "$target/debug"
 git archive "$commit" | tar -x -C "$src"
-CARGO_TARGET_DIR=$own/target cargo build --locked --manifest-path "$src/Cargo.toml" \
-    -p pinmesh-agent --bin pinmesh
+# Without debug info, and its build directory removed afterwards: only the binary is needed.
+CARGO_PROFILE_DEV_DEBUG=false CARGO_INCREMENTAL=0 CARGO_TARGET_DIR=$own/target \
+    cargo build --locked --manifest-path "$src/Cargo.toml" -p pinmesh-agent --bin pinmesh
 cp "$own/target/debug/pinmesh" "$out"
 echo "$commit" > "$own/commit"
+rm -rf "$own/target" "$src"
