@@ -40,6 +40,9 @@ pub(super) struct Reconciler {
     actual: HashMap<Cid, PinMode>,
     queue: WorkQueue,
     workers: Workers,
+    /// The record of each CID whose call runs, as this actor last wrote it. Only the
+    /// reconciler writes records, so a claim and a job's end need no read.
+    running: HashMap<Cid, Option<PinState>>,
     claims: mpsc::Receiver<Claim>,
     listing: Listing,
     health: Health,
@@ -72,6 +75,7 @@ impl Reconciler {
             settings,
             actual: HashMap::new(),
             queue: WorkQueue::default(),
+            running: HashMap::new(),
             claims,
             listing: Listing::new(now),
             health: Health::new(now),
@@ -137,7 +141,7 @@ impl Reconciler {
                 }
                 ended = self.workers.ended(), if !self.workers.is_empty() => {
                     // Every worker that is done shares one read, the next commit and dispatch.
-                    self.on_ended(ended).await;
+                    self.on_ended(ended);
                 }
                 _ = tokio::time::sleep_until(wake) => {
                     if self.health.down && Instant::now() >= self.health.next_probe {
@@ -239,7 +243,7 @@ impl Reconciler {
                 break;
             }
             let cids: Vec<Cid> = popped.iter().map(|(cid, _)| *cid).collect();
-            let stored = match self.records.read(cids, true).await {
+            let stored = match self.records.read(cids).await {
                 Ok(stored) => stored,
                 Err(err) => {
                     warn!(error = %err, "cannot read pins to decide on; retrying");
@@ -261,6 +265,7 @@ impl Reconciler {
                     }
                 };
                 let was_pinned = stored.state.as_ref().map(|s| s.status) == Some(Status::Pinned);
+                let mut latest = stored.state.clone();
                 let facts = Facts {
                     wanted: (stored.versions.as_deref()).and_then(|v| wanted_of(v, now_ms / 1000)),
                     have: have(&self.actual, &cid),
@@ -273,6 +278,7 @@ impl Reconciler {
                     if was_pinned && record.status == Status::UnexpectedlyUnpinned {
                         warn!(%cid, "pin disappeared from the IPFS node; pinning it again");
                     }
+                    latest = Some(record.clone());
                     self.records.record(cid, record);
                 }
                 if decision.durable {
@@ -284,7 +290,7 @@ impl Reconciler {
                     Next::Run(job) => {
                         self.health.started(Instant::now());
                         self.queue.start(cid);
-                        started.push((cid, job));
+                        started.push((cid, job, latest));
                     }
                 }
             }
@@ -297,13 +303,14 @@ impl Reconciler {
         if let Err(err) = self.records.flush().await {
             warn!(error = %err, "cannot record pin statuses; not starting calls");
             let now = Instant::now();
-            for (cid, _) in started {
+            for (cid, _, _) in started {
                 self.queue.finish(&cid);
                 self.queue.enqueue(cid, false, now);
             }
             return;
         }
-        for (cid, job) in started {
+        for (cid, job, latest) in started {
+            self.running.insert(cid, latest);
             self.workers.spawn(cid, job);
         }
     }
@@ -311,30 +318,19 @@ impl Reconciler {
     /// Records, durably and in one commit, that these CIDs' pins are about to be this agent's;
     /// answers each claim whether it may go on.
     async fn claim(&mut self, claims: Vec<Claim>) {
-        let cids = claims.iter().map(|(cid, _)| *cid).collect();
-        let stored = match self.records.read(cids, false).await {
-            Ok(stored) => stored,
-            Err(err) => {
-                warn!(error = %err, "cannot read pin statuses; not pinning");
-                for (_, reply) in claims {
-                    let _ = reply.send(false);
-                }
-                return;
-            }
-        };
         let now_ms = now_ms();
         let mut granted = Vec::with_capacity(claims.len());
-        for ((cid, reply), read) in claims.into_iter().zip(stored) {
-            match read {
-                Ok(stored) => {
-                    self.records.record(cid, claimed(stored.state, now_ms));
-                    granted.push(reply);
-                }
-                Err(err) => {
-                    warn!(%cid, error = %err, "cannot read this pin's status; not pinning");
-                    let _ = reply.send(false);
-                }
-            }
+        for (cid, reply) in claims {
+            // Claims come from running calls only.
+            let Some(latest) = self.running.get_mut(&cid) else {
+                warn!(%cid, "a claim for a CID with no call running; not pinning");
+                let _ = reply.send(false);
+                continue;
+            };
+            let state = claimed(latest.take(), now_ms);
+            *latest = Some(state.clone());
+            self.records.record(cid, state);
+            granted.push(reply);
         }
         if granted.is_empty() {
             return;
@@ -352,17 +348,11 @@ impl Reconciler {
         }
     }
 
-    /// Settles the CIDs whose workers ended, from their records read in one transaction.
-    async fn on_ended(&mut self, ended: Vec<(Cid, Outcome)>) {
-        let cids = ended.iter().map(|(cid, _)| *cid).collect();
-        let before = self.records.read(cids, false).await.map_err(|err| {
-            warn!(error = %err, "cannot read pin statuses");
-        });
-        for (i, (cid, outcome)) in ended.into_iter().enumerate() {
-            let before = match &before {
-                Ok(reads) => reads[i].as_ref().map(|s| s.state.clone()).map_err(|_| ()),
-                Err(()) => Err(()),
-            };
+    /// Settles the CIDs whose workers ended, from the records their calls started with.
+    fn on_ended(&mut self, ended: Vec<(Cid, Outcome)>) {
+        for (cid, outcome) in ended {
+            // Never missing; if it were, the CID is decided again after a backoff.
+            let before = self.running.remove(&cid).ok_or(());
             let rerun = self.queue.finish(&cid);
             match outcome {
                 Outcome::Done(job, result) => self.on_done(cid, job, result, before),

@@ -49,15 +49,14 @@ impl Records {
         self.durable = true;
     }
 
-    /// Each CID's entry (when `entries`) and status record, read in one transaction, in the
-    /// order of `cids`. One CID's unreadable entry or record (a corrupt value) fails that CID
-    /// only; the whole read fails when the transaction cannot be had.
-    pub async fn read(&self, cids: Vec<Cid>, entries: bool) -> Result<Vec<Read>, String> {
+    /// Each CID's entry and status record, read in one transaction, in the order of `cids`.
+    /// One CID's unreadable entry or record (a corrupt value) fails that CID only; the whole
+    /// read fails when the transaction cannot be had.
+    pub async fn read(&self, cids: Vec<Cid>) -> Result<Vec<Read>, String> {
         let stored = blocking(&self.store, move |store| {
             let reader = store.reader()?;
             let one = |cid: &Cid| -> Result<_, StoreError> {
-                let versions = if entries { reader.versions(cid)? } else { None };
-                Ok((versions, reader.status(cid)?))
+                Ok((reader.versions(cid)?, reader.status(cid)?))
             };
             Ok(cids
                 .into_iter()

@@ -103,7 +103,7 @@ impl Reconciler {
             return;
         }
         let error = (self.health.error.clone()).unwrap_or_else(|| "IPFS node is down".into());
-        match self.records.read(cids.clone(), true).await {
+        match self.records.read(cids.clone()).await {
             Ok(stored) => {
                 let now_ms = now_ms();
                 // One that cannot be read keeps its record; it waits with the others.
