@@ -3,11 +3,13 @@
 //! Every key has a default except the cluster secret; `config/example.toml` lists them all and
 //! a test parses it so it cannot rot. Durations are written like `"30s"` or `"250ms"`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use libp2p::Multiaddr;
+use pinmesh_protocol::metric::{MAX_TAG_NAME, MAX_TAG_VALUE, MAX_TAGS};
 use serde::{Deserialize, Serialize};
 
 /// Why a configuration is not usable.
@@ -54,6 +56,14 @@ pub struct ClusterConfig {
     /// the list replicates read-only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_writers: Vec<String>,
+    /// This agent's tags (`region = "eu"`), published in its allocation metric.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// How often an agent with an IPFS node publishes its allocation metric (free space, pins
+    /// allocated, tags). A metric holds for three intervals; a peer without a live one is
+    /// down for allocation.
+    #[serde(default = "default_metrics_interval", with = "humantime_serde")]
+    pub metrics_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,6 +151,10 @@ pub struct IpfsConfig {
     /// Longest wait between retries of a failed pin or unpin (the wait doubles per attempt).
     #[serde(with = "humantime_serde")]
     pub retry_max: Duration,
+    /// Space the node may use for pins (`"500 GB"`), published for allocation. Unset: Kubo's
+    /// `Datastore.StorageMax`, and never more than the free space of the repo's filesystem.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "exact_size")]
+    pub storage_max: Option<bytesize::ByteSize>,
 }
 
 impl Default for IpfsConfig {
@@ -156,6 +170,7 @@ impl Default for IpfsConfig {
             call_timeout: Duration::from_secs(60),
             relist_interval: Duration::from_secs(600),
             retry_max: Duration::from_secs(300),
+            storage_max: None,
         }
     }
 }
@@ -171,6 +186,31 @@ impl Default for StorageConfig {
 
 fn default_cluster_name() -> String {
     "default".into()
+}
+
+/// A size read as `"500 GB"` or a number of bytes, and written back as the exact number of
+/// bytes (a rounded `"465.7 GiB"` would change the limit at each rewrite of the file).
+mod exact_size {
+    use bytesize::ByteSize;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(size: &Option<ByteSize>, s: S) -> Result<S::Ok, S::Error> {
+        match size {
+            Some(size) => s.serialize_u64(size.as_u64()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {
+        Ok(Some(ByteSize::deserialize(d)?))
+    }
+}
+
+/// `cluster.metrics_interval` when unset.
+pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(10);
+
+fn default_metrics_interval() -> Duration {
+    DEFAULT_METRICS_INTERVAL
 }
 
 impl Default for NetworkConfig {
@@ -306,6 +346,22 @@ impl Config {
                 "api.header_timeout and api.send_timeout must be longer than 0s".into(),
             ));
         }
+        if self.cluster.metrics_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "cluster.metrics_interval must be at least 100ms".into(),
+            ));
+        }
+        if self.cluster.tags.len() > MAX_TAGS {
+            return Err(invalid(format!("cluster.tags: at most {MAX_TAGS} tags")));
+        }
+        for (name, value) in &self.cluster.tags {
+            if name.is_empty() || name.len() > MAX_TAG_NAME || value.len() > MAX_TAG_VALUE {
+                return Err(invalid(format!(
+                    "cluster.tags: {name:?} = {value:?}: names are 1 to {MAX_TAG_NAME} bytes, \
+                     values at most {MAX_TAG_VALUE}"
+                )));
+            }
+        }
         if self.sync.beacon_interval < Duration::from_millis(10) {
             return Err(invalid("sync.beacon_interval must be at least 10ms".into()));
         }
@@ -430,6 +486,25 @@ mod tests {
     }
 
     #[test]
+    fn tags_and_a_storage_limit_parse() {
+        let text = format!(
+            "[cluster]\nsecret = \"{SECRET}\"\ntags = {{ region = \"eu\", rack = \"b2\" }}\n\
+             [ipfs]\nstorage_max = \"500 GB\"\n"
+        );
+        let config = Config::parse(&text, "t").expect("valid");
+        assert_eq!(config.raw.cluster.tags["region"], "eu");
+        assert_eq!(config.raw.cluster.tags["rack"], "b2");
+        assert_eq!(
+            config.raw.cluster.metrics_interval,
+            DEFAULT_METRICS_INTERVAL
+        );
+        let max = config.raw.ipfs.storage_max.expect("storage_max");
+        assert_eq!(max.as_u64(), 500_000_000_000);
+        let again = Config::parse(&config.raw.to_toml(), "t").expect("round trip");
+        assert_eq!(again.raw, config.raw);
+    }
+
+    #[test]
     fn bad_configs_get_clear_errors() {
         let cases = [
             ("[cluster]\nsecret = \"abc\"\n", "64 hexadecimal digits"),
@@ -458,6 +533,18 @@ mod tests {
                 "beacon_interval",
             ),
             ("[cluster\n", "t"),
+            (
+                &format!("[cluster]\nsecret = \"{SECRET}\"\nmetrics_interval = \"10ms\"\n"),
+                "cluster.metrics_interval must be at least 100ms",
+            ),
+            (
+                &format!("[cluster]\nsecret = \"{SECRET}\"\ntags = {{ \"\" = \"eu\" }}\n"),
+                "cluster.tags",
+            ),
+            (
+                &format!("[cluster]\nsecret = \"{SECRET}\"\n[ipfs]\nstorage_max = \"lots\"\n"),
+                "storage_max",
+            ),
         ];
         for (text, needle) in cases {
             let err = Config::parse(text, "t").expect_err(text).to_string();

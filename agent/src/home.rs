@@ -169,6 +169,8 @@ pub fn init(home: &Home, options: InitOptions) -> anyhow::Result<Initialized> {
             name: options.cluster,
             secret: options.secret.unwrap_or_else(random_hex32),
             trusted_writers: Vec::new(),
+            tags: Default::default(),
+            metrics_interval: crate::config::DEFAULT_METRICS_INTERVAL,
         },
         network: NetworkConfig {
             listen: if options.listen.is_empty() {

@@ -6,6 +6,7 @@
 //! - [`store`]: redb tables.
 //! - [`ipfs`]: the IPFS node the agent drives ([`ipfs::PinBackend`]).
 //! - [`reconcile`]: pins and unpins in that node until it matches the pinset.
+//! - [`allocation`]: which peers hold a pin; this agent's metric for it.
 //! - [`api`]: the control API and its client.
 //! - [`config`], [`home`]: configuration and the agent's home directory.
 //! - [`fatal`]: how a part that cannot go on stops the agent with one line.
@@ -14,6 +15,7 @@
 //! - [`text`]: typed identifiers (CIDs, peer ids, multiaddrs) in their text form, for serde.
 //! - [`cli`]: the `pinmesh` command line.
 
+pub mod allocation;
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::allocation::{self, MetricSettings};
 use crate::api::{self, ApiState};
 use crate::config::{Config, Validated};
 use crate::fatal::Fatal;
@@ -161,7 +162,7 @@ impl Node {
             config.raw.sync.log_retention,
             store.clone(),
             persisted,
-            signer,
+            signer.clone(),
             outputs_tx,
             change_feed,
         )?;
@@ -279,6 +280,23 @@ impl Node {
                 None
             }
         };
+        if let Some(backend) = &backend {
+            let settings = MetricSettings {
+                cluster: config.raw.cluster.name.clone(),
+                interval: config.raw.cluster.metrics_interval,
+                tags: config.raw.cluster.tags.clone().into_iter().collect(),
+                storage_max: config.raw.ipfs.storage_max.map(|size| size.as_u64()),
+            };
+            let publish = allocation::publish_metrics(
+                settings,
+                backend.clone(),
+                replica.clone(),
+                swarm_tx.clone(),
+                signer.clone(),
+                cancel.child_token(),
+            );
+            tasks.spawn(publish.instrument(span.clone()));
+        }
         tasks.spawn(
             replica::flush_periodically(replica.clone(), cancel.child_token())
                 .instrument(span.clone()),

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::entry::Version;
 use crate::message::{DeltaBatch, Gossip, Request, Response};
+use crate::metric::Metric;
 
 /// The wire version this build writes where the peer reads it: on streams that negotiated
 /// it (see the README's "Upgrading").
@@ -27,6 +28,8 @@ pub const MAX_BEACON: usize = 64 << 10;
 /// Largest request: a `PinStatus` of [`MAX_STATUS_CIDS`](crate::message::MAX_STATUS_CIDS)
 /// CIDs of up to 64 bytes each.
 pub const MAX_REQUEST: usize = 68 << 10;
+/// Largest metric: one with the most tags, each at the longest name and value, fits.
+pub const MAX_METRIC: usize = 4 << 10;
 /// Largest response (a snapshot chunk or a run of batches); senders cut chunks well below it.
 pub const MAX_RESPONSE: usize = 8 << 20;
 
@@ -133,6 +136,18 @@ pub fn decode_gossip(bytes: &[u8]) -> Result<Gossip, DecodeError> {
     Ok(message)
 }
 
+/// Encodes a metric (in the current wire version: only agents that read it subscribe to the
+/// metrics topic).
+pub fn encode_metric(metric: &Metric) -> Vec<u8> {
+    encode_envelope(WIRE_VERSION, metric)
+}
+
+/// Decodes a metric: at most [`MAX_METRIC`] bytes.
+pub fn decode_metric(bytes: &[u8]) -> Result<Metric, DecodeError> {
+    check_envelope(bytes, MAX_METRIC)?;
+    decode_body(bytes)
+}
+
 /// Encodes a request in wire `version` (the one its stream negotiated).
 pub fn encode_request(version: u64, request: &Request) -> Vec<u8> {
     encode_envelope(version, request)
@@ -196,6 +211,23 @@ pub fn batch_signing_bytes(cluster: &str, batch: &DeltaBatch) -> Vec<u8> {
         batch.incarnation,
         batch.first,
         &batch.changes,
+    )));
+    out
+}
+
+/// What an agent signs in its metric: a domain tag, the cluster name, then every field but
+/// the signature.
+pub fn metric_signing_bytes(cluster: &str, metric: &Metric) -> Vec<u8> {
+    let mut out = b"pinmesh metric v1\0".to_vec();
+    out.extend((cluster.len() as u64).to_le_bytes());
+    out.extend(cluster.as_bytes());
+    out.extend(to_vec(&(
+        metric.peer,
+        metric.seq,
+        metric.ttl_ms,
+        metric.free,
+        metric.pins,
+        &metric.tags,
     )));
     out
 }

@@ -10,6 +10,7 @@
 //! - [`entry`]: one CID's versions and their join.
 //! - [`delta`]: what one operation changed.
 //! - [`pinset`]: the store-agnostic state operations, and an in-memory pinset.
+//! - [`metric`]: what an agent publishes about itself for allocation.
 //! - [`message`] and [`codec`]: wire messages, their versioned encoding and size limits.
 //! - [`snapshot`]: whole states in chunks, staged and checked before they are joined.
 //! - [`digest`]: state and applied digests.
@@ -25,6 +26,7 @@ pub mod digest;
 pub mod dot;
 pub mod entry;
 pub mod message;
+pub mod metric;
 pub mod pinset;
 pub mod sim;
 pub mod snapshot;

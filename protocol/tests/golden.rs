@@ -132,6 +132,27 @@ fn gossip() {
     );
 }
 
+#[test]
+fn metric() {
+    let metric = pinmesh_protocol::metric::Metric::sign(
+        &key(),
+        CLUSTER,
+        pinmesh_protocol::metric::Reading {
+            seq: 1_800_000_000_000,
+            ttl_ms: 30_000,
+            free: 10 << 30,
+            pins: 1234,
+            tags: vec![("region".into(), "eu".into())],
+        },
+    );
+    assert_eq!(metric.verify(CLUSTER), Ok(()));
+    let bytes = codec::encode_metric(&metric);
+    check("metric", &bytes, GOLDEN_METRIC);
+    assert_eq!(codec::decode_metric(&unhex(GOLDEN_METRIC)), Ok(metric));
+}
+
+const GOLDEN_METRIC: &str = "8202875820ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c1b000001a3185c50001975301b00000002800000001904d2818266726567696f6e62657558400cbfa6f41cfc6dc3226d4716f681b1f9a95bb64240421fa91c8d9749b8411076e8ef528f0856903894567eb434ffb12cee2cdcc2e935f5af504cf531286be300";
+
 /// Every request, with its version-1 golden bytes. Requests did not change in version 2.
 fn all_requests() -> Vec<(&'static str, Request, &'static str)> {
     vec![

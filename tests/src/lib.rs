@@ -111,8 +111,18 @@ pub struct TestAgent {
 }
 
 impl TestAgent {
-    /// Creates a home on loopback with free ports.
+    /// Creates a home on loopback with free ports, without an IPFS node.
     pub fn create(secret: &str, bootstrap: &[Multiaddr]) -> TestAgent {
+        // These agents test replication; the IPFS side is tested with real processes.
+        Self::create_with(secret, bootstrap, false)
+    }
+
+    /// Creates a home on loopback with free ports, for an agent with an embedded IPFS node.
+    pub fn create_with_ipfs(secret: &str, bootstrap: &[Multiaddr]) -> TestAgent {
+        Self::create_with(secret, bootstrap, true)
+    }
+
+    fn create_with(secret: &str, bootstrap: &[Multiaddr], ipfs: bool) -> TestAgent {
         let dir = TempDir::new().expect("temp dir");
         let home = Home::new(dir.path());
         init(
@@ -122,8 +132,8 @@ impl TestAgent {
                 listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
                 api_listen: "127.0.0.1:0".into(),
                 bootstrap: bootstrap.iter().map(ToString::to_string).collect(),
-                // These agents test replication; the IPFS side is tested with real processes.
-                no_ipfs: true,
+                ipfs_listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+                no_ipfs: !ipfs,
                 ..InitOptions::default()
             },
         )
@@ -260,16 +270,17 @@ pub async fn wait_for(
 }
 
 /// A peer that holds the cluster secret but not pinmesh's manners: it speaks gossipsub on the
-/// cluster topic directly, to send agents what a broken or hostile member might.
+/// cluster's topics directly, to send agents what a broken or hostile member might.
 pub struct Rogue {
     swarm: libp2p::Swarm<pinmesh_agent::swarm::Behaviour>,
     topic: libp2p::gossipsub::IdentTopic,
+    metrics_topic: libp2p::gossipsub::IdentTopic,
     /// Its identity, to sign batches as itself.
     pub key: libp2p::identity::Keypair,
 }
 
 impl Rogue {
-    /// Connects to `agent` and waits until it has subscribed to the cluster topic.
+    /// Connects to `agent` and waits until it has subscribed to the cluster's topics.
     pub async fn connect(secret: &str, cluster: &str, agent: &Multiaddr) -> Rogue {
         use futures::StreamExt;
         use libp2p::gossipsub;
@@ -279,21 +290,26 @@ impl Rogue {
         let mut swarm =
             pinmesh_agent::swarm::build(key.clone(), secret, cluster, &flags).expect("rogue swarm");
         let topic = pinmesh_agent::swarm::topic(cluster);
-        swarm
-            .behaviour_mut()
-            .gossipsub_mut()
-            .subscribe(&topic)
-            .expect("subscribe");
+        let metrics_topic = pinmesh_agent::swarm::metrics_topic(cluster);
+        for topic in [&topic, &metrics_topic] {
+            swarm
+                .behaviour_mut()
+                .gossipsub_mut()
+                .subscribe(topic)
+                .expect("subscribe");
+        }
         swarm.dial(agent.clone()).expect("dial");
+        let mut waiting = vec![topic.hash(), metrics_topic.hash()];
         let subscribed = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
+            while !waiting.is_empty() {
                 if let libp2p::swarm::SwarmEvent::Behaviour(
                     pinmesh_agent::swarm::BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed {
+                        topic,
                         ..
                     }),
                 ) = swarm.select_next_some().await
                 {
-                    return;
+                    waiting.retain(|t| *t != topic);
                 }
             }
         })
@@ -302,7 +318,12 @@ impl Rogue {
             subscribed.is_ok(),
             "the agent never subscribed to the rogue"
         );
-        Rogue { swarm, topic, key }
+        Rogue {
+            swarm,
+            topic,
+            metrics_topic,
+            key,
+        }
     }
 
     /// Publishes raw bytes on the cluster topic.
@@ -311,6 +332,16 @@ impl Rogue {
             .behaviour_mut()
             .gossipsub_mut()
             .publish(self.topic.clone(), data)
+            .expect("publish");
+    }
+
+    /// Publishes raw bytes on the cluster's metrics topic.
+    pub fn publish_metric(&mut self, data: Vec<u8>) {
+        let topic = self.metrics_topic.clone();
+        self.swarm
+            .behaviour_mut()
+            .gossipsub_mut()
+            .publish(topic, data)
             .expect("publish");
     }
 

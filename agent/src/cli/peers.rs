@@ -6,6 +6,7 @@ use clap::Subcommand;
 
 use super::{Ctx, print_json};
 use crate::config::parse_peer_addr;
+use crate::swarm::PeerMetric;
 
 #[derive(Debug, clap::Args)]
 pub struct JoinArgs {
@@ -54,10 +55,14 @@ pub async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
                     print_json(peer)?;
                 }
             } else {
+                let addr = info.listen.first().map_or("-".into(), ToString::to_string);
+                let metric = metric_text(info.metric.as_ref());
+                println!("{}  self  {addr}  {metric}", info.peer_id);
                 for peer in &info.peers {
                     let state = if peer.connected { "connected" } else { "known" };
                     let addr = peer.addrs.first().map_or("-".into(), ToString::to_string);
-                    println!("{}  {state}  {addr}", peer.peer_id);
+                    let metric = metric_text(peer.metric.as_ref());
+                    println!("{}  {state}  {addr}  {metric}", peer.peer_id);
                 }
                 if info.foreign_peers > 0 {
                     eprintln!(
@@ -73,4 +78,22 @@ pub async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A peer's latest metric in one column: free space, pins, tags and age, or why there is none.
+fn metric_text(metric: Option<&PeerMetric>) -> String {
+    let Some(m) = metric else {
+        return "no metric (no IPFS node, or not heard yet)".into();
+    };
+    let age = humantime::format_duration(std::time::Duration::from_secs(m.age_ms / 1000));
+    let mut text = if m.live {
+        format!("free {}  pins {}", bytesize::ByteSize::b(m.free), m.pins)
+    } else {
+        "down".to_string()
+    };
+    for (name, value) in &m.tags {
+        text.push_str(&format!("  {name}={value}"));
+    }
+    text.push_str(&format!("  (metric {age} ago)"));
+    text
 }

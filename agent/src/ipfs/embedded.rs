@@ -53,6 +53,8 @@ pub struct EmbeddedBackend {
     ipfs: Ipfs,
     peer_id: PeerId,
     call_timeout: Duration,
+    /// The repo's directory, reported by `repo_stat` (its filesystem bounds the free space).
+    dir: PathBuf,
 }
 
 impl EmbeddedBackend {
@@ -92,6 +94,7 @@ impl EmbeddedBackend {
             ipfs,
             peer_id,
             call_timeout: options.call_timeout,
+            dir: options.dir,
         })
     }
 
@@ -300,7 +303,9 @@ impl PinBackend for EmbeddedBackend {
             .await?;
         Ok(RepoStat {
             repo_size: repo_size as u64,
-            storage_max: self.ipfs.repo().max_storage_size() as u64,
+            // No limit of its own: `ipfs.storage_max` and the filesystem bound it.
+            storage_max: 0,
+            path: Some(self.dir.clone()),
         })
     }
 

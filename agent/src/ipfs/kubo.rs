@@ -398,6 +398,7 @@ impl PinBackend for KuboBackend {
         Ok(RepoStat {
             repo_size: stat.repo_size.0,
             storage_max: stat.storage_max.0,
+            path: stat.repo_path.map(Into::into),
         })
     }
 

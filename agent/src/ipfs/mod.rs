@@ -61,10 +61,14 @@ pub struct NodeInfo {
 }
 
 /// `repo/stat`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepoStat {
     pub repo_size: u64,
+    /// The node's storage limit (Kubo's `Datastore.StorageMax`, a garbage-collection
+    /// watermark, not the disk); 0 when it has none.
     pub storage_max: u64,
+    /// Where the repo is, as the node says (on the node's machine, which may be another).
+    pub path: Option<std::path::PathBuf>,
 }
 
 /// One file or directory `add` stored, in the order the node reported them (the root last).

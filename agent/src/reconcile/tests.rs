@@ -124,6 +124,7 @@ impl PinBackend for FakeNode {
         Ok(RepoStat {
             repo_size: 0,
             storage_max: 0,
+            path: None,
         })
     }
 

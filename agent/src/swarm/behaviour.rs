@@ -14,8 +14,8 @@ use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{PeerId, Swarm, Transport, identify, kad, noise, ping, tcp, yamux};
-use pinmesh_protocol::DeltaBatch;
 use pinmesh_protocol::codec as wire;
+use pinmesh_protocol::{DeltaBatch, Key};
 
 use super::Flags;
 use super::codec::{self, SyncCodec, sync_protocols};
@@ -121,6 +121,11 @@ pub fn topic(cluster: &str) -> IdentTopic {
 
 /// The peer id of a batch's author key.
 pub fn author_peer(batch: &DeltaBatch) -> Option<PeerId> {
-    let key = ed25519::PublicKey::try_from_bytes(&batch.author.0).ok()?;
+    peer_of_key(&batch.author)
+}
+
+/// The peer id of an ed25519 public key, if it is one.
+pub fn peer_of_key(key: &Key) -> Option<PeerId> {
+    let key = ed25519::PublicKey::try_from_bytes(&key.0).ok()?;
     Some(libp2p::identity::PublicKey::from(key).to_peer_id())
 }

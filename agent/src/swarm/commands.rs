@@ -61,6 +61,7 @@ impl EventLoop {
                     .send_request(&peer, Request::PinStatus { cids });
                 self.pending_status.insert(id, reply);
             }
+            SwarmCommand::PublishMetric(metric) => self.publish_metric(metric),
             SwarmCommand::Info { reply } => {
                 let _ = reply.send(self.info());
             }
@@ -69,8 +70,16 @@ impl EventLoop {
 
     fn info(&self) -> SwarmInfo {
         let now = self.started.elapsed();
+        let clock = tokio::time::Instant::now();
+        let me = *self.swarm.local_peer_id();
         let mut ids: Vec<PeerId> = self.peers.keys().copied().collect();
         ids.extend(self.catchup.known().filter(|p| !self.peers.contains_key(p)));
+        // Peers heard of only through their metrics (gossip relayed by others).
+        let unseen: Vec<PeerId> = (self.metrics.peers())
+            .filter(|p| **p != me && !ids.contains(p))
+            .copied()
+            .collect();
+        ids.extend(unseen);
         let peers = ids
             .into_iter()
             .map(|id| {
@@ -84,13 +93,15 @@ impl EventLoop {
                         .unwrap_or_default(),
                     last_heard_ms: heard.map(|(at, _)| now.saturating_sub(at).as_millis() as u64),
                     summary: heard.map(|(_, s)| s.clone()),
+                    metric: self.metrics.view(&id, clock),
                 }
             })
             .collect();
         SwarmInfo {
-            peer_id: *self.swarm.local_peer_id(),
+            peer_id: me,
             listen: self.swarm.listeners().cloned().collect(),
             peers,
+            metric: self.metrics.view(&me, clock),
             rejected_messages: self.flags.rejected.load(Ordering::Relaxed),
             foreign_peers: self.flags.foreign_peers.load(Ordering::Relaxed),
         }

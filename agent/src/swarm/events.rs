@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::behaviour::author_peer;
 use super::membership::Verdict;
+use super::metrics::Rejected;
 use super::{BehaviourEvent, EventLoop, SwarmError};
 use crate::store::PeerRecord;
 
@@ -115,8 +116,12 @@ impl EventLoop {
                 message_id,
                 message,
             }) => {
-                let verdict = self.on_gossip(message.source, &message.data);
-                if !matches!(verdict, MessageAcceptance::Accept) {
+                let verdict = if message.topic == self.metrics_topic.hash() {
+                    self.on_metric(message.source, &message.data)
+                } else {
+                    self.on_gossip(message.source, &message.data)
+                };
+                if matches!(verdict, MessageAcceptance::Reject) {
                     self.flags.rejected.fetch_add(1, Ordering::Relaxed);
                 }
                 let _ = self
@@ -257,6 +262,27 @@ impl EventLoop {
                     is_status: false,
                 });
                 MessageAcceptance::Accept
+            }
+        }
+    }
+
+    /// Validates a peer's metric; a stale copy is ignored, not held against its sender.
+    fn on_metric(&mut self, source: Option<PeerId>, data: &[u8]) -> MessageAcceptance {
+        self.flags
+            .gossip_bytes_in
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let Some(source) = source else {
+            return MessageAcceptance::Reject;
+        };
+        match self
+            .metrics
+            .receive(source, data, tokio::time::Instant::now())
+        {
+            Ok(()) => MessageAcceptance::Accept,
+            Err(Rejected::Stale) => MessageAcceptance::Ignore,
+            Err(err) => {
+                warn!(%source, error = %err, "metric rejected");
+                MessageAcceptance::Reject
             }
         }
     }

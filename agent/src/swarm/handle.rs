@@ -82,6 +82,17 @@ impl SwarmHandle {
             .map_err(|_| SwarmError::Stopped)
     }
 
+    /// Publishes this agent's allocation metric.
+    pub async fn publish_metric(
+        &self,
+        metric: pinmesh_protocol::metric::Metric,
+    ) -> Result<(), SwarmError> {
+        self.tx
+            .send(SwarmCommand::PublishMetric(metric))
+            .await
+            .map_err(|_| SwarmError::Stopped)
+    }
+
     /// Where `cids` stand on `peer`'s IPFS node.
     pub async fn pin_status(
         &self,

@@ -15,6 +15,7 @@ mod commands;
 mod events;
 mod handle;
 mod membership;
+mod metrics;
 mod serve;
 mod snapshots;
 
@@ -40,6 +41,8 @@ pub use self::behaviour::{Behaviour, BehaviourEvent, build, topic};
 pub use self::codec::{SyncCodec, cluster_id, sync_protocols};
 pub use self::handle::{SwarmError, SwarmHandle};
 use self::membership::Membership;
+use self::metrics::Metrics;
+pub use self::metrics::{PeerMetric, topic as metrics_topic};
 use self::serve::{SNAPSHOT_CHUNK_ENTRIES, Served, Server};
 use crate::fatal::Fatal;
 use crate::ipfs::peering::{self, Peering};
@@ -62,6 +65,8 @@ pub enum SwarmCommand {
     },
     /// Ask every connected peer for a fresh status (for `debug converge`).
     Refresh,
+    /// Publish this agent's metric (and hold it as its own).
+    PublishMetric(pinmesh_protocol::metric::Metric),
     /// Ask `peer` where `cids` stand on its IPFS node.
     PinStatus {
         peer: PeerId,
@@ -78,6 +83,9 @@ pub struct SwarmInfo {
     #[serde(with = "crate::text::lenient_list")]
     pub listen: Vec<Multiaddr>,
     pub peers: Vec<PeerView>,
+    /// This agent's own latest metric (none without an IPFS node).
+    #[serde(default)]
+    pub metric: Option<PeerMetric>,
     pub rejected_messages: u64,
     /// Peers of another cluster (same secret, another name) refused since start.
     #[serde(default)]
@@ -95,6 +103,9 @@ pub struct PeerView {
     /// Milliseconds since its last beacon or status answer.
     pub last_heard_ms: Option<u64>,
     pub summary: Option<Summary>,
+    /// Its latest allocation metric, live or expired.
+    #[serde(default)]
+    pub metric: Option<PeerMetric>,
 }
 
 /// What the event loop knows of a peer's connections (catch-up knows what it said).
@@ -145,6 +156,9 @@ pub struct EventLoop {
     swarm: Swarm<Behaviour>,
     cluster: String,
     topic: IdentTopic,
+    metrics_topic: IdentTopic,
+    /// Every peer's latest metric.
+    metrics: Metrics,
     replica: ReplicaHandle,
     flags: Arc<Flags>,
     synced: watch::Sender<bool>,
@@ -177,6 +191,8 @@ impl EventLoop {
     pub fn new(mut swarm: Swarm<Behaviour>, wiring: Wiring) -> anyhow::Result<Self> {
         let topic = topic(&wiring.cluster);
         swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
+        let metrics_topic = metrics::topic(&wiring.cluster);
+        swarm.behaviour_mut().gossipsub.subscribe(&metrics_topic)?;
         let mut cfg = catchup::Config::agent(wiring.beacon_interval, wiring.repair_delay);
         cfg.snapshot_chunk_entries = SNAPSHOT_CHUNK_ENTRIES;
         let (server, served) = Server::new(
@@ -192,6 +208,8 @@ impl EventLoop {
             started: Instant::now(),
             wake: None,
             membership: Membership::new(sync_protocols(&wiring.cluster)),
+            metrics: Metrics::new(&wiring.cluster),
+            metrics_topic,
             cluster: wiring.cluster,
             swarm,
             topic,
@@ -420,8 +438,21 @@ impl EventLoop {
     /// not an error: anti-entropy covers it.
     fn publish(&mut self, data: Vec<u8>, what: &str) {
         let topic = self.topic.clone();
+        self.publish_on(topic, data, what);
+    }
+
+    fn publish_on(&mut self, topic: IdentTopic, data: Vec<u8>, what: &str) {
         if let Err(err) = self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
             debug!(error = %err, what, "not published now");
         }
+    }
+
+    /// Publishes this agent's metric and holds it as its own; a lost one is replaced by the
+    /// next.
+    fn publish_metric(&mut self, metric: pinmesh_protocol::metric::Metric) {
+        let data = wire::encode_metric(&metric);
+        let me = *self.swarm.local_peer_id();
+        self.metrics.own(me, metric, Instant::now());
+        self.publish_on(self.metrics_topic.clone(), data, "metric");
     }
 }

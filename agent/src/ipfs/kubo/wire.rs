@@ -60,6 +60,8 @@ pub(super) struct RepoStatBody {
     pub(super) repo_size: Flex,
     #[serde(rename = "StorageMax")]
     pub(super) storage_max: Flex,
+    #[serde(rename = "RepoPath", default)]
+    pub(super) repo_path: Option<String>,
 }
 
 /// A u64 sent as a JSON number or as a string of digits (nodes differ).
