@@ -64,6 +64,14 @@ pub struct ClusterConfig {
     /// down for allocation.
     #[serde(default = "default_metrics_interval", with = "humantime_serde")]
     pub metrics_interval: Duration,
+    /// Replication factors of a pin written without any: -1 is every peer (the default).
+    #[serde(default = "every_peer")]
+    pub replication_min: i32,
+    #[serde(default = "every_peer")]
+    pub replication_max: i32,
+    /// Tags whose values a pin's replicas spread across, in order (`["region", "rack"]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allocate_by: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -213,6 +221,10 @@ fn default_metrics_interval() -> Duration {
     DEFAULT_METRICS_INTERVAL
 }
 
+fn every_peer() -> i32 {
+    pinmesh_protocol::spec::EVERYWHERE
+}
+
 impl Default for NetworkConfig {
     fn default() -> Self {
         NetworkConfig {
@@ -350,6 +362,19 @@ impl Config {
             return Err(invalid(
                 "cluster.metrics_interval must be at least 100ms".into(),
             ));
+        }
+        let mut factors = pinmesh_protocol::PinSpec::default();
+        (factors.replication_min, factors.replication_max) =
+            (self.cluster.replication_min, self.cluster.replication_max);
+        if let Err(err) = factors.validate() {
+            return Err(invalid(format!(
+                "cluster.replication_min/max: {err} (-1 is every peer)"
+            )));
+        }
+        if self.cluster.allocate_by.len() > MAX_TAGS {
+            return Err(invalid(format!(
+                "cluster.allocate_by: at most {MAX_TAGS} tags"
+            )));
         }
         if self.cluster.tags.len() > MAX_TAGS {
             return Err(invalid(format!("cluster.tags: at most {MAX_TAGS} tags")));

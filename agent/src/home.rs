@@ -171,6 +171,9 @@ pub fn init(home: &Home, options: InitOptions) -> anyhow::Result<Initialized> {
             trusted_writers: Vec::new(),
             tags: Default::default(),
             metrics_interval: crate::config::DEFAULT_METRICS_INTERVAL,
+            replication_min: pinmesh_protocol::spec::EVERYWHERE,
+            replication_max: pinmesh_protocol::spec::EVERYWHERE,
+            allocate_by: Vec::new(),
         },
         network: NetworkConfig {
             listen: if options.listen.is_empty() {

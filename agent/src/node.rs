@@ -251,6 +251,7 @@ impl Node {
                     synced.clone(),
                     reconcile::Settings {
                         cluster: config.raw.cluster.name.clone(),
+                        peer_id,
                         concurrency: ipfs.concurrency,
                         limits: PinLimits {
                             stall: ipfs.pin_stall_timeout,
@@ -347,6 +348,13 @@ impl Node {
             token: token.into(),
             cluster: config.raw.cluster.name.clone().into(),
             peer_id,
+            allocation: Arc::new(allocation::Policy {
+                replication: (
+                    config.raw.cluster.replication_min,
+                    config.raw.cluster.replication_max,
+                ),
+                allocate_by: config.raw.cluster.allocate_by.clone(),
+            }),
             listings: Arc::new(tokio::sync::Semaphore::new(config.raw.api.max_listings)),
             max_listings: config.raw.api.max_listings,
             tasks: tasks.clone(),

@@ -54,6 +54,33 @@ impl IpfsNet {
         IpfsNet { dir, apis }
     }
 
+    /// One in-process agent per node, in one cluster, retrying failures within a second;
+    /// `configure` adjusts each agent's config before it starts.
+    pub async fn agents(
+        &self,
+        configure: impl Fn(&mut pinmesh_agent::config::Config),
+    ) -> Vec<crate::TestAgent> {
+        let secret = crate::random_secret();
+        let mut agents = Vec::new();
+        let mut bootstrap = Vec::new();
+        for api in &self.apis {
+            let mut agent = crate::TestAgent::create(&secret, &bootstrap);
+            agent.configure(|c| {
+                c.ipfs.api = Some(api.clone());
+                c.ipfs.retry_max = Duration::from_secs(1);
+                c.ipfs.pin_stall_timeout = Duration::from_secs(30);
+                c.ipfs.pin_timeout = Duration::from_secs(30);
+                configure(c);
+            });
+            let node = agent.start().await;
+            if bootstrap.is_empty() {
+                bootstrap = node.addrs.clone();
+            }
+            agents.push(agent);
+        }
+        agents
+    }
+
     fn path(&self) -> String {
         self.dir.path().to_string_lossy().into_owned()
     }

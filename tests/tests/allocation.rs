@@ -1,15 +1,20 @@
 //! Allocation: agents with an IPFS node publish signed metrics (free space for pins, pins,
-//! tags) that every peer holds until they expire. In-process agents on loopback, with real
-//! embedded IPFS nodes where a metric is published.
+//! tags) that every peer holds until they expire; a pin's writer allocates it to live peers,
+//! and only those pin it. In-process agents on loopback, on real IPFS nodes (embedded, or
+//! js-ipfs daemons where the test asks the nodes what they pinned).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytesize::ByteSize;
 use pinmesh_agent::api::types::PinRequest;
+use pinmesh_agent::reconcile::Status;
 use pinmesh_agent::swarm::{PeerMetric, SwarmInfo};
+use pinmesh_protocol::Cid;
 use pinmesh_protocol::codec;
 use pinmesh_protocol::metric::{Metric, Reading};
 use pinmesh_protocol::sim::sim_cid;
+use pinmesh_tests::ipfs::{IpfsNet, IpfsNode};
 use pinmesh_tests::{Rogue, TestAgent, random_secret};
 use tokio::time::Instant;
 
@@ -140,4 +145,133 @@ async fn agents_with_a_node_publish_signed_metrics_that_peers_hold_until_they_ex
     .unwrap_or_else(|info| panic!("the stopped agent's metric did not expire: {info:#?}"));
     eu.stop().await;
     bare.stop().await;
+}
+
+/// Asks until `check` holds over what `nodes` say of `cids`; false at the deadline.
+async fn nodes_until(
+    nodes: &[IpfsNode],
+    cids: &[Cid],
+    check: impl Fn(&Cid, &[bool]) -> bool,
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut last = String::new();
+        let mut all = true;
+        for cid in cids {
+            let mut held = Vec::new();
+            for node in nodes {
+                held.push(node.is_pinned(cid).await.unwrap_or(false));
+            }
+            if !check(cid, &held) {
+                all = false;
+                last = format!("{cid}: {held:?}");
+                break;
+            }
+        }
+        if all {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(last);
+        }
+        // Pins land on the nodes' schedule, not on an event the test can await.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_factor_pins_on_that_many_nodes_and_the_others_show_remote() {
+    let net = IpfsNet::start(3);
+    let agents = net
+        .agents(|c| c.cluster.metrics_interval = Duration::from_millis(200))
+        .await;
+    let nodes: Vec<IpfsNode> = (0..3).map(|i| net.node(i)).collect();
+    let ids: Vec<String> = agents
+        .iter()
+        .map(|a| a.node().peer_id.to_base58())
+        .collect();
+    // The writer allocates from live metrics: wait until it has all three.
+    peers_until(&agents[0], |info| {
+        info.metric.is_some() && info.peers.iter().filter(|p| p.metric.is_some()).count() == 2
+    })
+    .await
+    .unwrap_or_else(|info| panic!("metrics missing: {info:#?}"));
+
+    // Content on node 0, not pinned there: only the allocated nodes pin it.
+    let mut cids = Vec::new();
+    for n in 0..8 {
+        let cid = nodes[0]
+            .add(format!("allocated {n}").as_bytes(), false)
+            .await;
+        let mut request = PinRequest::new(cid, format!("r2 {n}"));
+        (request.replication_min, request.replication_max) = (Some(2), Some(2));
+        agents[0].client().pin(&request).await.expect("pin");
+        cids.push(cid);
+    }
+    let mut allocations = BTreeMap::new();
+    for cid in &cids {
+        let info = agents[1]
+            .client()
+            .show(&cid.to_string())
+            .await
+            .expect("show");
+        assert_eq!(info.allocations.len(), 2, "{info:?}");
+        assert_ne!(info.allocations[0], info.allocations[1]);
+        allocations.insert(*cid, info.allocations);
+    }
+    let on = |cid: &Cid, i: usize| allocations[cid].contains(&ids[i]);
+    nodes_until(&nodes, &cids, |cid, held| {
+        (0..3).all(|i| held[i] == on(cid, i))
+    })
+    .await
+    .unwrap_or_else(|last| panic!("not pinned on exactly its two allocations: {last}"));
+    for cid in &cids {
+        for (i, agent) in agents.iter().enumerate().filter(|(i, _)| !on(cid, *i)) {
+            let mut local = None;
+            agent
+                .client()
+                .status(&[cid.to_string()], &[], |line| {
+                    local = Some(line.status);
+                    Ok(())
+                })
+                .await
+                .expect("status");
+            assert_eq!(local, Some(Status::Remote), "agent {i}, {cid}");
+        }
+    }
+
+    // User allocations alone: exactly those peers.
+    let cid = nodes[0].add(b"for agent 2 only", false).await;
+    let mut request = PinRequest::new(cid, "user");
+    request.allocations = vec![ids[2].clone()];
+    agents[1].client().pin(&request).await.expect("pin");
+    nodes_until(&nodes, &[cid], |_, held| held == [false, false, true])
+        .await
+        .unwrap_or_else(|last| panic!("not on agent 2 only: {last}"));
+    // Writing it again without options keeps its allocation.
+    let again = PinRequest::new(cid, "renamed");
+    agents[0].client().pin(&again).await.expect("pin again");
+    let info = agents[0]
+        .client()
+        .show(&cid.to_string())
+        .await
+        .expect("show");
+    assert_eq!(
+        (info.name.as_str(), info.allocations),
+        ("renamed", vec![ids[2].clone()])
+    );
+
+    // More replicas than live peers: refused with the count, unless allowed.
+    let mut four = PinRequest::new(cids[0], "four");
+    (four.replication_min, four.replication_max) = (Some(4), Some(4));
+    let err = agents[0].client().pin(&four).await.expect_err("refused");
+    assert!(err.to_string().contains("3 available"), "{err}");
+    four.allow_under_replication = true;
+    agents[0].client().pin(&four).await.expect("allowed");
+    let info = agents[0]
+        .client()
+        .show(&cids[0].to_string())
+        .await
+        .expect("show");
+    assert_eq!(info.allocations.len(), 3, "{info:?}");
 }

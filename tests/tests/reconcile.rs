@@ -9,31 +9,13 @@ use pinmesh_agent::api::status::StatusLine;
 use pinmesh_agent::reconcile::Status;
 use pinmesh_protocol::{Cid, PinStatus};
 use pinmesh_tests::ipfs::IpfsNet;
-use pinmesh_tests::{TestAgent, converged, pinmesh_in, random_secret};
+use pinmesh_tests::{TestAgent, converged, pinmesh_in};
 use tokio::time::Instant;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
-/// One agent per IPFS node of `net`, in one cluster, retrying failures within a second.
 async fn agents_on(net: &IpfsNet) -> Vec<TestAgent> {
-    let secret = random_secret();
-    let mut agents = Vec::new();
-    let mut bootstrap = Vec::new();
-    for api in &net.apis {
-        let mut agent = TestAgent::create(&secret, &bootstrap);
-        agent.configure(|c| {
-            c.ipfs.api = Some(api.clone());
-            c.ipfs.retry_max = Duration::from_secs(1);
-            c.ipfs.pin_stall_timeout = Duration::from_secs(30);
-            c.ipfs.pin_timeout = Duration::from_secs(30);
-        });
-        let node = agent.start().await;
-        if bootstrap.is_empty() {
-            bootstrap = node.addrs.clone();
-        }
-        agents.push(agent);
-    }
-    agents
+    net.agents(|_| {}).await
 }
 
 async fn status_of(agent: &TestAgent, cid: &Cid) -> StatusLine {

@@ -66,6 +66,8 @@ pub struct ApiState {
     pub token: Arc<str>,
     pub cluster: Arc<str>,
     pub peer_id: libp2p::PeerId,
+    /// Default factors and the tags replicas spread across.
+    pub allocation: Arc<crate::allocation::Policy>,
     /// Streamed listings in progress (`api.max_listings` permits).
     pub listings: Arc<tokio::sync::Semaphore>,
     pub max_listings: usize,

@@ -5,12 +5,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use libp2p::Multiaddr;
-use pinmesh_protocol::{Cid, PinSpec, Version};
+use libp2p::{Multiaddr, PeerId};
+use pinmesh_protocol::spec::EVERYWHERE;
+use pinmesh_protocol::{Cid, PinSpec, Version, winner};
 
 use super::{
     ApiError, ApiState, MAX_BATCH_PINS, OpReceipt, PinInfo, PinRequest, WaitQuery, parse_cid,
 };
+use crate::allocation::{Ask, Refused, choose};
 use crate::replica::LocalOp;
 use crate::store::Store;
 
@@ -31,8 +33,8 @@ pub(super) async fn pin(
     Json(req): Json<PinRequest>,
 ) -> Result<Json<OpReceipt>, ApiError> {
     check_writer(&state)?;
-    let op = pin_op(req)?;
-    let receipts = state.replica.local(vec![op]).await?;
+    let ops = allocate(&state, vec![pin_op(req)?]).await?;
+    let receipts = state.replica.local(ops).await?;
     Ok(Json(receipt(&receipts)?))
 }
 
@@ -48,10 +50,11 @@ pub(super) async fn pin_batch(
             reqs.len()
         )));
     }
-    let ops = reqs
+    let asked = reqs
         .into_iter()
         .map(pin_op)
         .collect::<Result<Vec<_>, _>>()?;
+    let ops = allocate(&state, asked).await?;
     let receipts = state.replica.local(ops).await?;
     Ok(Json(
         receipts
@@ -74,9 +77,23 @@ pub(super) fn check_writer(state: &ApiState) -> Result<(), ApiError> {
     ))
 }
 
-/// Checks a pin request and turns it into an operation.
-fn pin_op(req: PinRequest) -> Result<LocalOp, ApiError> {
+/// A checked pin request: its CID, its options but factors and allocations, and what it asks
+/// of allocation.
+struct Asked {
+    cid: Cid,
+    spec: PinSpec,
+    ask: Ask,
+}
+
+/// Checks a pin request (its factors and allocations are settled by [`allocate`]).
+fn pin_op(req: PinRequest) -> Result<Asked, ApiError> {
     let cid = parse_cid(&req.cid)?;
+    let user = (req.allocations.iter())
+        .map(|peer| {
+            peer.parse::<PeerId>()
+                .map_err(|_| ApiError::BadRequest(format!("allocation {peer:?} is not a peer id")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     for origin in &req.origins {
         origin.parse::<Multiaddr>().map_err(|e| {
             ApiError::BadRequest(format!("origin {origin:?} is not a multiaddr: {e}"))
@@ -92,9 +109,10 @@ fn pin_op(req: PinRequest) -> Result<LocalOp, ApiError> {
     let spec = PinSpec {
         name: req.name,
         mode: req.mode.unwrap_or(defaults.mode),
+        // Checked here as asked; settled by `allocate`.
         replication_min: req.replication_min.unwrap_or(defaults.replication_min),
         replication_max: req.replication_max.unwrap_or(defaults.replication_max),
-        allocations: Vec::new(),
+        allocations: req.allocations,
         expire_at: req.expire_at,
         metadata: req.metadata,
         origins: req.origins,
@@ -102,7 +120,70 @@ fn pin_op(req: PinRequest) -> Result<LocalOp, ApiError> {
     };
     spec.validate()
         .map_err(|e| ApiError::BadRequest(format!("invalid pin options for {cid}: {e}")))?;
-    Ok(LocalOp::Pin { cid, spec })
+    let ask = Ask {
+        min: req.replication_min,
+        max: req.replication_max,
+        user,
+        under_replicated: req.allow_under_replication,
+    };
+    Ok(Asked { cid, spec, ask })
+}
+
+/// Settles each pin's factors and allocations ([`choose`]): from the pin as it stands (read
+/// in one transaction), the cluster's defaults and, when a pin needs peers chosen, the peers'
+/// live metrics (asked of the swarm once).
+async fn allocate(state: &ApiState, asked: Vec<Asked>) -> Result<Vec<LocalOp>, ApiError> {
+    let store = state.store.clone();
+    let cids: Vec<Cid> = asked.iter().map(|a| a.cid).collect();
+    let current = state
+        .tasks
+        .spawn_blocking(move || -> Result<Vec<Option<PinSpec>>, ApiError> {
+            let reader = store
+                .reader()
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            cids.iter()
+                .map(|cid| {
+                    let versions =
+                        (reader.versions(cid)).map_err(|e| ApiError::Internal(e.to_string()))?;
+                    Ok(versions.and_then(|v| winner(&v).map(|w| w.spec.clone())))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let policy = &state.allocation;
+    let mut live = None;
+    let mut ops = Vec::with_capacity(asked.len());
+    for (Asked { cid, mut spec, ask }, current) in asked.into_iter().zip(current) {
+        // Every peer, or kept as it is: no metrics needed.
+        let settled = choose(&cid, &ask, current.as_ref(), policy.replication, &[], &[]);
+        let chosen = match settled {
+            Ok(chosen) if chosen.1 == EVERYWHERE || !chosen.2.is_empty() => Ok(chosen),
+            _ => {
+                if live.is_none() {
+                    live = Some(state.swarm.live_peers().await.map_err(|e| {
+                        ApiError::Unavailable(format!("cannot read peers' metrics: {e}"))
+                    })?);
+                }
+                let live = live.as_deref().unwrap_or_default();
+                choose(
+                    &cid,
+                    &ask,
+                    current.as_ref(),
+                    policy.replication,
+                    live,
+                    &policy.allocate_by,
+                )
+            }
+        };
+        (spec.replication_min, spec.replication_max, spec.allocations) =
+            chosen.map_err(|refused| match refused {
+                Refused::TooManyUserPeers { .. } => ApiError::BadRequest(refused.to_string()),
+                _ => ApiError::Unavailable(refused.to_string()),
+            })?;
+        ops.push(LocalOp::Pin { cid, spec });
+    }
+    Ok(ops)
 }
 
 fn receipt(receipts: &[crate::replica::Receipt]) -> Result<OpReceipt, ApiError> {

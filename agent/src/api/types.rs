@@ -32,6 +32,12 @@ pub struct PinRequest {
     pub metadata: BTreeMap<String, String>,
     #[serde(default)]
     pub origins: Vec<String>,
+    /// Peers to allocate first (peer ids).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allocations: Vec<String>,
+    /// Allocate to the live peers there are when fewer than `replication_min`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_under_replication: bool,
 }
 
 impl PinRequest {
@@ -46,6 +52,8 @@ impl PinRequest {
             expire_at: None,
             metadata: BTreeMap::new(),
             origins: Vec::new(),
+            allocations: Vec::new(),
+            allow_under_replication: false,
         }
     }
 }
@@ -66,6 +74,9 @@ pub struct PinInfo {
     pub mode: PinMode,
     pub replication_min: i32,
     pub replication_max: i32,
+    /// The peers that hold it; empty: every peer.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub allocations: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub expire_at: Option<u64>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
@@ -88,6 +99,7 @@ impl PinInfo {
             mode: w.spec.mode,
             replication_min: w.spec.replication_min,
             replication_max: w.spec.replication_max,
+            allocations: w.spec.allocations.clone(),
             expire_at: w.spec.expire_at,
             metadata: w.spec.metadata.clone(),
             origins: w.spec.origins.clone(),

@@ -61,6 +61,12 @@ pub struct PinOptions {
     rmin: Option<i32>,
     #[arg(long, allow_negative_numbers = true)]
     rmax: Option<i32>,
+    /// Peers to allocate first, comma-separated peer ids; alone, as many replicas as they name.
+    #[arg(long, value_delimiter = ',', value_parser = parse_peer)]
+    allocations: Vec<libp2p::PeerId>,
+    /// Pin on the live peers there are when they are fewer than --rmin (refused otherwise).
+    #[arg(long)]
+    allow_under_replication: bool,
     #[arg(long, value_parser = parse_mode)]
     mode: Option<PinMode>,
     /// Remove the pin after this long, like "30d" or "12h".
@@ -76,6 +82,11 @@ pub struct PinOptions {
 fn parse_cid(text: &str) -> Result<Cid, String> {
     text.parse::<Cid>()
         .map_err(|e| format!("{text:?} is not a CID: {e}"))
+}
+
+fn parse_peer(text: &str) -> Result<libp2p::PeerId, String> {
+    text.parse::<libp2p::PeerId>()
+        .map_err(|_| format!("{text:?} is not a peer id"))
 }
 
 fn parse_mode(text: &str) -> Result<PinMode, String> {
@@ -177,6 +188,8 @@ pub async fn pin_with(
         expire_at,
         metadata: args.meta.iter().cloned().collect::<BTreeMap<_, _>>(),
         origins: Vec::new(),
+        allocations: args.allocations.iter().map(ToString::to_string).collect(),
+        allow_under_replication: args.allow_under_replication,
     };
     let client = ctx.client()?;
     let receipt = client.pin(&request).await?;

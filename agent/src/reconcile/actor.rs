@@ -69,7 +69,7 @@ impl Reconciler {
                 limits: settings.limits,
                 claims: claims_tx,
             }),
-            records: Records::new(store),
+            records: Records::new(store, settings.peer_id),
             backend,
             synced,
             settings,
@@ -267,7 +267,8 @@ impl Reconciler {
                 let was_pinned = stored.state.as_ref().map(|s| s.status) == Some(Status::Pinned);
                 let mut latest = stored.state.clone();
                 let facts = Facts {
-                    wanted: (stored.versions.as_deref()).and_then(|v| wanted_of(v, now_ms / 1000)),
+                    wanted: (stored.versions.as_deref())
+                        .and_then(|v| wanted_of(v, now_ms / 1000, self.records.me())),
                     have: have(&self.actual, &cid),
                     state: stored.state,
                     synced,

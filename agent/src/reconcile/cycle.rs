@@ -121,6 +121,7 @@ pub(super) type Compared = (Vec<Cid>, Vec<Cid>);
 pub(super) fn compare(
     store: &Store,
     actual: &HashMap<Cid, PinMode>,
+    me: &str,
 ) -> Result<Compared, StoreError> {
     let reader = store.reader()?;
     let now_ms = now_ms();
@@ -130,7 +131,7 @@ pub(super) fn compare(
     for item in reader.entries_with_status(None)? {
         let (cid, versions, state) = item?;
         let have = actual.get(&content_key(&cid)).copied();
-        let settled = match wanted_of(&versions, now) {
+        let settled = match wanted_of(&versions, now, me) {
             Some(w) => satisfies(have, w.mode) && state.is_some_and(|s| s.status == Status::Pinned),
             None => {
                 if state.as_ref().is_some_and(|s| stale(s, now_ms)) {
@@ -268,7 +269,7 @@ mod tests {
         let written = records.iter().map(|(cid, state)| (cid, state));
         store.write_statuses(written, true).expect("write");
 
-        let (mut look, stale) = compare(&store, &HashMap::new()).expect("compare");
+        let (mut look, stale) = compare(&store, &HashMap::new(), "me").expect("compare");
         assert_eq!(stale, vec![cid(1)]);
         let mut want = vec![cid(3), cid(4)]; // the owned record and the error
         look.sort();

@@ -256,9 +256,9 @@ pub(super) fn settled(
 
 /// What the newest version of a CID's entry wants here; `None` when nothing (unpinned,
 /// expired, allocated elsewhere).
-pub(super) fn wanted_of(versions: &[Version], now_secs: u64) -> Option<Wanted> {
+pub(super) fn wanted_of(versions: &[Version], now_secs: u64, me: &str) -> Option<Wanted> {
     let w = winner(versions)?;
-    if w.spec.expire_at.is_some_and(|at| at <= now_secs) || !allocated_here(&w.spec) {
+    if w.spec.expire_at.is_some_and(|at| at <= now_secs) || !allocated_here(&w.spec, me) {
         return None;
     }
     Some(Wanted {

@@ -75,16 +75,18 @@ pub fn read_status(store: &Store, cid: &Cid) -> Result<Option<PinState>, StoreEr
     store.reader()?.status(cid)
 }
 
-/// Whether this peer should hold a pin. Every peer holds every pin for now; replication
-/// factors and allocations will decide here.
-pub fn allocated_here(_spec: &pinmesh_protocol::PinSpec) -> bool {
-    true
+/// Whether the peer `me` (its peer id as text) should hold a pin: it is allocated to it, or
+/// to every peer (no allocations: factors of -1, and pins written before allocation).
+pub fn allocated_here(spec: &pinmesh_protocol::PinSpec, me: &str) -> bool {
+    spec.allocations.is_empty() || spec.allocations.iter().any(|peer| peer == me)
 }
 
 /// How the reconciler paces itself; from `[ipfs]` in the config.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub cluster: String,
+    /// This agent: pins allocated to other peers only are not pinned here.
+    pub peer_id: libp2p::PeerId,
     pub concurrency: usize,
     pub limits: PinLimits,
     pub relist_interval: Duration,

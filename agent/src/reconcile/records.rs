@@ -24,6 +24,8 @@ pub(super) type Read = Result<Stored, String>;
 
 pub(super) struct Records {
     store: Store,
+    /// This agent's peer id, as pins' allocations name it.
+    me: Arc<str>,
     /// Status records to write with the next flush.
     pending: HashMap<Cid, PinState>,
     /// The next flush must be durable (it records ownership before a pin).
@@ -31,12 +33,18 @@ pub(super) struct Records {
 }
 
 impl Records {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, me: libp2p::PeerId) -> Self {
         Records {
             store,
+            me: me.to_base58().into(),
             pending: HashMap::new(),
             durable: false,
         }
+    }
+
+    /// This agent's peer id as pins' allocations name it.
+    pub fn me(&self) -> &str {
+        &self.me
     }
 
     /// Records `state` with the next flush.
@@ -126,8 +134,9 @@ impl Records {
         let actual = Arc::new(actual);
         let found = blocking(&self.store, {
             let actual = actual.clone();
+            let me = self.me.clone();
             move |store| {
-                let (cids, stale) = compare(store, &actual)?;
+                let (cids, stale) = compare(store, &actual, &me)?;
                 let pruned = prune(store, &stale)?;
                 if pruned > 0 {
                     debug!(pruned, "removed old records of unpinned CIDs");

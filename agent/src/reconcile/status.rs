@@ -31,6 +31,7 @@ pub struct StatusLine {
 fn line_of(
     cid: &Cid,
     peer_id: &PeerId,
+    me: &str,
     entry: Option<&[Version]>,
     record: Option<PinState>,
 ) -> StatusLine {
@@ -45,7 +46,7 @@ fn line_of(
         owned: record.is_some_and(|r| r.owned),
     };
     match (wanted, record) {
-        (Some(w), _) if !allocated_here(&w.spec) => line(Status::Remote, None),
+        (Some(w), _) if !allocated_here(&w.spec, me) => line(Status::Remote, None),
         (_, Some(record)) => line(record.status, Some(&record)),
         // Wanted, and the reconciler has not looked at it yet.
         (Some(_), None) => line(Status::Queued, None),
@@ -65,6 +66,7 @@ pub fn scan_page(
     emit: &mut dyn FnMut(StatusLine) -> bool,
 ) -> Result<Option<Vec<u8>>, StoreError> {
     let reader = store.reader()?;
+    let me = peer_id.to_base58();
     let (phase, from) = match &after {
         Some(key) if !key.is_empty() => (key[0], Some(&key[1..])),
         _ => (0, None),
@@ -78,7 +80,7 @@ pub fn scan_page(
     if phase == 0 {
         for item in reader.entries_with_status(from)? {
             let (cid, versions, record) = item?;
-            emit(line_of(&cid, peer_id, Some(&versions), record));
+            emit(line_of(&cid, peer_id, &me, Some(&versions), record));
             seen += 1;
             if seen == page {
                 return Ok(next(0, &cid));
@@ -90,7 +92,7 @@ pub fn scan_page(
         let (cid, record) = item?;
         seen += 1;
         if !reader.has_entry(&cid)? {
-            emit(line_of(&cid, peer_id, None, Some(record)));
+            emit(line_of(&cid, peer_id, &me, None, Some(record)));
         }
         if seen >= page {
             return Ok(next(1, &cid));
@@ -159,10 +161,11 @@ pub fn scan_some(
     emit: &mut dyn FnMut(StatusLine) -> bool,
 ) -> Result<(), StoreError> {
     let reader = store.reader()?;
+    let me = peer_id.to_base58();
     for cid in cids {
         let versions = reader.versions(cid)?;
         let record = reader.status(cid)?;
-        if !emit(line_of(cid, peer_id, versions.as_deref(), record)) {
+        if !emit(line_of(cid, peer_id, &me, versions.as_deref(), record)) {
             return Ok(());
         }
     }

@@ -148,6 +148,12 @@ fn unsupported(call: &'static str) -> IpfsError {
     }
 }
 
+/// The peer the reconcilers of these tests run as.
+fn me() -> libp2p::PeerId {
+    let key = libp2p::identity::Keypair::ed25519_from_bytes([5; 32]).expect("key");
+    key.public().to_peer_id()
+}
+
 /// A reconciler over a fresh store and a [`FakeNode`], and the pinset the test writes.
 struct Harness {
     _dir: tempfile::TempDir,
@@ -187,6 +193,7 @@ impl Harness {
         let cancel = CancellationToken::new();
         let mut settings = Settings {
             cluster: "test".into(),
+            peer_id: me(),
             concurrency: 4,
             limits: PinLimits {
                 stall: Duration::from_secs(5),
@@ -534,4 +541,65 @@ async fn a_cid_whose_record_cannot_be_read_waits_without_holding_up_the_others()
         h.has(&bad, Status::Pinned, true)
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_pin_allocated_to_other_peers_is_not_pinned_here_and_shows_remote() {
+    let mut h = Harness::listed(FakeNode::default()).await;
+    let (here, elsewhere) = (sim_cid(1), sim_cid(2));
+    let other = libp2p::PeerId::random().to_base58();
+    let allocated = |peers: &[&str]| {
+        let mut spec = PinSpec::named("t");
+        spec.allocations = peers.iter().map(|p| p.to_string()).collect();
+        spec
+    };
+    let mine = me().to_base58();
+    // One change, decided in one round.
+    h.write(vec![
+        (
+            here,
+            Op::Pin {
+                at: 1,
+                spec: allocated(&[&other, &mine]),
+            },
+        ),
+        (
+            elsewhere,
+            Op::Pin {
+                at: 2,
+                spec: allocated(&[&other]),
+            },
+        ),
+    ])
+    .await;
+    h.until("the pin allocated here is pinned", |h| {
+        h.has(&here, Status::Pinned, true)
+    })
+    .await;
+    assert!(
+        !h.node.holds(&elsewhere),
+        "allocated elsewhere: never fetched"
+    );
+    let mut lines = Vec::new();
+    status::scan_some(&h.store, &me(), &[here, elsewhere], &mut |line| {
+        lines.push(line.status);
+        true
+    })
+    .expect("status");
+    assert_eq!(lines, vec![Status::Pinned, Status::Remote]);
+
+    // Allocated away from this peer: the agent's own pin goes.
+    h.write(vec![(
+        here,
+        Op::Pin {
+            at: 3,
+            spec: allocated(&[&other]),
+        },
+    )])
+    .await;
+    h.until("the pin no longer allocated here is removed", |h| {
+        h.has(&here, Status::Unpinned, false)
+    })
+    .await;
+    assert!(!h.node.holds(&here));
 }

@@ -62,6 +62,9 @@ impl EventLoop {
                 self.pending_status.insert(id, reply);
             }
             SwarmCommand::PublishMetric(metric) => self.publish_metric(metric),
+            SwarmCommand::Live { reply } => {
+                let _ = reply.send(self.metrics.live(tokio::time::Instant::now()));
+            }
             SwarmCommand::Info { reply } => {
                 let _ = reply.send(self.info());
             }

@@ -93,6 +93,12 @@ impl SwarmHandle {
             .map_err(|_| SwarmError::Stopped)
     }
 
+    /// The peers with a live metric (this agent included when it has one): those allocation
+    /// may choose.
+    pub async fn live_peers(&self) -> Result<Vec<(PeerId, super::PeerMetric)>, SwarmError> {
+        self.ask(|reply| SwarmCommand::Live { reply }).await
+    }
+
     /// Where `cids` stand on `peer`'s IPFS node.
     pub async fn pin_status(
         &self,

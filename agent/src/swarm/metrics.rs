@@ -121,6 +121,14 @@ impl Metrics {
         })
     }
 
+    /// The peers whose metric is live, with it.
+    pub fn live(&self, now: Instant) -> Vec<(PeerId, PeerMetric)> {
+        (self.held.keys())
+            .filter_map(|peer| Some((*peer, self.view(peer, now)?)))
+            .filter(|(_, metric)| metric.live)
+            .collect()
+    }
+
     /// Peers with a metric, live or not.
     pub fn peers(&self) -> impl Iterator<Item = &PeerId> {
         self.held.keys()

@@ -67,6 +67,10 @@ pub enum SwarmCommand {
     Refresh,
     /// Publish this agent's metric (and hold it as its own).
     PublishMetric(pinmesh_protocol::metric::Metric),
+    /// The peers with a live metric, this agent included.
+    Live {
+        reply: oneshot::Sender<Vec<(PeerId, PeerMetric)>>,
+    },
     /// Ask `peer` where `cids` stand on its IPFS node.
     PinStatus {
         peer: PeerId,

@@ -110,7 +110,9 @@ impl Reconciler {
                 for (cid, read) in cids.iter().zip(stored) {
                     let Ok(stored) = read else { continue };
                     let versions = stored.versions.as_deref();
-                    let wanted = versions.and_then(|v| wanted_of(v, now_ms / 1000)).is_some();
+                    let wanted = versions
+                        .and_then(|v| wanted_of(v, now_ms / 1000, self.records.me()))
+                        .is_some();
                     if let Some(state) = decide::node_down(wanted, stored.state, &error, now_ms) {
                         self.records.record(*cid, state);
                     }

@@ -260,9 +260,32 @@ fn expired_and_unpinned_entries_want_nothing() {
         at: 1,
         spec,
     }];
-    assert!(wanted_of(&versions, 99).is_some());
-    assert_eq!(wanted_of(&versions, 100), None, "expired at its second");
-    assert_eq!(wanted_of(&[], 1), None);
+    assert!(wanted_of(&versions, 99, "me").is_some());
+    assert_eq!(
+        wanted_of(&versions, 100, "me"),
+        None,
+        "expired at its second"
+    );
+    assert_eq!(wanted_of(&[], 1, "me"), None);
+}
+
+#[test]
+fn a_pin_is_wanted_where_it_is_allocated_or_when_it_is_allocated_everywhere() {
+    use pinmesh_protocol::{ActorId, Dot, PinSpec};
+    let with = |allocations: &[&str]| {
+        let mut spec = PinSpec::named("x");
+        spec.allocations = allocations.iter().map(|a| a.to_string()).collect();
+        [Version {
+            dot: Dot::new(ActorId::derive(&[1; 32], 1), 1),
+            at: 1,
+            spec,
+        }]
+    };
+    assert!(wanted_of(&with(&[]), 1, "me").is_some(), "every peer");
+    assert!(wanted_of(&with(&["other", "me"]), 1, "me").is_some());
+    assert_eq!(wanted_of(&with(&["other", "third"]), 1, "me"), None);
+    // Allocations name peers exactly: no prefix or case games.
+    assert_eq!(wanted_of(&with(&["m", "ME", "me "]), 1, "me"), None);
 }
 
 #[test]
