@@ -202,34 +202,38 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
 /// What a batch's author signs: a domain tag, the cluster name, then every field but the
 /// signature.
 pub fn batch_signing_bytes(cluster: &str, batch: &DeltaBatch) -> Vec<u8> {
-    let mut out = b"pinmesh delta batch v1\0".to_vec();
-    out.extend((cluster.len() as u64).to_le_bytes());
-    out.extend(cluster.as_bytes());
-    out.extend(to_vec(&(
+    let fields = (
         batch.origin,
         batch.author,
         batch.incarnation,
         batch.first,
         &batch.changes,
-    )));
+    );
+    signing_bytes(b"pinmesh delta batch v1\0", cluster, &fields)
+}
+
+/// A domain tag, the cluster name (length first), then the encoded fields: a signature made
+/// for one kind of message or one cluster verifies for no other.
+fn signing_bytes<T: Serialize>(domain: &[u8], cluster: &str, fields: &T) -> Vec<u8> {
+    let mut out = domain.to_vec();
+    out.extend((cluster.len() as u64).to_le_bytes());
+    out.extend(cluster.as_bytes());
+    out.extend(to_vec(fields));
     out
 }
 
 /// What an agent signs in its metric: a domain tag, the cluster name, then every field but
 /// the signature.
 pub fn metric_signing_bytes(cluster: &str, metric: &Metric) -> Vec<u8> {
-    let mut out = b"pinmesh metric v1\0".to_vec();
-    out.extend((cluster.len() as u64).to_le_bytes());
-    out.extend(cluster.as_bytes());
-    out.extend(to_vec(&(
+    let fields = (
         metric.peer,
         metric.seq,
         metric.ttl_ms,
         metric.free,
         metric.pins,
         &metric.tags,
-    )));
-    out
+    );
+    signing_bytes(b"pinmesh metric v1\0", cluster, &fields)
 }
 
 #[cfg(test)]

@@ -548,28 +548,16 @@ async fn a_pin_allocated_to_other_peers_is_not_pinned_here_and_shows_remote() {
     let mut h = Harness::listed(FakeNode::default()).await;
     let (here, elsewhere) = (sim_cid(1), sim_cid(2));
     let other = libp2p::PeerId::random().to_base58();
-    let allocated = |peers: &[&str]| {
+    let mine = me().to_base58();
+    let pin_on = |at: u64, peers: &[&str]| {
         let mut spec = PinSpec::named("t");
         spec.allocations = peers.iter().map(|p| p.to_string()).collect();
-        spec
+        Op::Pin { at, spec }
     };
-    let mine = me().to_base58();
     // One change, decided in one round.
     h.write(vec![
-        (
-            here,
-            Op::Pin {
-                at: 1,
-                spec: allocated(&[&other, &mine]),
-            },
-        ),
-        (
-            elsewhere,
-            Op::Pin {
-                at: 2,
-                spec: allocated(&[&other]),
-            },
-        ),
+        (here, pin_on(1, &[&other, &mine])),
+        (elsewhere, pin_on(2, &[&other])),
     ])
     .await;
     h.until("the pin allocated here is pinned", |h| {
@@ -589,14 +577,7 @@ async fn a_pin_allocated_to_other_peers_is_not_pinned_here_and_shows_remote() {
     assert_eq!(lines, vec![Status::Pinned, Status::Remote]);
 
     // Allocated away from this peer: the agent's own pin goes.
-    h.write(vec![(
-        here,
-        Op::Pin {
-            at: 3,
-            spec: allocated(&[&other]),
-        },
-    )])
-    .await;
+    h.write(vec![(here, pin_on(3, &[&other]))]).await;
     h.until("the pin no longer allocated here is removed", |h| {
         h.has(&here, Status::Unpinned, false)
     })
