@@ -69,44 +69,50 @@ where
             chosen.push(c);
         }
     }
+    let key = key_hash(wanted.cid);
     let mut rest: Vec<(f64, &Candidate<P>)> = candidates
         .iter()
         .filter(|c| !chosen.iter().any(|x| x.peer == c.peer))
-        .map(|c| (score(wanted.cid, c.peer.as_ref(), c.free), c))
+        .map(|c| (weighted(key, c.peer.as_ref(), c.free), c))
         .collect();
     // Best score first; equal scores (equal keys) by peer bytes, so the order is total.
-    rest.sort_by(|(a, x), (b, y)| {
+    let order = |(a, x): &(f64, &Candidate<P>), (b, y): &(f64, &Candidate<P>)| {
         b.total_cmp(a)
             .then_with(|| x.peer.as_ref().cmp(y.peer.as_ref()))
-    });
+    };
     let levels = candidates.iter().map(|c| c.tags.len()).max().unwrap_or(0);
-    while chosen.len() < wanted.max && !rest.is_empty() {
-        let pick = if levels == 0 {
-            0
-        } else {
-            // The first (best-scored) of those whose tags are least taken.
-            let crowding = |c: &Candidate<P>| -> Vec<usize> {
-                (1..=levels)
-                    .map(|depth| {
-                        let mine = prefix(&c.tags, depth);
-                        chosen
-                            .iter()
-                            .filter(|x| prefix(&x.tags, depth) == mine)
-                            .count()
-                    })
-                    .collect()
-            };
-            let mut best = 0;
-            let mut best_crowding = crowding(rest[0].1);
-            for (i, (_, c)) in rest.iter().enumerate().skip(1) {
-                let crowding = crowding(c);
-                if crowding < best_crowding {
-                    (best, best_crowding) = (i, crowding);
-                }
-            }
-            best
+    let room = wanted.max - chosen.len();
+    if levels == 0 && room < rest.len() {
+        // By score alone, only the best `room` matter: no need to sort the others.
+        rest.select_nth_unstable_by(room, order);
+        rest.truncate(room);
+    }
+    rest.sort_by(order);
+    if levels == 0 {
+        chosen.extend(rest.iter().take(room).map(|(_, c)| *c));
+    }
+    while levels > 0 && chosen.len() < wanted.max && !rest.is_empty() {
+        // The first (best-scored) of those whose tags are least taken.
+        let crowding = |c: &Candidate<P>| -> u128 {
+            // Per depth, how many chosen peers share this peer's first `depth` tag values,
+            // packed so that comparing numbers compares the counts in order of depth.
+            (1..=levels.min(MAX_LEVELS)).fold(0u128, |packed, depth| {
+                let mine = prefix(&c.tags, depth);
+                let shared = (chosen.iter())
+                    .filter(|x| prefix(&x.tags, depth) == mine)
+                    .count();
+                (packed << COUNT_BITS) | shared.min(COUNT_MAX) as u128
+            })
         };
-        chosen.push(rest.remove(pick).1);
+        let mut best = 0;
+        let mut best_crowding = crowding(rest[0].1);
+        for (i, (_, c)) in rest.iter().enumerate().skip(1) {
+            let crowding = crowding(c);
+            if crowding < best_crowding {
+                (best, best_crowding) = (i, crowding);
+            }
+        }
+        chosen.push(rest.remove(best).1);
     }
     if chosen.len() < wanted.min {
         return Err(AllocateError::TooFewPeers {
@@ -117,6 +123,12 @@ where
     Ok(chosen.into_iter().map(|c| c.peer.clone()).collect())
 }
 
+/// Tag levels compared when spreading (more are ignored), and the bits of each level's count:
+/// 16 levels of 7 bits fit a `u128`.
+const MAX_LEVELS: usize = 16;
+const COUNT_BITS: u32 = 7;
+const COUNT_MAX: usize = (1 << COUNT_BITS) - 1;
+
 /// The first `depth` tag values (fewer when a peer has fewer tags).
 fn prefix(tags: &[String], depth: usize) -> &[String] {
     &tags[..depth.min(tags.len())]
@@ -125,32 +137,57 @@ fn prefix(tags: &[String], depth: usize) -> &[String] {
 /// Weighted rendezvous score of `peer` for `cid`: `-w / ln(u)`, `u` uniform in (0, 1) from a
 /// hash of both. Higher is better.
 pub fn score(cid: &[u8], peer: &[u8], weight: u64) -> f64 {
-    let u = unit(cid, peer);
+    weighted(key_hash(cid), peer, weight)
+}
+
+fn weighted(key: u64, peer: &[u8], weight: u64) -> f64 {
+    let u = unit(mix(key, peer));
     weight.max(1) as f64 / -u.ln()
 }
 
 /// Plain rendezvous: which of `peers` ranks first for `key` (the same on every peer, whatever
 /// the order it knows them in). Decides who among live peers repins a CID.
 pub fn first_for<'p, P: AsRef<[u8]>>(key: &[u8], peers: &'p [P]) -> Option<&'p P> {
+    let key = key_hash(key);
     // Equal hashes (never seen in practice) go to the smallest peer bytes.
     peers.iter().max_by(|a, b| {
-        (hash(key, a.as_ref()).cmp(&hash(key, b.as_ref()))).then_with(|| b.as_ref().cmp(a.as_ref()))
+        (mix(key, a.as_ref()).cmp(&mix(key, b.as_ref()))).then_with(|| b.as_ref().cmp(a.as_ref()))
     })
 }
 
-fn hash(key: &[u8], peer: &[u8]) -> u64 {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&(key.len() as u64).to_le_bytes());
-    hasher.update(key);
-    hasher.update(peer);
-    let bytes = hasher.finalize();
+/// The key's hash, taken once per choice (blake3: keys are chosen by users).
+fn key_hash(key: &[u8]) -> u64 {
+    let bytes = blake3::hash(key);
     u64::from_le_bytes(bytes.as_bytes()[..8].try_into().unwrap_or([0; 8]))
 }
 
-/// A hash of (`key`, `peer`) as a number in (0, 1), never 0 or 1.
-fn unit(key: &[u8], peer: &[u8]) -> f64 {
+/// The rendezvous hash of (key, peer): the peer's bytes folded in eight at a time (cheap: it
+/// runs once per candidate per choice), each step and the end avalanched with the SplitMix64
+/// finaliser, so that peers whose ids differ in one byte still rank independently.
+fn mix(key: u64, peer: &[u8]) -> u64 {
+    let chunks = peer.chunks_exact(8);
+    let tail = chunks.remainder();
+    let mut h = key ^ (peer.len() as u64);
+    for chunk in chunks {
+        h = avalanche(h ^ u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])));
+    }
+    let mut last = [0u8; 8];
+    last[..tail.len()].copy_from_slice(tail);
+    avalanche(h ^ u64::from_le_bytes(last))
+}
+
+/// SplitMix64's finaliser: every input bit flips about half the output bits.
+fn avalanche(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A hash as a number in (0, 1), never 0 or 1.
+fn unit(hash: u64) -> f64 {
     // 53 bits: exactly representable; +0.5 keeps it off both ends.
-    ((hash(key, peer) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    ((hash >> 11) as f64 + 0.5) / (1u64 << 53) as f64
 }
 
 #[cfg(test)]
