@@ -275,3 +275,33 @@ async fn a_replication_factor_pins_on_that_many_nodes_and_the_others_show_remote
         .expect("show");
     assert_eq!(info.allocations.len(), 3, "{info:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_pins_are_hidden_from_pin_ls_at_once() {
+    let mut agent = TestAgent::create(&random_secret(), &[]);
+    agent.start().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let mut expired = PinRequest::new(sim_cid(1), "expired");
+    expired.expire_at = Some(now - 1);
+    let mut later = PinRequest::new(sim_cid(2), "later");
+    later.expire_at = Some(now + 3600);
+    let kept = PinRequest::new(sim_cid(3), "kept");
+    for request in [&expired, &later, &kept] {
+        agent.client().pin(request).await.expect("pin");
+    }
+    let mut listed = Vec::new();
+    agent
+        .client()
+        .list(|pin| {
+            listed.push(pin.name);
+            Ok(())
+        })
+        .await
+        .expect("list");
+    listed.sort();
+    assert_eq!(listed, ["kept", "later"]);
+    agent.stop().await;
+}

@@ -26,9 +26,13 @@ pub(super) async fn list(State(state): State<ApiState>) -> Result<Response, ApiE
     })
 }
 
-/// One page of `GET /v1/pins`: up to [`LIST_PAGE`] pins after the key `after`.
+/// One page of `GET /v1/pins`: up to [`LIST_PAGE`] pins after the key `after`. A pin past its
+/// `expire_at` is left out at once, before any peer has removed it.
 fn pins_page(store: &Store, after: Option<Vec<u8>>) -> Result<Page, String> {
     let reader = store.reader().map_err(|e| e.to_string())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let mut lines = Vec::new();
     let mut last = None;
     let mut seen = 0;
@@ -37,7 +41,8 @@ fn pins_page(store: &Store, after: Option<Vec<u8>>) -> Result<Page, String> {
         .map_err(|e| e.to_string())?
     {
         let (cid, versions) = item.map_err(|e| e.to_string())?;
-        if let Some(info) = PinInfo::from_versions(&cid, &versions) {
+        let info = PinInfo::from_versions(&cid, &versions);
+        if let Some(info) = info.filter(|i| i.expire_at.is_none_or(|at| at > now)) {
             let mut line = serde_json::to_string(&info).map_err(|e| e.to_string())?;
             line.push('\n');
             lines.push(line);
