@@ -72,6 +72,16 @@ pub struct ClusterConfig {
     /// Tags whose values a pin's replicas spread across, in order (`["region", "rack"]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allocate_by: Vec<String>,
+    /// A pin whose allocated peer has been down this long, with fewer than `replication_min`
+    /// peers not lost, is allocated again by one live peer. Zero: never.
+    #[serde(default = "default_repin_after", with = "humantime_serde")]
+    pub repin_after: Duration,
+    /// Pins re-allocated per second at most, by one agent.
+    #[serde(default = "default_repin_rate")]
+    pub repin_rate: u32,
+    /// A peer down this long no longer counts as allocatable.
+    #[serde(default = "default_peer_forget_after", with = "humantime_serde")]
+    pub peer_forget_after: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,11 +224,42 @@ mod exact_size {
     }
 }
 
+impl ClusterConfig {
+    /// A cluster's settings with every default.
+    pub fn new(name: String, secret: String) -> Self {
+        ClusterConfig {
+            name,
+            secret,
+            trusted_writers: Vec::new(),
+            tags: BTreeMap::new(),
+            metrics_interval: DEFAULT_METRICS_INTERVAL,
+            replication_min: every_peer(),
+            replication_max: every_peer(),
+            allocate_by: Vec::new(),
+            repin_after: default_repin_after(),
+            repin_rate: default_repin_rate(),
+            peer_forget_after: default_peer_forget_after(),
+        }
+    }
+}
+
 /// `cluster.metrics_interval` when unset.
 pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(10);
 
 fn default_metrics_interval() -> Duration {
     DEFAULT_METRICS_INTERVAL
+}
+
+fn default_repin_after() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+
+fn default_repin_rate() -> u32 {
+    1000
+}
+
+fn default_peer_forget_after() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 fn every_peer() -> i32 {
@@ -361,6 +402,17 @@ impl Config {
         if self.cluster.metrics_interval < Duration::from_millis(100) {
             return Err(invalid(
                 "cluster.metrics_interval must be at least 100ms".into(),
+            ));
+        }
+        if self.cluster.repin_rate == 0 {
+            return Err(invalid(
+                "cluster.repin_rate must be at least 1 (repin_after = \"0s\" turns repinning off)"
+                    .into(),
+            ));
+        }
+        if self.cluster.peer_forget_after < self.cluster.repin_after {
+            return Err(invalid(
+                "cluster.peer_forget_after must be at least cluster.repin_after".into(),
             ));
         }
         let mut factors = pinmesh_protocol::PinSpec::default();

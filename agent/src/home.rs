@@ -165,16 +165,7 @@ pub fn init(home: &Home, options: InitOptions) -> anyhow::Result<Initialized> {
     }
     let secret_generated = options.secret.is_none();
     let config = Config {
-        cluster: ClusterConfig {
-            name: options.cluster,
-            secret: options.secret.unwrap_or_else(random_hex32),
-            trusted_writers: Vec::new(),
-            tags: Default::default(),
-            metrics_interval: crate::config::DEFAULT_METRICS_INTERVAL,
-            replication_min: pinmesh_protocol::spec::EVERYWHERE,
-            replication_max: pinmesh_protocol::spec::EVERYWHERE,
-            allocate_by: Vec::new(),
-        },
+        cluster: ClusterConfig::new(options.cluster, options.secret.unwrap_or_else(random_hex32)),
         network: NetworkConfig {
             listen: if options.listen.is_empty() {
                 NetworkConfig::default().listen

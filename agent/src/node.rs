@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::allocation::{self, MetricSettings};
+use crate::allocation::{self, KeeperSettings, MetricSettings};
 use crate::api::{self, ApiState};
 use crate::config::{Config, Validated};
 use crate::fatal::Fatal;
@@ -217,6 +217,7 @@ impl Node {
                 ipfs: backend.is_some(),
                 peering,
                 fatal: failure.clone(),
+                peer_forget_after: config.raw.cluster.peer_forget_after,
             },
         )?;
 
@@ -243,6 +244,22 @@ impl Node {
         );
         let reconciler = match &backend {
             Some(backend) => {
+                let cluster = &config.raw.cluster;
+                let (link, keep) = allocation::keeper::spawn(
+                    KeeperSettings {
+                        me: peer_id,
+                        trusted_writers: config.trusted_writers.clone(),
+                        repin_after: cluster.repin_after,
+                        repin_rate: cluster.repin_rate,
+                        check_interval: cluster.metrics_interval,
+                        allocate_by: cluster.allocate_by.clone(),
+                    },
+                    store.clone(),
+                    replica.clone(),
+                    swarm_tx.clone(),
+                    cancel.child_token(),
+                );
+                tasks.spawn(keep.instrument(span.clone()));
                 let ipfs = &config.raw.ipfs;
                 let (handle, run) = reconcile::spawn(
                     store.clone(),
@@ -261,7 +278,9 @@ impl Node {
                         retry_max: ipfs.retry_max,
                         retry_base: reconcile::RETRY_BASE,
                         probe_interval: reconcile::PROBE_INTERVAL,
+                        release_retry: reconcile::RELEASE_RETRY,
                     },
+                    link,
                     cancel.child_token(),
                 );
                 let stop = cancel.clone();

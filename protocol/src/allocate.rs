@@ -123,6 +123,22 @@ where
     Ok(chosen.into_iter().map(|c| c.peer.clone()).collect())
 }
 
+/// Whether a pin allocated to `allocations` must be allocated again: some of its peers are
+/// `lost` (down for longer than the cluster waits) and fewer than `min` are not. A peer down
+/// for a shorter while still counts: a blip moves nothing.
+pub fn repin_due<P>(allocations: &[P], min: usize, lost: impl Fn(&P) -> bool) -> bool {
+    let gone = allocations.iter().filter(|p| lost(p)).count();
+    gone > 0 && allocations.len() - gone < min
+}
+
+/// The repinner of a pin: of the peers that may repin (live, and writers), the one that ranks
+/// first for its CID. Every peer with the same view picks the same one, so one peer
+/// re-allocates each pin; two views that differ (a metric seen by one only) may pick two, and
+/// the pinset's winner rule then keeps one of their lists.
+pub fn repinner<'p, P: AsRef<[u8]>>(cid: &[u8], repinners: &'p [P]) -> Option<&'p P> {
+    first_for(cid, repinners)
+}
+
 /// Tag levels compared when spreading (more are ignored), and the bits of each level's count:
 /// 16 levels of 7 bits fit a `u128`.
 const MAX_LEVELS: usize = 16;

@@ -266,6 +266,12 @@ pub enum SpecError {
 }
 
 impl PinSpec {
+    /// How many peers must hold the pin for it to count as replicated: its minimum factor,
+    /// at least one (a minimum of "every peer" with allocations means one).
+    pub fn min_copies(&self) -> usize {
+        usize::try_from(self.replication_min).unwrap_or(1).max(1)
+    }
+
     /// A spec with only a name.
     pub fn named(name: impl Into<String>) -> Self {
         PinSpec {

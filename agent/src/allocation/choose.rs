@@ -99,16 +99,7 @@ pub fn choose(
     .map(|peer| peer.to_bytes())
     .collect();
     let user: Vec<Vec<u8>> = ask.user.iter().map(|peer| peer.to_bytes()).collect();
-    let candidates: Vec<Candidate<Vec<u8>>> = live
-        .iter()
-        .map(|(peer, metric)| Candidate {
-            peer: peer.to_bytes(),
-            free: metric.free,
-            tags: (allocate_by.iter())
-                .map(|tag| metric.tags.get(tag).cloned().unwrap_or_default())
-                .collect(),
-        })
-        .collect();
+    let candidates = candidates(live, allocate_by);
     // min == -1 with a bounded max: at least one.
     let needed = if min == EVERYWHERE { 1 } else { min as usize };
     let wanted = Wanted {
@@ -125,12 +116,61 @@ pub fn choose(
             available,
         },
     })?;
-    let allocations = chosen
+    Ok((min, max, texts(&chosen)))
+}
+
+/// The allocations of a pin some of whose peers are `lost`: its peers that are not lost,
+/// then peers chosen as for a new pin among the `live` ones, up to its maximum. A peer down
+/// for a shorter while keeps its place (it may be back soon).
+pub fn reallocate(
+    cid: &Cid,
+    spec: &PinSpec,
+    lost: &dyn Fn(&PeerId) -> bool,
+    live: &[(PeerId, PeerMetric)],
+    allocate_by: &[String],
+) -> Vec<String> {
+    let current: Vec<PeerId> = (spec.allocations.iter())
+        .filter_map(|text| text.parse().ok())
+        .filter(|peer| !lost(peer))
+        .collect();
+    let is_live = |peer: &PeerId| live.iter().any(|(l, _)| l == peer);
+    let (up, waiting): (Vec<PeerId>, Vec<PeerId>) = current.into_iter().partition(is_live);
+    let max = usize::try_from(spec.replication_max).unwrap_or(usize::MAX);
+    let keep: Vec<Vec<u8>> = up.iter().map(|p| p.to_bytes()).collect();
+    let wanted = Wanted {
+        cid: &cid.to_bytes(),
+        min: 0,
+        max: max.saturating_sub(waiting.len()),
+        keep: &keep,
+        user: &[],
+    };
+    let chosen = allocate::allocate(&wanted, &candidates(live, allocate_by)).unwrap_or_default();
+    let mut allocations: Vec<String> = waiting.iter().map(|p| p.to_base58()).collect();
+    allocations.extend(texts(&chosen));
+    allocations
+}
+
+/// The live peers as allocation candidates: their free space, and their values of the
+/// `allocate_by` tags.
+fn candidates(live: &[(PeerId, PeerMetric)], allocate_by: &[String]) -> Vec<Candidate<Vec<u8>>> {
+    live.iter()
+        .map(|(peer, metric)| Candidate {
+            peer: peer.to_bytes(),
+            free: metric.free,
+            tags: (allocate_by.iter())
+                .map(|tag| metric.tags.get(tag).cloned().unwrap_or_default())
+                .collect(),
+        })
+        .collect()
+}
+
+/// Peer ids' bytes as the text a pin stores.
+fn texts(chosen: &[Vec<u8>]) -> Vec<String> {
+    chosen
         .iter()
         .filter_map(|bytes| PeerId::from_bytes(bytes).ok())
         .map(|peer| peer.to_base58())
-        .collect();
-    Ok((min, max, allocations))
+        .collect()
 }
 
 #[cfg(test)]

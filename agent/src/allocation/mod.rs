@@ -3,6 +3,8 @@
 //!
 //! - [`choose`]: the writer's choice of a pin's allocations (factors, user allocations, tags,
 //!   free space), stored in the pin.
+//! - [`keeper`]: repinning pins whose peers are lost, and removing expired pins, each done by
+//!   one peer chosen by the pin's CID, with no leader.
 //! - [`publish`]: this agent's metric (free space for pins, pins allocated, tags), signed and
 //!   published every `cluster.metrics_interval` by an agent that drives an IPFS node. Peers hold
 //!   each other's latest metric (`swarm::PeerMetric`); one whose metric expired is down.
@@ -27,7 +29,9 @@ impl Default for Policy {
 }
 
 pub mod choose;
+pub mod keeper;
 pub mod publish;
 
 pub use self::choose::{Ask, Refused, choose};
+pub use self::keeper::KeeperSettings;
 pub use self::publish::{MetricSettings, free_for_pins, publish_metrics};

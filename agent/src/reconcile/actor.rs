@@ -3,7 +3,7 @@
 //! timers) into [`decide`](super::decide) calls, and their decisions into worker tasks and
 //! status records. Store reads and commits run on blocking threads, never on the runtime.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -15,12 +15,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::cycle::{Listing, node_after};
-use super::decide::{Ended, Facts, Job, Next, backoff, claimed, decide, have, settled, wanted_of};
+use super::decide::{
+    Ended, Facts, Job, Next, backoff, claimed, decide, expiry_of, handover_of, have, settled,
+    wanted_of,
+};
 use super::health::Health;
 use super::queue::WorkQueue;
 use super::records::Records;
 use super::worker::{Claim, Outcome, Tools, Workers};
-use super::{Command, Report, Settings};
+use super::{Cluster, Command, Report, Settings};
 use crate::ipfs::{IpfsError, PinBackend, twin};
 use crate::replica::{Changes, now_ms};
 use crate::store::{PinState, Status, Store};
@@ -50,6 +53,11 @@ pub(super) struct Reconciler {
     report: watch::Sender<Report>,
     /// The last full comparison's numbers.
     cycle: Report,
+    cluster: Arc<dyn Cluster>,
+    /// Pins that expire later (Unix seconds), as last seen: each is looked at again when its
+    /// time comes, and handed to [`Cluster::expired`]. A rewritten pin may leave an old time
+    /// behind: looking at it again then is harmless.
+    expiries: BTreeSet<(u64, Cid)>,
 }
 
 impl Reconciler {
@@ -58,6 +66,7 @@ impl Reconciler {
         backend: Arc<dyn PinBackend>,
         synced: watch::Receiver<bool>,
         settings: Settings,
+        cluster: Arc<dyn Cluster>,
         report: watch::Sender<Report>,
     ) -> Self {
         let (claims_tx, claims) = mpsc::channel(CLAIM_CAPACITY);
@@ -68,6 +77,7 @@ impl Reconciler {
                 name: format!("pinmesh:{}", settings.cluster),
                 limits: settings.limits,
                 claims: claims_tx,
+                cluster: cluster.clone(),
             }),
             records: Records::new(store, settings.peer_id),
             backend,
@@ -81,6 +91,8 @@ impl Reconciler {
             health: Health::new(now),
             report,
             cycle: Report::default(),
+            cluster,
+            expiries: BTreeSet::new(),
         }
     }
 
@@ -104,6 +116,7 @@ impl Reconciler {
                 warn!(error = %err, "cannot list the IPFS node's pins");
                 self.listing.failed = Some(Instant::now());
             }
+            self.expire_due(now_ms());
             if self.queue.counts().waiting_for_sync > 0 && *self.synced.borrow() {
                 self.queue.release_sync_waiters(Instant::now());
             }
@@ -182,6 +195,10 @@ impl Reconciler {
         let mut wake = self.listing.next_full;
         if let Some(at) = self.queue.next_retry() {
             wake = wake.min(at);
+        }
+        if let Some(&(at, _)) = self.expiries.first() {
+            let wait = (at * 1000).saturating_sub(now_ms());
+            wake = wake.min(Instant::now() + Duration::from_millis(wait));
         }
         // Only when a dispatch round could start something: before the first listing, queued
         // work waits for the first full comparison.
@@ -266,9 +283,17 @@ impl Reconciler {
                 };
                 let was_pinned = stored.state.as_ref().map(|s| s.status) == Some(Status::Pinned);
                 let mut latest = stored.state.clone();
+                let versions = stored.versions.as_deref();
+                let now_secs = now_ms / 1000;
+                if let Some(at) = versions.and_then(expiry_of)
+                    && at > now_secs
+                {
+                    self.expiries.insert((at, cid));
+                }
+                let me = self.records.me();
                 let facts = Facts {
-                    wanted: (stored.versions.as_deref())
-                        .and_then(|v| wanted_of(v, now_ms / 1000, self.records.me())),
+                    wanted: versions.and_then(|v| wanted_of(v, now_secs, me)),
+                    handover: versions.and_then(|v| handover_of(v, now_secs, me)),
                     have: have(&self.actual, &cid),
                     state: stored.state,
                     synced,
@@ -386,10 +411,16 @@ impl Reconciler {
         };
         let state = settled(before, ended, now_ms());
         match &result {
-            Ok(_) => {
+            Ok(held) => {
                 self.health.succeeded();
-                node_after(&mut self.actual, &cid, &job);
-                debug!(%cid, ?job, "done");
+                node_after(&mut self.actual, &cid, &job, *held);
+                if matches!(job, Job::Release(_)) && *held {
+                    // Its new peers do not hold it yet: ask them again later.
+                    let at = Instant::now() + self.settings.release_retry;
+                    self.queue.retry_at(cid, at);
+                } else {
+                    debug!(%cid, ?job, "done");
+                }
             }
             Err(err) => {
                 let attempts = state.as_ref().map_or(1, |s| s.attempts);
@@ -410,6 +441,24 @@ impl Reconciler {
             // counted it as held through the pin just removed. Its blocks are still local, so
             // pinning it again (as this agent's own) is immediate.
             self.queue.enqueue_now(twin, true, Instant::now());
+        }
+    }
+
+    /// Looks again at the pins whose expiry has come (the reconciler unpins them at once) and
+    /// hands them to the cluster, which removes them from the pinset.
+    fn expire_due(&mut self, now_ms: u64) {
+        let mut due = Vec::new();
+        while let Some(&(at, cid)) = self.expiries.first() {
+            if at * 1000 > now_ms {
+                break;
+            }
+            self.expiries.pop_first();
+            self.queue.enqueue_now(cid, true, Instant::now());
+            due.push(cid);
+        }
+        if !due.is_empty() {
+            debug!(pins = due.len(), "pins expired");
+            self.cluster.expired(due);
         }
     }
 

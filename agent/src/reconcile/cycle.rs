@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use pinmesh_protocol::{Cid, PinMode};
 
-use super::decide::{Job, satisfies, stale, wanted_of};
+use super::decide::{Job, expiry_of, satisfies, stale, wanted_of};
 use crate::ipfs::{IpfsError, PinBackend, content_key};
 use crate::replica::now_ms;
 use crate::store::{Status, Store, StoreError};
@@ -96,8 +96,9 @@ pub(super) async fn list_node(
 }
 
 /// Updates `actual` (by content) after `job` on `cid` succeeded: a pin adds its mode (a
-/// recursive pin already there stays recursive), an unpin removes the content's pin.
-pub(super) fn node_after(actual: &mut HashMap<Cid, PinMode>, cid: &Cid, job: &Job) {
+/// recursive pin already there stays recursive), an unpin removes the content's pin, and so
+/// does a release that let the pin go (`held`: it kept it).
+pub(super) fn node_after(actual: &mut HashMap<Cid, PinMode>, cid: &Cid, job: &Job, held: bool) {
     let key = content_key(cid);
     match job {
         Job::Pin { wanted, .. } => {
@@ -109,15 +110,27 @@ pub(super) fn node_after(actual: &mut HashMap<Cid, PinMode>, cid: &Cid, job: &Jo
         Job::Unpin => {
             actual.remove(&key);
         }
+        Job::Release(_) => {
+            if !held {
+                actual.remove(&key);
+            }
+        }
     }
 }
 
-/// What [`compare`] finds: CIDs to look at, and CIDs of stale records.
-pub(super) type Compared = (Vec<Cid>, Vec<Cid>);
+/// What [`compare`] finds.
+#[derive(Debug, Default)]
+pub(super) struct Compared {
+    /// CIDs whose status may not match the pinset and the node.
+    pub check: Vec<Cid>,
+    /// [`stale`] records of CIDs the pinset does not want.
+    pub stale: Vec<Cid>,
+    /// Every pin with an expiry (Unix seconds), passed or not, allocated here or not.
+    pub expiring: Vec<(u64, Cid)>,
+}
 
-/// The CIDs whose status may not match the pinset and the node (the whole pinset and every
-/// status record compared against `actual`), and the [`stale`] records of CIDs the pinset does
-/// not want.
+/// The whole pinset and every status record compared against `actual`: the CIDs to look at,
+/// the stale records, the pins that expire.
 pub(super) fn compare(
     store: &Store,
     actual: &HashMap<Cid, PinMode>,
@@ -126,22 +139,24 @@ pub(super) fn compare(
     let reader = store.reader()?;
     let now_ms = now_ms();
     let now = now_ms / 1000;
-    let mut out = Vec::new();
-    let mut old = Vec::new();
+    let mut found = Compared::default();
     for item in reader.entries_with_status(None)? {
         let (cid, versions, state) = item?;
+        if let Some(at) = expiry_of(&versions) {
+            found.expiring.push((at, cid));
+        }
         let have = actual.get(&content_key(&cid)).copied();
         let settled = match wanted_of(&versions, now, me) {
             Some(w) => satisfies(have, w.mode) && state.is_some_and(|s| s.status == Status::Pinned),
             None => {
                 if state.as_ref().is_some_and(|s| stale(s, now_ms)) {
-                    old.push(cid);
+                    found.stale.push(cid);
                 }
                 state.is_none_or(|s| !s.owned && s.status == Status::Unpinned)
             }
         };
         if !settled {
-            out.push(cid);
+            found.check.push(cid);
         }
     }
     for item in reader.statuses(None)? {
@@ -150,12 +165,12 @@ pub(super) fn compare(
             continue; // compared above
         }
         if stale(&state, now_ms) {
-            old.push(cid);
+            found.stale.push(cid);
         } else if state.owned || state.status != Status::Unpinned {
-            out.push(cid);
+            found.check.push(cid);
         }
     }
-    Ok((out, old))
+    Ok(found)
 }
 
 /// Removes the records `compare` found stale, each only if it still is (a CID pinned again
@@ -217,17 +232,17 @@ mod tests {
             owned: true,
         };
         let mut actual = HashMap::new();
-        node_after(&mut actual, &v0, &pin(PinMode::Recursive));
-        node_after(&mut actual, &v1, &pin(PinMode::Direct));
+        node_after(&mut actual, &v0, &pin(PinMode::Recursive), true);
+        node_after(&mut actual, &v1, &pin(PinMode::Direct), true);
         assert_eq!(
             actual.get(&content_key(&v1)),
             Some(&PinMode::Recursive),
             "still recursive"
         );
-        node_after(&mut actual, &v1, &Job::Unpin);
+        node_after(&mut actual, &v1, &Job::Unpin, true);
         assert!(actual.is_empty(), "one content, one pin: {actual:?}");
-        node_after(&mut actual, &raw, &pin(PinMode::Direct));
-        node_after(&mut actual, &raw, &pin(PinMode::Recursive));
+        node_after(&mut actual, &raw, &pin(PinMode::Direct), true);
+        node_after(&mut actual, &raw, &pin(PinMode::Recursive), true);
         assert_eq!(actual.get(&raw), Some(&PinMode::Recursive));
     }
 
@@ -269,7 +284,12 @@ mod tests {
         let written = records.iter().map(|(cid, state)| (cid, state));
         store.write_statuses(written, true).expect("write");
 
-        let (mut look, stale) = compare(&store, &HashMap::new(), "me").expect("compare");
+        let Compared {
+            check: mut look,
+            stale,
+            expiring,
+        } = compare(&store, &HashMap::new(), "me").expect("compare");
+        assert!(expiring.is_empty());
         assert_eq!(stale, vec![cid(1)]);
         let mut want = vec![cid(3), cid(4)]; // the owned record and the error
         look.sort();

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use libp2p::PeerId;
 use pinmesh_protocol::entry::winner;
 use pinmesh_protocol::{Cid, PinMode, Version};
 
@@ -35,6 +36,17 @@ pub(super) enum Job {
         owned: bool,
     },
     Unpin,
+    /// Unpin a pin allocated to other peers now, once enough of them hold it.
+    Release(Handover),
+}
+
+/// A pin this agent holds that is now allocated to other peers: it lets it go only once
+/// `need` of `peers` report it `pinned`, so a re-allocation never lowers the copies on disk
+/// below the pin's minimum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Handover {
+    pub peers: Vec<PeerId>,
+    pub need: usize,
 }
 
 /// Everything [`decide`] looks at for one CID.
@@ -42,6 +54,8 @@ pub(super) enum Job {
 pub(super) struct Facts {
     /// What the pinset wants here ([`wanted_of`]); `None`: nothing.
     pub wanted: Option<Wanted>,
+    /// Not wanted here because the pin is allocated to other peers ([`handover_of`]).
+    pub handover: Option<Handover>,
     /// How the node pins the CID's content, as far as the reconciler knows ([`have`]).
     pub have: Option<PinMode>,
     /// Its status record (a pending write, else the stored one).
@@ -104,6 +118,7 @@ pub(super) fn record(status: Status, owned: bool, now_ms: u64) -> PinState {
 pub(super) fn decide(facts: Facts, now_ms: u64) -> Decision {
     let Facts {
         wanted,
+        handover,
         have,
         state,
         synced,
@@ -121,6 +136,14 @@ pub(super) fn decide(facts: Facts, now_ms: u64) -> Decision {
                     record: None,
                     durable: false,
                     next: Next::WaitForSync,
+                };
+            }
+            if let Some(handover) = handover {
+                // Still held (its status unchanged) until the allocated peers have it.
+                return Decision {
+                    record: None,
+                    durable: false,
+                    next: Next::Run(Job::Release(handover)),
                 };
             }
             state.status = Status::Unpinning;
@@ -228,7 +251,8 @@ pub(super) fn settled(
             state.error = None;
             (state.status, state.owned) = match job {
                 Job::Pin { .. } => (Status::Pinned, owned),
-                Job::Unpin => (Status::Unpinned, false),
+                Job::Release(_) if owned => (Status::Pinned, true),
+                Job::Unpin | Job::Release(_) => (Status::Unpinned, false),
             };
         }
         Ended::Done {
@@ -239,7 +263,7 @@ pub(super) fn settled(
             state.error = Some(error);
             state.status = match job {
                 Job::Pin { .. } => Status::PinError,
-                Job::Unpin => Status::UnpinError,
+                Job::Unpin | Job::Release(_) => Status::UnpinError,
             };
         }
         Ended::Died(error) => {
@@ -269,6 +293,28 @@ pub(super) fn wanted_of(versions: &[Version], now_secs: u64, me: &str) -> Option
             .iter()
             .filter_map(|o| o.parse().ok())
             .collect(),
+    })
+}
+
+/// When the newest version of a CID's entry expires (Unix seconds), if it does.
+pub(super) fn expiry_of(versions: &[Version]) -> Option<u64> {
+    winner(versions)?.spec.expire_at
+}
+
+/// Who holds a pin allocated to other peers only (not expired): the peers, and how many of
+/// them must report it pinned before this agent lets its own copy go: the pin's minimum (at
+/// least one), at most as many as are allocated.
+pub(super) fn handover_of(versions: &[Version], now_secs: u64, me: &str) -> Option<Handover> {
+    let w = winner(versions)?;
+    if w.spec.expire_at.is_some_and(|at| at <= now_secs) || allocated_here(&w.spec, me) {
+        return None;
+    }
+    let peers: Vec<PeerId> = (w.spec.allocations.iter())
+        .filter_map(|peer| peer.parse().ok())
+        .collect();
+    Some(Handover {
+        need: w.spec.min_copies().min(peers.len()),
+        peers,
     })
 }
 

@@ -6,7 +6,12 @@
 //! [`PinBackend`] and status records.
 //!
 //! - **Desired**: pinned in the pinset, not expired, allocated to this peer
-//!   ([`allocated_here`]; every peer holds every pin for now).
+//!   ([`allocated_here`]: named in the pin's allocations, or the pin has none). An expiry is a
+//!   timer: the pin is looked at again at its `expire_at`, and handed to the [`Cluster`]
+//!   (whose keeper removes it from the pinset).
+//! - **Release**: this agent's own copy of a pin now allocated to other peers only is kept
+//!   until the pin's minimum of them answer `pinned` ([`Cluster::pinned_on`]), asked again
+//!   every [`RELEASE_RETRY`]: a re-allocation never lowers the copies on disk below it.
 //! - **Actual**: one streamed listing of the node's recursive and direct pins per cycle (at
 //!   start, every `ipfs.relist_interval`, when the node comes back, when the change feed
 //!   overflowed or a snapshot was joined), then updated from its own calls.
@@ -62,6 +67,8 @@ use crate::store::{Store, StoreError};
 
 /// How often a node that is down is asked whether it is back.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How soon a pin handed over to other peers is looked at again while they do not hold it.
+pub const RELEASE_RETRY: Duration = Duration::from_secs(5);
 /// First retry delay; doubles per failure up to `ipfs.retry_max`.
 pub const RETRY_BASE: Duration = Duration::from_secs(1);
 /// Recover requests in flight from the API.
@@ -81,6 +88,17 @@ pub fn allocated_here(spec: &pinmesh_protocol::PinSpec, me: &str) -> bool {
     spec.allocations.is_empty() || spec.allocations.iter().any(|peer| peer == me)
 }
 
+/// What the reconciler asks of and tells the rest of the cluster.
+#[async_trait::async_trait]
+pub trait Cluster: Send + Sync + 'static {
+    /// The unpin guard's question: how many of `peers` report `cid` pinned on their IPFS
+    /// node. A peer that does not answer counts as not holding it.
+    async fn pinned_on(&self, cid: &Cid, peers: &[libp2p::PeerId]) -> usize;
+    /// Pins whose expiry has come (as the reconciler's timers and full comparisons find
+    /// them): one peer of the cluster removes each from the pinset. Never blocks.
+    fn expired(&self, cids: Vec<Cid>);
+}
+
 /// How the reconciler paces itself; from `[ipfs]` in the config.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -95,6 +113,9 @@ pub struct Settings {
     pub retry_base: Duration,
     /// How often a node that is down is asked whether it is back ([`PROBE_INTERVAL`]).
     pub probe_interval: Duration,
+    /// How soon a pin allocated elsewhere is looked at again while its new peers do not hold
+    /// it yet ([`RELEASE_RETRY`]).
+    pub release_retry: Duration,
 }
 
 /// Commands from the API.
@@ -161,12 +182,13 @@ pub fn spawn(
     changes: Changes,
     synced: watch::Receiver<bool>,
     settings: Settings,
+    cluster: std::sync::Arc<dyn Cluster>,
     cancel: CancellationToken,
 ) -> (ReconcilerHandle, impl Future<Output = ()> + Send + 'static) {
     let (tx, commands) = mpsc::channel(COMMAND_CAPACITY);
     let (report_tx, report) = watch::channel(Report::default());
     let handle = ReconcilerHandle { tx, report };
-    let run = actor::Reconciler::new(store, backend, synced, settings, report_tx)
+    let run = actor::Reconciler::new(store, backend, synced, settings, cluster, report_tx)
         .run(changes, commands, cancel);
     (handle, run)
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use pinmesh_protocol::{Cid, PinMode, Version};
 use tracing::debug;
 
-use super::cycle::{compare, prune};
+use super::cycle::{Compared, compare, prune};
 use crate::store::{PinState, Store, StoreError};
 
 /// What the store holds of one CID.
@@ -126,22 +126,22 @@ impl Records {
     }
 
     /// The full comparison of the pinset and every record with `actual` (see [`compare`]),
-    /// pruning stale records; hands `actual` back with the CIDs to look at.
+    /// pruning stale records; hands `actual` back with what it found.
     pub async fn compare(
         &self,
         actual: HashMap<Cid, PinMode>,
-    ) -> (HashMap<Cid, PinMode>, Result<Vec<Cid>, String>) {
+    ) -> (HashMap<Cid, PinMode>, Result<Compared, String>) {
         let actual = Arc::new(actual);
         let found = blocking(&self.store, {
             let actual = actual.clone();
             let me = self.me.clone();
             move |store| {
-                let (cids, stale) = compare(store, &actual, &me)?;
-                let pruned = prune(store, &stale)?;
+                let found = compare(store, &actual, &me)?;
+                let pruned = prune(store, &found.stale)?;
                 if pruned > 0 {
                     debug!(pruned, "removed old records of unpinned CIDs");
                 }
-                Ok(cids)
+                Ok(found)
             }
         })
         .await;

@@ -46,6 +46,13 @@ fn line_of(
         owned: record.is_some_and(|r| r.owned),
     };
     match (wanted, record) {
+        // Allocated elsewhere: `remote`, unless this node still holds its own copy (it lets
+        // it go once the allocated peers hold the pin).
+        (Some(w), Some(r))
+            if !allocated_here(&w.spec, me) && r.owned && r.status == Status::Pinned =>
+        {
+            line(r.status, Some(&r))
+        }
         (Some(w), _) if !allocated_here(&w.spec, me) => line(Status::Remote, None),
         (_, Some(record)) => line(record.status, Some(&record)),
         // Wanted, and the reconciler has not looked at it yet.

@@ -3,6 +3,7 @@
 //! in `tests/tests/reconcile.rs` prove the same against real IPFS nodes.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -154,8 +155,32 @@ fn me() -> libp2p::PeerId {
     key.public().to_peer_id()
 }
 
+/// The rest of the cluster, as the reconciler sees it: which CIDs the peers it asks hold, and
+/// the expired pins handed over.
+#[derive(Default)]
+struct FakeCluster {
+    /// CIDs every peer asked reports pinned.
+    held: Mutex<HashSet<Cid>>,
+    asked: AtomicUsize,
+    expired: Mutex<Vec<Cid>>,
+}
+
+#[async_trait]
+impl Cluster for FakeCluster {
+    async fn pinned_on(&self, cid: &Cid, peers: &[libp2p::PeerId]) -> usize {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        let held = self.held.lock().expect("lock").contains(cid);
+        if held { peers.len() } else { 0 }
+    }
+
+    fn expired(&self, cids: Vec<Cid>) {
+        self.expired.lock().expect("lock").extend(cids);
+    }
+}
+
 /// A reconciler over a fresh store and a [`FakeNode`], and the pinset the test writes.
 struct Harness {
+    cluster: Arc<FakeCluster>,
     _dir: tempfile::TempDir,
     store: Store,
     node: Arc<FakeNode>,
@@ -203,18 +228,22 @@ impl Harness {
             retry_max: Duration::from_millis(20),
             retry_base: Duration::from_millis(5),
             probe_interval: Duration::from_millis(20),
+            release_retry: Duration::from_millis(20),
         };
         adjust(&mut settings);
+        let cluster = Arc::new(FakeCluster::default());
         let (handle, run) = spawn(
             store.clone(),
             node.clone(),
             changes,
             synced_rx,
             settings,
+            cluster.clone(),
             cancel.clone(),
         );
         tokio::spawn(run);
         Harness {
+            cluster,
             _dir: dir,
             store,
             node,
@@ -576,11 +605,58 @@ async fn a_pin_allocated_to_other_peers_is_not_pinned_here_and_shows_remote() {
     .expect("status");
     assert_eq!(lines, vec![Status::Pinned, Status::Remote]);
 
-    // Allocated away from this peer: the agent's own pin goes.
+    // Allocated away from this peer: the agent keeps its own copy, still shown pinned, while
+    // the peer it went to does not hold it, asking again and again.
     h.write(vec![(here, pin_on(3, &[&other]))]).await;
+    h.until("the new peer was asked three times", |h| {
+        h.cluster.asked.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    assert!(h.node.holds(&here) && h.has(&here, Status::Pinned, true));
+    let mut lines = Vec::new();
+    status::scan_some(&h.store, &me(), &[here], &mut |line| {
+        lines.push(line.status);
+        true
+    })
+    .expect("status");
+    assert_eq!(lines, vec![Status::Pinned], "its copy is still here");
+    // Once the peer holds it, the copy here goes.
+    h.cluster.held.lock().expect("lock").insert(here);
     h.until("the pin no longer allocated here is removed", |h| {
         h.has(&here, Status::Unpinned, false)
     })
     .await;
     assert!(!h.node.holds(&here));
+}
+
+#[tokio::test]
+async fn a_pin_is_unpinned_when_it_expires_and_handed_over_for_removal() {
+    let mut h = Harness::listed(FakeNode::default()).await;
+    let (expiring, staying) = (sim_cid(1), sim_cid(2));
+    let at = crate::replica::now_ms() / 1000 + 2;
+    let mut spec = PinSpec::named("t");
+    spec.expire_at = Some(at);
+    h.write(vec![
+        (expiring, Op::Pin { at: 1, spec }),
+        (
+            staying,
+            Op::Pin {
+                at: 2,
+                spec: PinSpec::named("t"),
+            },
+        ),
+    ])
+    .await;
+    h.until("both pinned", |h| {
+        h.has(&expiring, Status::Pinned, true) && h.has(&staying, Status::Pinned, true)
+    })
+    .await;
+    // No listing comes (the relist interval is an hour): the expiry's own timer unpins it.
+    h.until("the expired pin is unpinned", |h| {
+        h.has(&expiring, Status::Unpinned, false)
+    })
+    .await;
+    assert!(crate::replica::now_ms() / 1000 >= at, "not before its time");
+    assert!(!h.node.holds(&expiring) && h.node.holds(&staying));
+    assert_eq!(*h.cluster.expired.lock().expect("lock"), vec![expiring]);
 }

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
+use super::Cluster;
 use super::decide::{Job, satisfies};
 use crate::ipfs::{IpfsError, PinBackend, PinLimits};
 
@@ -27,6 +28,7 @@ pub(super) struct Tools {
     pub name: String,
     pub limits: PinLimits,
     pub claims: mpsc::Sender<Claim>,
+    pub cluster: Arc<dyn Cluster>,
 }
 
 /// How a worker ended.
@@ -89,7 +91,8 @@ impl Workers {
     }
 }
 
-/// Runs `job` on `cid`. Returns whether the pin is this agent's.
+/// Runs `job` on `cid`. Returns whether the pin is this agent's (after a release: whether it
+/// kept it, not enough allocated peers holding it yet).
 ///
 /// For a pin not known to be the agent's, the node is asked first whether it already holds
 /// it: the actor's view may be older than a pin made by hand, and a pin that was there before
@@ -101,9 +104,18 @@ async fn work(tools: Tools, cid: Cid, job: Job) -> Result<bool, IpfsError> {
         name,
         limits,
         claims,
+        cluster,
     } = tools;
     let (wanted, mut owned) = match job {
         Job::Unpin => return backend.unpin(&cid).await.map(|()| false),
+        Job::Release(handover) => {
+            let holding = cluster.pinned_on(&cid, &handover.peers).await;
+            if holding < handover.need {
+                debug!(%cid, holding, need = handover.need, "keeping a pin allocated elsewhere");
+                return Ok(true);
+            }
+            return backend.unpin(&cid).await.map(|()| false);
+        }
         Job::Pin { wanted, owned } => (wanted, owned),
     };
     if !owned {

@@ -65,6 +65,9 @@ impl EventLoop {
             SwarmCommand::Live { reply } => {
                 let _ = reply.send(self.metrics.live(tokio::time::Instant::now()));
             }
+            SwarmCommand::Allocatable { reply } => {
+                let _ = reply.send(self.metrics.allocatable(tokio::time::Instant::now()));
+            }
             SwarmCommand::Info { reply } => {
                 let _ = reply.send(self.info());
             }

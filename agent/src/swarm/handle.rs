@@ -99,6 +99,11 @@ impl SwarmHandle {
         self.ask(|reply| SwarmCommand::Live { reply }).await
     }
 
+    /// The live peers and those down but not forgotten, with how long they have been down.
+    pub async fn allocatable(&self) -> Result<super::Allocatable, SwarmError> {
+        self.ask(|reply| SwarmCommand::Allocatable { reply }).await
+    }
+
     /// Where `cids` stand on `peer`'s IPFS node.
     pub async fn pin_status(
         &self,

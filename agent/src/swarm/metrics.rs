@@ -58,23 +58,62 @@ struct Held {
 }
 
 impl Held {
-    fn live(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.arrived) < Duration::from_millis(self.metric.ttl_ms)
+    fn expires(&self) -> Instant {
+        self.arrived + Duration::from_millis(self.metric.ttl_ms)
     }
+
+    fn live(&self, now: Instant) -> bool {
+        now < self.expires()
+    }
+}
+
+/// The peers allocation may count on, and those it has lost sight of.
+#[derive(Debug, Clone, Default)]
+pub struct Allocatable {
+    /// Peers with a live metric, with it.
+    pub live: Vec<(PeerId, PeerMetric)>,
+    /// Peers whose metric expired (less than `peer_forget_after` ago), and for how long
+    /// they have been down.
+    pub down: Vec<(PeerId, Duration)>,
 }
 
 /// The latest metric of each peer.
 pub struct Metrics {
     cluster: String,
+    /// A peer down for longer than this is forgotten: it no longer counts as allocatable.
+    forget_after: Duration,
     held: HashMap<PeerId, Held>,
 }
 
 impl Metrics {
-    pub fn new(cluster: &str) -> Self {
+    pub fn new(cluster: &str, forget_after: Duration) -> Self {
         Metrics {
             cluster: cluster.to_string(),
+            forget_after,
             held: HashMap::new(),
         }
+    }
+
+    /// The allocatable peers: live, or down for less than `peer_forget_after` (older ones
+    /// are forgotten here).
+    pub fn allocatable(&mut self, now: Instant) -> Allocatable {
+        let forget_after = self.forget_after;
+        self.held.retain(|_, held| {
+            now.saturating_duration_since(held.expires()) < forget_after || held.live(now)
+        });
+        let mut peers = Allocatable::default();
+        for (peer, held) in &self.held {
+            if held.live(now) {
+                if let Some(view) = self.view(peer, now) {
+                    peers.live.push((*peer, view));
+                }
+            } else {
+                peers
+                    .down
+                    .push((*peer, now.saturating_duration_since(held.expires())));
+            }
+        }
+        peers
     }
 
     /// Takes a metric published by `source`, or says why not.
@@ -164,7 +203,7 @@ mod tests {
     #[test]
     fn a_peers_metric_is_held_until_its_time_to_live_is_over() {
         let (peer, signer) = agent(1);
-        let mut metrics = Metrics::new("c");
+        let mut metrics = Metrics::new("c", Duration::from_secs(60));
         let t0 = Instant::now();
         metrics
             .receive(peer, &metric(&signer, "c", 10), t0)
@@ -187,7 +226,7 @@ mod tests {
     fn forged_foreign_and_replayed_metrics_are_rejected() {
         let (peer, signer) = agent(1);
         let (other, _) = agent(2);
-        let mut metrics = Metrics::new("c");
+        let mut metrics = Metrics::new("c", Duration::from_secs(60));
         let t0 = Instant::now();
         // Published by another peer than the one it describes.
         assert!(matches!(
@@ -223,5 +262,31 @@ mod tests {
             .receive(peer, &metric(&signer, "c", 5), late)
             .expect("after expiry");
         assert!(metrics.view(&peer, late).expect("held").live);
+    }
+
+    #[test]
+    fn a_down_peer_counts_as_allocatable_until_it_is_forgotten() {
+        let (peer, signer) = agent(1);
+        let (other, other_signer) = agent(2);
+        let mut metrics = Metrics::new("c", Duration::from_secs(60));
+        let t0 = Instant::now();
+        metrics
+            .receive(peer, &metric(&signer, "c", 1), t0)
+            .expect("taken");
+        let t1 = t0 + Duration::from_secs(10);
+        metrics
+            .receive(other, &metric(&other_signer, "c", 1), t1)
+            .expect("taken");
+        // The first expired at t0 + 3 s: down for 9 s at t1 + 2 s.
+        let seen = metrics.allocatable(t1 + Duration::from_secs(2));
+        assert_eq!(
+            seen.live.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            vec![other]
+        );
+        assert_eq!(seen.down, vec![(peer, Duration::from_secs(9))]);
+        // Down for 60 s: forgotten, and gone from the table.
+        let seen = metrics.allocatable(t0 + Duration::from_secs(63));
+        assert_eq!(seen.down, vec![(other, Duration::from_secs(50))]);
+        assert!(metrics.view(&peer, t0).is_none());
     }
 }

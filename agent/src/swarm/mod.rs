@@ -42,7 +42,7 @@ pub use self::codec::{SyncCodec, cluster_id, sync_protocols};
 pub use self::handle::{SwarmError, SwarmHandle};
 use self::membership::Membership;
 use self::metrics::Metrics;
-pub use self::metrics::{PeerMetric, topic as metrics_topic};
+pub use self::metrics::{Allocatable, PeerMetric, topic as metrics_topic};
 use self::serve::{SNAPSHOT_CHUNK_ENTRIES, Served, Server};
 use crate::fatal::Fatal;
 use crate::ipfs::peering::{self, Peering};
@@ -70,6 +70,10 @@ pub enum SwarmCommand {
     /// The peers with a live metric, this agent included.
     Live {
         reply: oneshot::Sender<Vec<(PeerId, PeerMetric)>>,
+    },
+    /// The live peers and those down but not forgotten.
+    Allocatable {
+        reply: oneshot::Sender<Allocatable>,
     },
     /// Ask `peer` where `cids` stand on its IPFS node.
     PinStatus {
@@ -154,6 +158,8 @@ pub struct Wiring {
     pub peering: Option<Peering>,
     /// Stops the agent (a damaged store found while serving a snapshot).
     pub fatal: Fatal,
+    /// A peer whose metric expired this long ago is no longer allocatable.
+    pub peer_forget_after: Duration,
 }
 
 pub struct EventLoop {
@@ -212,7 +218,7 @@ impl EventLoop {
             started: Instant::now(),
             wake: None,
             membership: Membership::new(sync_protocols(&wiring.cluster)),
-            metrics: Metrics::new(&wiring.cluster),
+            metrics: Metrics::new(&wiring.cluster, wiring.peer_forget_after),
             metrics_topic,
             cluster: wiring.cluster,
             swarm,

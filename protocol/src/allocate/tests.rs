@@ -184,4 +184,56 @@ proptest! {
             }
         }
     }
+
+    /// When one peer of 20 is lost, exactly the pins it held are due a repin; the repin keeps
+    /// their other peers, adds one, and lands where a fresh allocation without the lost peer
+    /// would: repinned pins end up where new pins go.
+    #[test]
+    fn a_repin_moves_only_the_lost_peers_replicas(
+        lost in 0usize..20,
+        free in proptest::collection::vec(1u64..1000, 20),
+        max in 1usize..5,
+    ) {
+        let before = candidates(&free);
+        let mut after = before.clone();
+        after.remove(lost);
+        let is_lost = |p: &String| *p == peer(lost);
+        for n in 0..200 {
+            let cid = sim_cid(n).to_bytes();
+            let old = allocate(&wanted(&cid, max), &before).expect("before");
+            let due = repin_due(&old, max, is_lost);
+            prop_assert_eq!(due, old.contains(&peer(lost)));
+            if !due {
+                continue;
+            }
+            let keep: Vec<String> = old.iter().filter(|p| !is_lost(p)).cloned().collect();
+            let repin = Wanted { keep: &keep, ..wanted(&cid, max) };
+            let new = allocate(&repin, &after).expect("repinned");
+            prop_assert_eq!(&new[..keep.len()], &keep[..]);
+            prop_assert_eq!(new.len(), max);
+            prop_assert!(!new.contains(&peer(lost)));
+            let mut fresh = allocate(&wanted(&cid, max), &after).expect("fresh");
+            let mut sorted = new.clone();
+            fresh.sort();
+            sorted.sort();
+            prop_assert_eq!(sorted, fresh);
+        }
+    }
+}
+
+#[test]
+fn a_blip_or_enough_peers_left_is_no_repin() {
+    let allocations = vec![peer(1), peer(2), peer(3)];
+    let none = |_: &String| false;
+    assert!(!repin_due(&allocations, 3, none), "nobody lost");
+    let one = |p: &String| *p == peer(2);
+    assert!(repin_due(&allocations, 3, one));
+    assert!(
+        !repin_due(&allocations, 2, one),
+        "two left of a minimum of two"
+    );
+    assert!(
+        !repin_due(&[] as &[String], 1, one),
+        "every peer: nothing to repin"
+    );
 }

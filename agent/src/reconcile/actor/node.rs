@@ -24,7 +24,19 @@ impl Reconciler {
         let (actual, found) = self.records.compare(std::mem::take(&mut self.actual)).await;
         self.actual = actual;
         match found {
-            Ok(cids) => {
+            Ok(found) => {
+                let cids = found.check;
+                let now_secs = now_ms() / 1000;
+                let (passed, later): (Vec<_>, Vec<_>) = found
+                    .expiring
+                    .into_iter()
+                    .partition(|(at, _)| *at <= now_secs);
+                self.expiries.extend(later);
+                if !passed.is_empty() {
+                    // Expired while this agent was away, or not removed yet.
+                    self.cluster
+                        .expired(passed.into_iter().map(|(_, cid)| cid).collect());
+                }
                 let compared = started.elapsed() - listed;
                 self.listing.cost = started.elapsed();
                 self.listing.done = Some(Instant::now());

@@ -42,6 +42,7 @@ enum Call {
     /// Pin, and whether the job knows the pin is the agent's.
     Pin(bool),
     Unpin,
+    Release,
     WaitForSync,
 }
 
@@ -53,6 +54,7 @@ fn outcome(decision: Decision) -> Outcome {
         Next::Idle => Call::None,
         Next::Run(Job::Pin { owned, .. }) => Call::Pin(owned),
         Next::Run(Job::Unpin) => Call::Unpin,
+        Next::Run(Job::Release(_)) => Call::Release,
         Next::WaitForSync => Call::WaitForSync,
     };
     Outcome::Then(
@@ -116,6 +118,7 @@ fn what_to_do_about_a_cid_by_wanted_have_status_synced_and_listing() {
     for (i, r) in rows.into_iter().enumerate() {
         let facts = Facts {
             wanted: r.wanted.map(wanted),
+            handover: None,
             have: r.have,
             state: r.state,
             synced: r.synced,
@@ -132,6 +135,7 @@ fn a_decision_keeps_the_attempts_and_error_of_the_record_it_builds_on() {
     before.error = Some("refused".into());
     let facts = Facts {
         wanted: Some(wanted(PinMode::Recursive)),
+        handover: None,
         have: None,
         state: Some(before),
         synced: true,
@@ -286,6 +290,93 @@ fn a_pin_is_wanted_where_it_is_allocated_or_when_it_is_allocated_everywhere() {
     assert_eq!(wanted_of(&with(&["other", "third"]), 1, "me"), None);
     // Allocations name peers exactly: no prefix or case games.
     assert_eq!(wanted_of(&with(&["m", "ME", "me "]), 1, "me"), None);
+}
+
+#[test]
+fn a_pin_allocated_elsewhere_is_let_go_only_through_a_release() {
+    use PinMode::Recursive;
+    use Status::*;
+    let handover = Handover {
+        peers: vec![PeerId::random(), PeerId::random()],
+        need: 2,
+    };
+    let then = Outcome::Then;
+    #[rustfmt::skip]
+    let rows = [
+        // The agent's own copy, held, synced: released (the worker asks the new peers first);
+        // its status stays as it is meanwhile.
+        (Some(Recursive), Some(stored(Pinned, true, 0)), true, then(None, false, Call::Release)),
+        (Some(Recursive), Some(stored(Pinned, true, 0)), false, then(None, false, Call::WaitForSync)),
+        // Someone else's pin, or the agent's gone already: nothing to release.
+        (Some(Recursive), Some(stored(Pinned, false, 0)), true, then(Some((Unpinned, false)), false, Call::None)),
+        (None, Some(stored(Pinned, true, 0)), true, then(Some((Unpinned, false)), false, Call::None)),
+        (Some(Recursive), None, true, then(None, false, Call::None)),
+    ];
+    for (i, (have, state, synced, want)) in rows.into_iter().enumerate() {
+        let facts = Facts {
+            wanted: None,
+            handover: Some(handover.clone()),
+            have,
+            state,
+            synced,
+            listed_fresh: false,
+        };
+        assert_eq!(outcome(decide(facts, NOW)), want, "row {i}");
+    }
+    // How a release ended: kept (the new peers do not hold it yet), let go, or failed.
+    let job = Job::Release(handover);
+    let before = || Ok(Some(stored(Pinned, true, 0)));
+    let ended = |result| Ended::Done { job: &job, result };
+    let state = |s: Option<PinState>| s.map(|s| (s.status, s.owned, s.attempts));
+    assert_eq!(
+        state(settled(before(), ended(Ok(true)), NOW)),
+        Some((Pinned, true, 0))
+    );
+    assert_eq!(
+        state(settled(before(), ended(Ok(false)), NOW)),
+        Some((Unpinned, false, 0))
+    );
+    assert_eq!(
+        state(settled(before(), ended(Err("down".into())), NOW)),
+        Some((UnpinError, true, 1))
+    );
+}
+
+#[test]
+fn a_handover_needs_the_pins_minimum_of_its_allocated_peers() {
+    use pinmesh_protocol::{ActorId, Dot, PinSpec};
+    let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+    let with = |allocations: &[&PeerId], min: i32, expire_at: Option<u64>| {
+        let mut spec = PinSpec::named("x");
+        spec.allocations = allocations.iter().map(|a| a.to_base58()).collect();
+        (spec.replication_min, spec.replication_max, spec.expire_at) = (min, 3, expire_at);
+        [Version {
+            dot: Dot::new(ActorId::derive(&[1; 32], 1), 1),
+            at: 1,
+            spec,
+        }]
+    };
+    let me = "me";
+    let h = handover_of(&with(&[&a, &b, &c], 2, None), 1, me).expect("allocated elsewhere");
+    assert_eq!((h.peers, h.need), (vec![a, b, c], 2));
+    // A minimum of "every peer" (-1) with allocations: one copy elsewhere is enough; never
+    // more than are allocated.
+    assert_eq!(
+        handover_of(&with(&[&a], -1, None), 1, me).map(|h| h.need),
+        Some(1)
+    );
+    assert_eq!(
+        handover_of(&with(&[&a], 3, None), 1, me).map(|h| h.need),
+        Some(1)
+    );
+    // Allocated here, to every peer, or expired: no handover.
+    let here = PeerId::random();
+    assert_eq!(
+        handover_of(&with(&[&a, &here], 2, None), 1, &here.to_base58()),
+        None
+    );
+    assert_eq!(handover_of(&with(&[], 2, None), 1, me), None);
+    assert_eq!(handover_of(&with(&[&a], 1, Some(5)), 5, me), None);
 }
 
 #[test]

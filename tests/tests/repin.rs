@@ -1,0 +1,253 @@
+//! Repinning and expiry on real IPFS nodes (js-ipfs daemons, asked what they hold): a lost
+//! peer's pins are allocated again by one live peer and pinned elsewhere, never dropping below
+//! their minimum of copies; the lost peer, back, lets its copies go once the new peers hold
+//! them; an expired pin is unpinned everywhere and removed from the pinset.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pinmesh_agent::api::types::PinRequest;
+use pinmesh_protocol::Cid;
+use pinmesh_tests::TestAgent;
+use pinmesh_tests::ipfs::{IpfsNet, IpfsNode};
+use tokio::time::Instant;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// What each node holds of each CID.
+async fn holdings(nodes: &[IpfsNode], cids: &[Cid]) -> BTreeMap<Cid, Vec<bool>> {
+    let mut held = BTreeMap::new();
+    for cid in cids {
+        let mut on = Vec::new();
+        for node in nodes {
+            on.push(node.is_pinned(cid).await.unwrap_or(false));
+        }
+        held.insert(*cid, on);
+    }
+    held
+}
+
+/// Every agent's view of each pin's allocations (`None`: not in its pinset).
+async fn allocations(
+    agents: &[&TestAgent],
+    cids: &[Cid],
+) -> Vec<BTreeMap<Cid, Option<Vec<String>>>> {
+    let mut views = Vec::new();
+    for agent in agents {
+        let mut view = BTreeMap::new();
+        for cid in cids {
+            let info = agent.client().show(&cid.to_string()).await.ok();
+            view.insert(*cid, info.map(|i| i.allocations));
+        }
+        views.push(view);
+    }
+    views
+}
+
+/// Polls the nodes until `done` holds of what they hold and what the agents say, asserting at
+/// every look that no pin is on fewer than `min` nodes.
+async fn until_with_copies(
+    what: &str,
+    nodes: &[IpfsNode],
+    agents: &[&TestAgent],
+    cids: &[Cid],
+    min: usize,
+    done: impl Fn(&BTreeMap<Cid, Vec<bool>>, &[BTreeMap<Cid, Option<Vec<String>>>]) -> bool,
+) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let held = holdings(nodes, cids).await;
+        for (cid, on) in &held {
+            let copies = on.iter().filter(|h| **h).count();
+            assert!(copies >= min, "{cid} down to {copies} copies: {on:?}");
+        }
+        let views = allocations(agents, cids).await;
+        if done(&held, &views) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until {what}: held {held:?}, allocations {views:?}"
+        );
+        // Pins land on the nodes' schedule, not on an event the test can await.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_peers_pins_are_repinned_and_it_lets_its_copies_go_once_they_are() {
+    let net = IpfsNet::start(4);
+    let mut agents = net
+        .agents(|c| {
+            c.cluster.metrics_interval = Duration::from_millis(200);
+            c.cluster.repin_after = Duration::from_secs(2);
+        })
+        .await;
+    let nodes: Vec<IpfsNode> = (0..4).map(|i| net.node(i)).collect();
+    let ids: Vec<String> = (agents.iter())
+        .map(|a| a.node().peer_id.to_base58())
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    while (agents[0]
+        .client()
+        .peers()
+        .await
+        .expect("peers")
+        .peers
+        .iter())
+    .filter(|p| p.metric.as_ref().is_some_and(|m| m.live))
+    .count()
+        < 3
+    {
+        assert!(Instant::now() < deadline, "metrics missing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Content on node 0, not pinned there. One pin is surely on agent 3 (the one lost
+    // below): its allocations are given; the others are chosen.
+    let mut cids = Vec::new();
+    for n in 0..8 {
+        let cid = nodes[0]
+            .add(format!("repinned {n}").as_bytes(), false)
+            .await;
+        let mut request = PinRequest::new(cid, format!("r2 {n}"));
+        (request.replication_min, request.replication_max) = (Some(2), Some(2));
+        if n == 0 {
+            request.allocations = vec![ids[3].clone(), ids[1].clone()];
+        }
+        agents[0].client().pin(&request).await.expect("pin");
+        cids.push(cid);
+    }
+    let before = allocations(&[&agents[0]], &cids).await.remove(0);
+    let on = |allocated: &Option<Vec<String>>, i: usize| {
+        allocated.as_ref().is_some_and(|a| a.contains(&ids[i]))
+    };
+    let all: Vec<&TestAgent> = agents.iter().collect();
+    until_with_copies(
+        "pinned where allocated",
+        &nodes,
+        &all,
+        &cids,
+        0,
+        |held, _| {
+            held.iter()
+                .all(|(cid, on_node)| (0..4).all(|i| on_node[i] == on(&before[cid], i)))
+        },
+    )
+    .await;
+    let lost: Vec<Cid> = (cids.iter())
+        .filter(|cid| on(&before[*cid], 3))
+        .copied()
+        .collect();
+
+    // Agent 3 stops; its node keeps what it holds. Two seconds after its metric expired,
+    // its pins go to the other three, each to one more peer, and are pinned there.
+    agents[3].stop().await;
+    let live: Vec<&TestAgent> = agents[..3].iter().collect();
+    until_with_copies(
+        "repinned on the live peers",
+        &nodes,
+        &live,
+        &cids,
+        2,
+        |held, views| {
+            views.iter().all(|view| view == &views[0])
+                && cids.iter().all(|cid| {
+                    let now = &views[0][cid];
+                    let kept = (0..3).filter(|i| on(&before[cid], *i));
+                    now.as_ref().is_some_and(|a| a.len() == 2)
+                        && !on(now, 3)
+                        && kept.into_iter().all(|i| on(now, i))
+                        && (0..3).all(|i| held[cid][i] == on(now, i))
+                })
+        },
+    )
+    .await;
+    let after = allocations(&[&agents[0]], &cids).await.remove(0);
+    for cid in cids.iter().filter(|cid| !lost.contains(cid)) {
+        assert_eq!(after[cid], before[cid], "{cid} moved without a lost peer");
+    }
+
+    // Back, agent 3 finds its pins allocated elsewhere, held there: it lets its copies go
+    // (never below two on the nodes meanwhile).
+    agents[3].start().await;
+    let all: Vec<&TestAgent> = agents.iter().collect();
+    until_with_copies(
+        "the copies on node 3 are gone",
+        &nodes,
+        &all,
+        &cids,
+        2,
+        |held, views| {
+            views.iter().all(|view| view == &views[0])
+                && cids
+                    .iter()
+                    .all(|cid| held[cid].iter().filter(|h| **h).count() == 2)
+                && lost.iter().all(|cid| !held[cid][3])
+        },
+    )
+    .await;
+    for agent in &mut agents {
+        agent.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_pin_is_unpinned_on_every_node_and_removed_from_the_pinset() {
+    let net = IpfsNet::start(2);
+    let mut agents = net
+        .agents(|c| c.cluster.metrics_interval = Duration::from_millis(200))
+        .await;
+    let nodes: Vec<IpfsNode> = (0..2).map(|i| net.node(i)).collect();
+    let (expiring, staying) = (
+        nodes[0].add(b"expires", false).await,
+        nodes[0].add(b"stays", false).await,
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let mut request = PinRequest::new(expiring, "expires");
+    request.expire_at = Some(now + 4);
+    agents[0].client().pin(&request).await.expect("pin");
+    agents[0]
+        .client()
+        .pin(&PinRequest::new(staying, "stays"))
+        .await
+        .expect("pin");
+    let cids = [expiring, staying];
+    let all: Vec<&TestAgent> = agents.iter().collect();
+    until_with_copies(
+        "both pinned on both nodes",
+        &nodes,
+        &all,
+        &cids,
+        0,
+        |held, _| held.values().all(|on| on == &[true, true]),
+    )
+    .await;
+    // The relist interval is ten minutes: the expiry's own timer does it.
+    until_with_copies(
+        "expired everywhere",
+        &nodes,
+        &all,
+        &cids,
+        0,
+        |held, views| {
+            held[&expiring] == [false, false]
+                && held[&staying] == [true, true]
+                && views
+                    .iter()
+                    .all(|v| v[&expiring].is_none() && v[&staying].is_some())
+        },
+    )
+    .await;
+    let elapsed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(elapsed >= now + 4, "not before its time");
+    for agent in &mut agents {
+        agent.stop().await;
+    }
+}
