@@ -30,17 +30,7 @@ impl AgentProcess {
     /// `pinmesh init` in `home` on loopback with free ports, plus `init_args`; then `run`.
     /// Returns once the agent printed its API address.
     pub fn start(bin: &Path, home: &Path, init_args: &[String]) -> anyhow::Result<AgentProcess> {
-        let out = Command::new(bin)
-            .arg("--dir")
-            .arg(home)
-            .arg("init")
-            .args(crate::LOOPBACK)
-            .args(init_args)
-            .output()
-            .context("run pinmesh init")?;
-        if !out.status.success() {
-            bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        init(bin, home, init_args)?;
         Self::run(bin, home)
     }
 
@@ -115,6 +105,22 @@ impl AgentProcess {
         let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
         Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
     }
+}
+
+/// `pinmesh init` in `home` on loopback with free ports, plus `init_args`.
+pub fn init(bin: &Path, home: &Path, init_args: &[String]) -> anyhow::Result<()> {
+    let out = Command::new(bin)
+        .arg("--dir")
+        .arg(home)
+        .arg("init")
+        .args(crate::LOOPBACK)
+        .args(init_args)
+        .output()
+        .context("run pinmesh init")?;
+    if !out.status.success() {
+        bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
 }
 
 /// Waits (up to `timeout`) until every agent is connected to every other. `Err` holds the

@@ -193,6 +193,68 @@ async fn a_lost_peers_pins_are_repinned_and_it_lets_its_copies_go_once_they_are(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_keeps_its_copy_of_a_moved_pin_until_the_new_peer_holds_it() {
+    let net = IpfsNet::start(3);
+    let mut agents = net
+        .agents(|c| c.cluster.metrics_interval = Duration::from_millis(200))
+        .await;
+    let nodes: Vec<IpfsNode> = (0..3).map(|i| net.node(i)).collect();
+    let ids: Vec<String> = (agents.iter())
+        .map(|a| a.node().peer_id.to_base58())
+        .collect();
+    let all: Vec<&TestAgent> = agents.iter().collect();
+    let cid = nodes[0].add(b"moved from 1 to 2", false).await;
+    let mut request = PinRequest::new(cid, "moved");
+    request.allocations = vec![ids[1].clone()];
+    request.allow_under_replication = true; // metrics may not all be in yet
+    agents[0].client().pin(&request).await.expect("pin");
+    until_with_copies("on node 1 only", &nodes, &all, &[cid], 0, |held, _| {
+        held[&cid] == [false, true, false]
+    })
+    .await;
+
+    // Moved to agent 2, whose IPFS node is down: it cannot pin it, so agent 1 keeps its copy.
+    net.stop_node(2);
+    request.allocations = vec![ids[2].clone()];
+    agents[0].client().pin(&request).await.expect("pin");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let info = agents[1]
+            .client()
+            .show(&cid.to_string())
+            .await
+            .expect("show");
+        // A release that found the new peer without the pin waits for its next try.
+        let kept = agents[1]
+            .client()
+            .reconciler()
+            .await
+            .expect("report")
+            .retrying
+            > 0;
+        if info.allocations == [ids[2].clone()] && kept {
+            break;
+        }
+        assert!(Instant::now() < deadline, "agent 1 never kept its copy");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        nodes[1].is_pinned(&cid).await.expect("node 1"),
+        "copy dropped"
+    );
+
+    // Node 2 back: agent 2 pins it, and only then agent 1 lets its copy go.
+    net.start_node(2);
+    until_with_copies("moved to node 2", &nodes, &all, &[cid], 1, |held, _| {
+        held[&cid] == [false, false, true]
+    })
+    .await;
+    for agent in &mut agents {
+        agent.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_pin_is_unpinned_on_every_node_and_removed_from_the_pinset() {
     let net = IpfsNet::start(2);
     let mut agents = net

@@ -51,7 +51,8 @@ pub enum Refused {
 /// - `max` of -1 (every peer): no allocations, every peer pins.
 /// - The same factors as the pin has, and no user allocations: its allocations are kept, so
 ///   writing a pin again never moves it.
-/// - Otherwise allocation runs again, keeping the current allocations that are live.
+/// - Otherwise allocation runs again: the user's allocations first (a down one only when
+///   under-replication is allowed), then the current allocations that are live.
 pub fn choose(
     cid: &Cid,
     ask: &Ask,
@@ -91,15 +92,31 @@ pub fn choose(
     {
         return Err(Refused::UserPeerDown { peer: *peer });
     }
-    let keep: Vec<Vec<u8>> = (current
+    // The user's peers first, then the pin's own (kept where they are live).
+    let user: Vec<Vec<u8>> = ask.user.iter().map(|peer| peer.to_bytes()).collect();
+    let mut keep = user.clone();
+    for peer in (current
         .map(|s| s.allocations.as_slice())
         .unwrap_or_default())
     .iter()
     .filter_map(|text| text.parse::<PeerId>().ok())
     .map(|peer| peer.to_bytes())
-    .collect();
-    let user: Vec<Vec<u8>> = ask.user.iter().map(|peer| peer.to_bytes()).collect();
-    let candidates = candidates(live, allocate_by);
+    {
+        if !keep.contains(&peer) {
+            keep.push(peer);
+        }
+    }
+    let mut candidates = candidates(live, allocate_by);
+    // Allowed under-replicated, the user's peers are taken even while down: they asked.
+    for peer in &ask.user {
+        if !live.iter().any(|(l, _)| l == peer) {
+            candidates.push(Candidate {
+                peer: peer.to_bytes(),
+                free: 0,
+                tags: Vec::new(),
+            });
+        }
+    }
     // min == -1 with a bounded max: at least one.
     let needed = if min == EVERYWHERE { 1 } else { min as usize };
     let wanted = Wanted {
@@ -107,7 +124,7 @@ pub fn choose(
         min: if ask.under_replicated { 1 } else { needed },
         max: max as usize,
         keep: &keep,
-        user: &user,
+        user: &[],
     };
     let chosen = allocate::allocate(&wanted, &candidates).map_err(|err| match err {
         AllocateError::TooFewPeers { available, .. } => Refused::TooFewPeers {

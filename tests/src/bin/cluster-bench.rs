@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Parser;
 use pinmesh_agent::api::PinRequest;
 use pinmesh_agent::api::client::Client;
@@ -40,7 +40,15 @@ struct Args {
     /// Pins held by the cluster a fresh agent joins.
     #[arg(long, default_value_t = 1_000_000)]
     join_pins: u64,
-    /// Phases to run, comma-separated: floors,latency,ingest,join.
+    /// Pins (replication 2) of the cluster that loses a peer in the repin phase: with 10
+    /// agents, the lost one holds about a fifth.
+    #[arg(long, default_value_t = 500_000)]
+    repin_pins: u64,
+    /// `cluster.repin_rate` of the repin phase's agents (the default config's is 1000).
+    #[arg(long, default_value_t = 1000)]
+    repin_rate: u32,
+    /// Phases to run, comma-separated: floors,latency,ingest,join,repin (repin: agents with
+    /// embedded IPFS nodes, which publish the metrics allocation needs).
     #[arg(long, default_value = "floors,latency,ingest,join")]
     phases: String,
     /// Print one JSON object with every number instead of the table.
@@ -78,6 +86,66 @@ fn pin(cid: u64, name: &str) -> PinRequest {
     PinRequest::new(sim_cid(cid), name)
 }
 
+/// The repin phase's agents between metrics: how often they publish, and how long a peer
+/// must be down before its pins move.
+const REPIN_METRICS: Duration = Duration::from_secs(1);
+const REPIN_AFTER: Duration = Duration::from_secs(5);
+
+/// `n` agents with embedded IPFS nodes (they publish metrics), repinning after
+/// [`REPIN_AFTER`] at `rate` pins per second; waits until the first holds every metric.
+async fn repin_cluster(
+    bin: &Path,
+    root: &Path,
+    n: usize,
+    rate: u32,
+) -> anyhow::Result<Vec<AgentProcess>> {
+    let secret = pinmesh_tests::random_secret();
+    let mut agents: Vec<AgentProcess> = Vec::new();
+    for i in 0..n {
+        let home = root.join(format!("agent-{i}"));
+        let mut init = vec!["--secret".to_string(), secret.clone()];
+        if let Some(first) = agents.first() {
+            init.extend(["--bootstrap".to_string(), first.addr.clone()]);
+        }
+        pinmesh_tests::process::init(bin, &home, &init)?;
+        let config = home.join("config.toml");
+        let mut raw = pinmesh_agent::config::Config::load(&config)?.raw;
+        raw.cluster.metrics_interval = REPIN_METRICS;
+        raw.cluster.repin_after = REPIN_AFTER;
+        raw.cluster.repin_rate = rate;
+        // The pins name no content: keep the nodes' hopeless fetches few.
+        raw.ipfs.concurrency = 1;
+        std::fs::write(&config, raw.to_toml())?;
+        agents.push(AgentProcess::run(bin, &home)?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = agents[0].client.peers().await?;
+        let live = (info.peers.iter())
+            .filter(|p| p.metric.as_ref().is_some_and(|m| m.live))
+            .count();
+        if live == n - 1 && info.metric.is_some() {
+            return Ok(agents);
+        }
+        if Instant::now() >= deadline {
+            bail!("agent 0 holds {live} live metrics of {}", n - 1);
+        }
+        tokio::time::sleep(REPIN_METRICS / 2).await;
+    }
+}
+
+/// How many pins `client`'s pinset allocates to `peer`.
+async fn allocated_to(client: &Client, peer: &str) -> anyhow::Result<u64> {
+    let mut n = 0;
+    client
+        .list(|pin| {
+            n += u64::from(pin.allocations.iter().any(|p| p == peer));
+            Ok(())
+        })
+        .await?;
+    Ok(n)
+}
+
 /// Starts `n` agents bootstrapping from the first; waits until all are synced.
 async fn cluster(bin: &Path, root: &Path, n: usize) -> anyhow::Result<Vec<AgentProcess>> {
     let secret = pinmesh_tests::random_secret();
@@ -107,13 +175,14 @@ async fn cluster(bin: &Path, root: &Path, n: usize) -> anyhow::Result<Vec<AgentP
     Ok(agents)
 }
 
-/// Pins `count` CIDs from `first` at `agent`, `per_request` per request, `parallel` in flight.
+/// Pins `count` CIDs from `first` at `agent`, `per_request` per request, `parallel` in flight,
+/// with the cluster's default factors or `replication`.
 async fn bulk_pin(
     client: &Client,
-    first: u64,
-    count: u64,
+    (first, count): (u64, u64),
     per_request: u64,
     parallel: usize,
+    replication: Option<i32>,
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let mut in_flight = tokio::task::JoinSet::new();
@@ -121,8 +190,13 @@ async fn bulk_pin(
     while next < first + count {
         while in_flight.len() < parallel && next < first + count {
             let end = (next + per_request).min(first + count);
-            let requests: Vec<PinRequest> =
-                (next..end).map(|i| pin(i, &format!("p{i:07}"))).collect();
+            let requests: Vec<PinRequest> = (next..end)
+                .map(|i| {
+                    let mut request = pin(i, &format!("p{i:07}"));
+                    (request.replication_min, request.replication_max) = (replication, replication);
+                    request
+                })
+                .collect();
             let client = client.clone();
             in_flight.spawn(async move { client.pin_many(&requests).await.map(|_| ()) });
             next = end;
@@ -363,7 +437,8 @@ async fn main() -> anyhow::Result<()> {
         }
         if phases.contains(&"ingest") {
             let before = agents[0].client.digest().await?.pins;
-            let took = bulk_pin(&agents[0].client, 20_000_000, args.ingest, 1000, 4).await?;
+            let took =
+                bulk_pin(&agents[0].client, (20_000_000, args.ingest), 1000, 4, None).await?;
             let acked = Instant::now();
             let mut lag = Duration::ZERO;
             for a in &agents[1..] {
@@ -404,7 +479,7 @@ async fn main() -> anyhow::Result<()> {
         let secret = pinmesh_tests::random_secret();
         let source =
             AgentProcess::start(&args.bin, &dir.join("source"), &init_args(&secret, None))?;
-        let took = bulk_pin(&source.client, 0, args.join_pins, 10_000, 2).await?;
+        let took = bulk_pin(&source.client, (0, args.join_pins), 10_000, 2, None).await?;
         let started = Instant::now();
         let fresh = AgentProcess::start(
             &args.bin,
@@ -462,6 +537,70 @@ async fn main() -> anyhow::Result<()> {
             ),
         );
         report.insert("rss_mb_fresh".into(), (rss_fresh as f64 / 1e6).into());
+    }
+    if phases.contains(&"repin") {
+        let mut agents = repin_cluster(
+            &args.bin,
+            &root.path().join("repin"),
+            args.agents,
+            args.repin_rate,
+        )
+        .await?;
+        let total = args.repin_pins;
+        bulk_pin(&agents[0].client, (30_000_000, total), 1000, 4, Some(2)).await?;
+        for a in &agents {
+            a.client
+                .wait_digest(Some(total), None, Duration::from_secs(600))
+                .await?;
+        }
+        let lost = agents.pop().context("agents")?;
+        let lost_id = lost.client.digest().await?.peer_id;
+        let held = allocated_to(&agents[0].client, &lost_id).await?;
+        lost.kill9();
+        let killed = Instant::now();
+        // Until no pin names the lost peer on agent 0, and every other replica has agent 0's
+        // digest (the same entries, so the same allocation lists).
+        let mut looks = 0;
+        let converged = loop {
+            looks += 1;
+            if allocated_to(&agents[0].client, &lost_id).await? == 0 {
+                let digest = agents[0].client.digest().await?.state_digest;
+                let mut same = true;
+                for a in &agents[1..] {
+                    same &= a.client.digest().await?.state_digest == digest;
+                }
+                if same {
+                    break killed.elapsed();
+                }
+            }
+            if killed.elapsed() > Duration::from_secs(3600) {
+                bail!("pins of the lost peer not re-allocated within an hour");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        // The peer counts as lost once its metric expired (three intervals) and repin_after
+        // passed; the rest is the repinning itself.
+        let detect = REPIN_METRICS * 3 + REPIN_AFTER;
+        let repinning = converged.saturating_sub(detect);
+        say(
+            &mut report,
+            json,
+            "repin_converged_s",
+            converged.as_secs_f64().into(),
+            format!(
+                "{} agents, {} pins at replication 2: one agent holding {} of them killed; every pin re-allocated and the lists converged on every agent {:.1} s later ({:.1} s after it counted lost: {:.0} pins/s at repin_rate {}; {} looks)",
+                args.agents,
+                total,
+                held,
+                converged.as_secs_f64(),
+                repinning.as_secs_f64(),
+                held as f64 / repinning.as_secs_f64().max(0.001),
+                args.repin_rate,
+                looks
+            ),
+        );
+        report.insert("repin_pins".into(), held.into());
+        report.insert("repin_after_lost_s".into(), repinning.as_secs_f64().into());
     }
     if args.json {
         println!("{}", serde_json::Value::Object(report));

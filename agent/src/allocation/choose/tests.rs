@@ -120,6 +120,30 @@ fn user_allocations_come_first_and_alone_set_the_factor() {
         choose(&cid, &down, None, EVERY, &peers(5), &[]),
         Err(Refused::UserPeerDown { peer: peer(9) })
     );
+    // Allowed under-replicated: taken as asked, down or not.
+    let allowed = Ask {
+        under_replicated: true,
+        ..down
+    };
+    assert_eq!(
+        choose(&cid, &allowed, None, EVERY, &peers(5), &[]),
+        Ok((1, 1, text(&[9])))
+    );
+    // On a pin allocated elsewhere, the user's peers come before its current ones.
+    let current = PinSpec {
+        replication_min: 2,
+        replication_max: 2,
+        allocations: text(&[1, 2]),
+        ..PinSpec::default()
+    };
+    let moved = Ask {
+        user: vec![peer(3)],
+        ..ask(2, 2)
+    };
+    assert_eq!(
+        choose(&cid, &moved, Some(&current), EVERY, &peers(5), &[]),
+        Ok((2, 2, text(&[3, 1])))
+    );
 }
 
 #[test]
