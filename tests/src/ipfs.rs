@@ -221,6 +221,22 @@ impl IpfsNode {
             .expect("pin/add");
     }
 
+    /// Every CID the node pins recursively.
+    pub async fn recursive_pins(&self) -> Result<std::collections::HashSet<Cid>, String> {
+        let response = self.post("pin/ls?type=recursive&stream=true").await?;
+        let text = response.text().await.map_err(|e| e.to_string())?;
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+                (v["Cid"].as_str())
+                    .ok_or_else(|| format!("no Cid in {line}"))?
+                    .parse()
+                    .map_err(|e| format!("{e}"))
+            })
+            .collect()
+    }
+
     /// Whether the node holds a recursive or direct pin on `cid`.
     pub async fn is_pinned(&self, cid: &Cid) -> Result<bool, String> {
         for kind in ["recursive", "direct"] {

@@ -1,11 +1,13 @@
-//! Repinning and expiry on real IPFS nodes (js-ipfs daemons, asked what they hold): a lost
+//! Replication factors on real IPFS nodes (js-ipfs daemons, asked what they hold): pins land on
+//! exactly their allocated nodes, spread across regions and weighted by free space; a lost
 //! peer's pins are allocated again by one live peer and pinned elsewhere, never dropping below
-//! their minimum of copies; the lost peer, back, lets its copies go once the new peers hold
-//! them; an expired pin is unpinned everywhere and removed from the pinset.
+//! their minimum of copies; a peer lets its copy of a pin allocated away go only once the new
+//! peers hold it; an expired pin is unpinned everywhere and removed from the pinset.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use pinmesh_agent::api::types::PinRequest;
 use pinmesh_protocol::Cid;
 use pinmesh_tests::TestAgent;
@@ -71,6 +73,100 @@ async fn until_with_copies(
         );
         // Pins land on the nodes' schedule, not on an event the test can await.
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_pins_on_five_nodes_land_two_by_two_across_regions_and_by_free_space() {
+    const REGIONS: [&str; 5] = ["eu", "eu", "us", "us", "us"];
+    let net = IpfsNet::start(5);
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    let agents = net
+        .agents(|c| {
+            let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            c.cluster.metrics_interval = Duration::from_millis(200);
+            c.cluster.tags = [("region".to_string(), REGIONS[i].to_string())].into();
+            c.cluster.allocate_by = vec!["region".into()];
+            // Agent 4 has a tenth of the others' room.
+            let room = if i == 4 { 1 } else { 10 };
+            c.ipfs.storage_max = Some(ByteSize::gib(room));
+        })
+        .await;
+    let nodes: Vec<IpfsNode> = (0..5).map(|i| net.node(i)).collect();
+    let deadline = Instant::now() + WAIT;
+    while (agents[0]
+        .client()
+        .peers()
+        .await
+        .expect("peers")
+        .peers
+        .iter())
+    .filter(|p| p.metric.as_ref().is_some_and(|m| m.live))
+    .count()
+        < 4
+    {
+        assert!(Instant::now() < deadline, "metrics missing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let files: Vec<Vec<u8>> = (0..200)
+        .map(|i| format!("placed {i}").into_bytes())
+        .collect();
+    let cids = nodes[0].add_many(&files, false).await;
+    let requests: Vec<PinRequest> = (cids.iter().enumerate())
+        .map(|(i, cid)| {
+            let mut request = PinRequest::new(*cid, format!("p{i}"));
+            (request.replication_min, request.replication_max) = (Some(2), Some(2));
+            request
+        })
+        .collect();
+    agents[0].client().pin_many(&requests).await.expect("pin");
+
+    // Asked of the nodes: each CID on exactly two, one per region.
+    let ids: Vec<String> = (agents.iter())
+        .map(|a| a.node().peer_id.to_base58())
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    let held = loop {
+        let mut held = Vec::new();
+        for node in &nodes {
+            held.push(node.recursive_pins().await.expect("pin/ls"));
+        }
+        let placed = cids.iter().all(|cid| {
+            let on: Vec<usize> = (0..5).filter(|i| held[*i].contains(cid)).collect();
+            on.len() == 2 && REGIONS[on[0]] != REGIONS[on[1]]
+        });
+        if placed {
+            break held;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not placed two by two across regions"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let info = agents[3]
+        .client()
+        .show(&cids[0].to_string())
+        .await
+        .expect("show");
+    let on: Vec<&String> = (0..5)
+        .filter(|i| held[*i].contains(&cids[0]))
+        .map(|i| &ids[i])
+        .collect();
+    assert_eq!(info.allocations.iter().collect::<Vec<_>>().len(), 2);
+    assert!(
+        on.iter().all(|id| info.allocations.contains(id)),
+        "{info:?}"
+    );
+    // Each eu node holds about half; in us, agent 4 (a tenth of the room) far fewer.
+    let counts: Vec<usize> = (0..5)
+        .map(|i| cids.iter().filter(|c| held[i].contains(c)).count())
+        .collect();
+    assert_eq!(counts[0] + counts[1], 200, "{counts:?}");
+    assert_eq!(counts[2] + counts[3] + counts[4], 200, "{counts:?}");
+    assert!(counts[4] * 3 < counts[2].min(counts[3]), "{counts:?}");
+    for mut agent in agents {
+        agent.stop().await;
     }
 }
 
