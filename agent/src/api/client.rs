@@ -114,6 +114,12 @@ impl Client {
         self.call(Method::POST, "/v1/peers/join", Some(&body)).await
     }
 
+    /// Removes a peer (`peers rm`): no more connections with it, its metrics ignored.
+    pub async fn remove_peer(&self, peer: &str) -> anyhow::Result<serde_json::Value> {
+        self.call::<(), _>(Method::DELETE, &format!("/v1/peers/{peer}"), None)
+            .await
+    }
+
     pub async fn pin(&self, request: &PinRequest) -> anyhow::Result<OpReceipt> {
         self.call(Method::POST, "/v1/pins", Some(request)).await
     }

@@ -133,6 +133,11 @@ impl Metrics {
     pub fn peers(&self) -> impl Iterator<Item = &PeerId> {
         self.held.keys()
     }
+
+    /// Drops what `peer` said (it was removed from the cluster).
+    pub fn forget(&mut self, peer: &PeerId) {
+        self.held.remove(peer);
+    }
 }
 
 #[cfg(test)]
