@@ -6,6 +6,7 @@
 //! closes with the last handle, then the IPFS node stops. A start that fails stops what it
 //! began in the same order before it returns (see [`Node::start`]).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +31,7 @@ use crate::ipfs::kubo::KuboBackend;
 use crate::ipfs::{PinBackend, PinLimits, peering};
 use crate::reconcile;
 use crate::replica::{self, NodeSigner, ReplicaHandle};
-use crate::store::Store;
+use crate::store::{PeerRecord, Store};
 use crate::swarm::{self, EventLoop, Flags, SwarmHandle, Wiring};
 
 /// What an agent needs to start.
@@ -190,6 +191,23 @@ impl Node {
             peering
         });
 
+        // Remembered peers are dialled at start; removed ones are refused from the start.
+        let known = store.peers().unwrap_or_else(|err| {
+            warn!(error = %err, "cannot read the remembered peers; starting from bootstrap only");
+            Vec::new()
+        });
+        let mut bootstrap_addrs: Vec<Multiaddr> = config.bootstrap.clone();
+        bootstrap_addrs.extend(bootstrap);
+        let (dial, removed) = start_dials(bootstrap_addrs, known, &peer_id);
+        if !removed.is_empty() {
+            span.in_scope(|| {
+                info!(
+                    removed = removed.len(),
+                    "peers removed with `peers rm` are refused and not dialled"
+                )
+            });
+        }
+
         let flags = Arc::new(Flags::default());
         let (synced_tx, synced) = watch::channel(false);
         let mut swarm = swarm::build(keypair, config.secret, &config.raw.cluster.name, &flags)?;
@@ -218,19 +236,9 @@ impl Node {
                 peering,
                 fatal: failure.clone(),
                 peer_forget_after: config.raw.cluster.peer_forget_after,
+                removed,
             },
         )?;
-
-        let mut dial: Vec<Multiaddr> = config.bootstrap.clone();
-        dial.extend(bootstrap);
-        let known = store.peers().unwrap_or_else(|err| {
-            warn!(error = %err, "cannot read the remembered peers; starting from bootstrap only");
-            Vec::new()
-        });
-        for (peer, record) in known {
-            dial.extend(record.addrs.into_iter().map(|addr| with_peer(addr, &peer)));
-        }
-        dial.retain(|a| !matches!(a.iter().last(), Some(Protocol::P2p(p)) if p == peer_id));
 
         // Each critical task that ends, for whatever reason, stops the whole agent.
         let stop = cancel.clone();
@@ -536,6 +544,29 @@ fn warn_about(config: &crate::config::Validated) {
     }
 }
 
+/// What to dial at start, and which peers to refuse: the `bootstrap` addresses and those of
+/// every remembered peer in `known`, less this agent's own (`me`) and those of peers removed
+/// with `peers rm`, which are returned apart.
+fn start_dials(
+    bootstrap: Vec<Multiaddr>,
+    known: Vec<(PeerId, PeerRecord)>,
+    me: &PeerId,
+) -> (Vec<Multiaddr>, HashSet<PeerId>) {
+    let removed: HashSet<PeerId> = (known.iter())
+        .filter(|(_, record)| record.removed)
+        .map(|(peer, _)| *peer)
+        .collect();
+    let mut dial = bootstrap;
+    for (peer, record) in known {
+        dial.extend(record.addrs.into_iter().map(|addr| with_peer(addr, &peer)));
+    }
+    dial.retain(|a| match a.iter().last() {
+        Some(Protocol::P2p(p)) => p != *me && !removed.contains(&p),
+        _ => true,
+    });
+    (dial, removed)
+}
+
 fn with_peer(addr: Multiaddr, peer: &PeerId) -> Multiaddr {
     match addr.iter().last() {
         Some(Protocol::P2p(_)) => addr,
@@ -546,4 +577,50 @@ fn with_peer(addr: Multiaddr, peer: &PeerId) -> Multiaddr {
 fn short(peer: &PeerId) -> String {
     let s = peer.to_string();
     s[s.len().saturating_sub(6)..].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16, peer: Option<&PeerId>) -> Multiaddr {
+        let a: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().expect("addr");
+        match peer {
+            Some(p) => a.with(Protocol::P2p(*p)),
+            None => a,
+        }
+    }
+
+    fn record(ports: &[u16], removed: bool) -> PeerRecord {
+        PeerRecord {
+            addrs: ports.iter().map(|p| addr(*p, None)).collect(),
+            last_seen: 1,
+            removed,
+        }
+    }
+
+    #[test]
+    fn removed_peers_are_not_dialled_at_start_and_come_back_to_be_refused() {
+        let [me, kept, gone] = [(); 3].map(|()| PeerId::random());
+        let bootstrap = vec![
+            addr(1, Some(&gone)),
+            addr(2, Some(&kept)),
+            addr(3, Some(&me)),
+        ];
+        let known = vec![
+            (kept, record(&[10, 11], false)),
+            // Its addresses from before `peers rm`, had they been kept: never dialled.
+            (gone, record(&[20], true)),
+        ];
+        let (dial, removed) = start_dials(bootstrap, known, &me);
+        assert_eq!(
+            dial,
+            vec![
+                addr(2, Some(&kept)),
+                addr(10, Some(&kept)),
+                addr(11, Some(&kept))
+            ]
+        );
+        assert_eq!(removed, HashSet::from([gone]));
+    }
 }

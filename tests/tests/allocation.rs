@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytesize::ByteSize;
+use pinmesh_agent::api::status::{ClusterStatusLine, UNREACHABLE};
 use pinmesh_agent::api::types::PinRequest;
 use pinmesh_agent::reconcile::Status;
 use pinmesh_agent::swarm::{PeerMetric, SwarmInfo};
@@ -15,7 +16,9 @@ use pinmesh_protocol::codec;
 use pinmesh_protocol::metric::{Metric, Reading};
 use pinmesh_protocol::sim::sim_cid;
 use pinmesh_tests::ipfs::{IpfsNet, IpfsNode};
-use pinmesh_tests::{Rogue, TestAgent, random_secret};
+use pinmesh_tests::{
+    Rogue, TestAgent, assert_one_line_error, pinmesh_in, random_secret, stderr, stdout,
+};
 use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -304,4 +307,203 @@ async fn expired_pins_are_hidden_from_pin_ls_at_once() {
     listed.sort();
     assert_eq!(listed, ["kept", "later"]);
     agent.stop().await;
+}
+
+/// The cluster status of `cid` as `agent` reports it.
+async fn cluster_line(agent: &TestAgent, cid: &str) -> ClusterStatusLine {
+    let mut line = None;
+    agent
+        .client()
+        .cluster_status(&[cid.to_string()], &[], |l| {
+            line = Some(l);
+            Ok(())
+        })
+        .await
+        .expect("cluster status");
+    line.expect("one line")
+}
+
+/// Asks `agent` for the cluster status of `cid` until `check` holds; the last line on timeout.
+async fn cluster_until(
+    agent: &TestAgent,
+    cid: &str,
+    check: impl Fn(&ClusterStatusLine) -> bool,
+) -> Result<ClusterStatusLine, ClusterStatusLine> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let line = cluster_line(agent, cid).await;
+        if check(&line) {
+            return Ok(line);
+        }
+        if Instant::now() >= deadline {
+            return Err(line);
+        }
+        // Statuses change on the reconcilers' and the network's schedule.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn status_on<'a>(line: &'a ClusterStatusLine, peer: &str) -> Option<&'a str> {
+    line.peers.get(peer).map(|p| p.status.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_allocated_peer_shows_unreachable_and_holds_wait_until_its_timeout() {
+    let started_ms = pinmesh_agent::replica::now_ms();
+    let secret = random_secret();
+    let fast = |agent: &TestAgent| {
+        agent.configure(|c| c.cluster.metrics_interval = Duration::from_millis(200))
+    };
+    let mut a = TestAgent::create_with_ipfs(&secret, &[]);
+    fast(&a);
+    let bootstrap = a.start().await.addrs.clone();
+    let mut b = TestAgent::create_with_ipfs(&secret, &bootstrap);
+    fast(&b);
+    b.start().await;
+    let mut c = TestAgent::create_with_ipfs(&secret, &bootstrap);
+    fast(&c);
+    c.start().await;
+    let [a_id, b_id, c_id] = [&a, &b, &c].map(|agent| agent.node().peer_id.to_base58());
+    let dir = |agent: &TestAgent| agent.home.config().parent().expect("home").to_path_buf();
+    peers_until(&a, |info| {
+        info.metric.is_some() && info.peers.iter().filter(|p| p.metric.is_some()).count() == 2
+    })
+    .await
+    .unwrap_or_else(|info| panic!("metrics missing: {info:#?}"));
+
+    // Two files in agent C's node, not pinned yet.
+    let files = tempfile::TempDir::new().expect("temp dir");
+    let mut cids = Vec::new();
+    for name in ["allocated", "everywhere"] {
+        let path = files.path().join(name);
+        std::fs::write(&path, format!("{name} {}", random_secret())).expect("write");
+        let out = pinmesh_in(
+            &dir(&c),
+            &["add", path.to_str().expect("utf-8"), "--no-pin", "--json"],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let added: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("add JSON");
+        cids.push(added["cid"].as_str().expect("cid").to_string());
+    }
+    let (allocated, everywhere) = (cids[0].clone(), cids[1].clone());
+    // One on B and C only: the wait needs both, not A (remote).
+    let allocations = format!("{b_id},{c_id}");
+    let out = pinmesh_in(
+        &dir(&a),
+        &[
+            "pin",
+            "add",
+            &allocated,
+            "--allocations",
+            &allocations,
+            "--wait",
+            "--wait-timeout",
+            "60s",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("pinned on all 2 peers"),
+        "{}",
+        stdout(&out)
+    );
+    // One on every peer.
+    let out = pinmesh_in(
+        &dir(&a),
+        &["pin", "add", &everywhere, "--wait", "--wait-timeout", "60s"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("pinned on all 3 peers"),
+        "{}",
+        stdout(&out)
+    );
+
+    // B stops: every line that needs it names it unreachable, since its last metric.
+    b.stop().await;
+    let stopped_ms = pinmesh_agent::replica::now_ms();
+    let line = cluster_until(&a, &allocated, |l| status_on(l, &b_id) == Some(UNREACHABLE))
+        .await
+        .unwrap_or_else(|l| panic!("B not unreachable: {l:#?}"));
+    assert_eq!(status_on(&line, &c_id), Some("pinned"), "{line:#?}");
+    assert_eq!(status_on(&line, &a_id), Some("remote"), "{line:#?}");
+    let since = line.peers[&b_id].since.expect("since");
+    assert!(
+        started_ms < since && since <= stopped_ms,
+        "since {since} outside {started_ms}..={stopped_ms}"
+    );
+    let line = cluster_line(&a, &everywhere).await;
+    assert_eq!(status_on(&line, &b_id), Some(UNREACHABLE), "{line:#?}");
+    // The same last metric (since is its age taken from now: a millisecond may differ).
+    let again = line.peers[&b_id].since.expect("since");
+    assert!(again.abs_diff(since) < 1000, "{since} then {again}");
+    assert_eq!(status_on(&line, &a_id), Some("pinned"), "{line:#?}");
+    assert_eq!(status_on(&line, &c_id), Some("pinned"), "{line:#?}");
+
+    // The CLI: `--filter unreachable` keeps both lines, and says since when.
+    let out = pinmesh_in(&dir(&a), &["status", "--filter", "unreachable"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&allocated) && text.contains(&everywhere),
+        "{text}"
+    );
+    let b_lines: Vec<&str> = text.lines().filter(|l| l.contains(&b_id)).collect();
+    assert_eq!(b_lines.len(), 2, "{text}");
+    assert!(
+        b_lines.iter().all(|l| l.contains("unreachable (since ")),
+        "{text}"
+    );
+    let out = pinmesh_in(&dir(&a), &["status", "--filter", "pin_error"]);
+    assert!(
+        out.status.success() && stdout(&out).is_empty(),
+        "{}",
+        stdout(&out)
+    );
+    let out = pinmesh_in(&dir(&a), &["status", "--filter", "gone"]);
+    assert_one_line_error(&out, "unreachable");
+
+    // `--wait` on a pin allocated to B ends at its timeout, naming B alone.
+    let out = pinmesh_in(
+        &dir(&a),
+        &["pin", "add", &allocated, "--wait", "--wait-timeout", "2s"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let last = err.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&format!(
+            "timed out after 2s: {allocated} not pinned on {b_id} (unreachable"
+        )),
+        "{err}"
+    );
+    assert!(!last.contains(&c_id), "{err}");
+    // With --json: stdout stays JSON lines, the last one saying who is behind.
+    let out = pinmesh_in(
+        &dir(&a),
+        &[
+            "--json",
+            "pin",
+            "add",
+            &allocated,
+            "--wait",
+            "--wait-timeout",
+            "1s",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let last = lines.last().expect("a line");
+    assert_eq!(last["timed_out"], true, "{last}");
+    assert_eq!(last["behind"][&b_id], UNREACHABLE, "{last}");
+    assert_eq!(
+        last["behind"].as_object().map(|o| o.len()),
+        Some(1),
+        "{last}"
+    );
+    a.stop().await;
+    c.stop().await;
 }

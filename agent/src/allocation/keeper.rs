@@ -8,7 +8,8 @@
 //!   `cluster.repin_after`, and that has fewer than its minimum of peers not lost, is allocated
 //!   again: its peers not lost are kept, new ones chosen as for a new pin
 //!   ([`reallocate`](super::choose::reallocate)). A peer down for less is not lost: a blip moves
-//!   nothing. A peer this agent has not heard of since it started counts as down since then.
+//!   nothing. A peer this agent has not heard of since it started counts as down since then;
+//!   one removed with `peers rm` is lost at once.
 //!   Guards: an agent that sees fewer than half of the allocatable peers alive repins nothing
 //!   (it is probably on the small side of a split, and the large side repins); at most
 //!   `cluster.repin_rate` pins per second. The peers that lose a pin keep their copy until
@@ -146,7 +147,7 @@ struct Keeper {
 
 /// Which peers a repin counts as lost, from one look at the peers.
 struct Lost {
-    /// Down for `repin_after` or longer.
+    /// Down for `repin_after` or longer, or removed with `peers rm`.
     known: BTreeSet<PeerId>,
     /// Not heard of at all (forgotten, or not since this agent started).
     unknown_too: bool,
@@ -160,6 +161,7 @@ impl Lost {
         let known = (peers.down.iter())
             .filter(|(_, down)| *down >= repin_after)
             .map(|(peer, _)| *peer)
+            .chain(peers.removed.iter().copied())
             .collect();
         let heard = (peers.live.iter().map(|(p, _)| *p))
             .chain(peers.down.iter().map(|(p, _)| *p))

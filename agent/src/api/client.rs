@@ -6,7 +6,9 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::status::{AddedLine, ClusterStatusLine, RecoverReply, RecoverRequest, StatusLine};
+use super::status::{
+    AddedLine, ClusterStatusLine, RecoverReply, RecoverRequest, StatusFilter, StatusLine,
+};
 use super::{
     DigestInfo, ErrorBody, IdInfo, JoinRequest, OpReceipt, PeersReport, PinInfo, PinRequest,
     StateDump,
@@ -112,6 +114,12 @@ impl Client {
         self.call(Method::POST, "/v1/peers/join", Some(&body)).await
     }
 
+    /// Removes a peer (`peers rm`): no more connections with it, its metrics ignored.
+    pub async fn remove_peer(&self, peer: &str) -> anyhow::Result<serde_json::Value> {
+        self.call::<(), _>(Method::DELETE, &format!("/v1/peers/{peer}"), None)
+            .await
+    }
+
     pub async fn pin(&self, request: &PinRequest) -> anyhow::Result<OpReceipt> {
         self.call(Method::POST, "/v1/pins", Some(request)).await
     }
@@ -178,11 +186,12 @@ impl Client {
         Ok(count)
     }
 
-    /// Streams the cluster's pin statuses to `each`: every peer's, per CID.
+    /// Streams the cluster's pin statuses to `each`: every peer's, per CID; only the lines
+    /// where a peer is in one of the given statuses, or all.
     pub async fn cluster_status(
         &self,
         cids: &[String],
-        filter: &[Status],
+        filter: &[StatusFilter],
         mut each: impl FnMut(ClusterStatusLine) -> anyhow::Result<()>,
     ) -> anyhow::Result<u64> {
         let mut count = 0;
@@ -321,7 +330,7 @@ impl Client {
 const STATUS_CIDS_PER_REQUEST: usize = 100;
 
 /// The request paths for a status query: one for everything, or one per run of CIDs.
-fn status_paths(path: &str, cids: &[String], filter: &[Status]) -> Vec<String> {
+fn status_paths(path: &str, cids: &[String], filter: &[impl ToString]) -> Vec<String> {
     let filter: Vec<String> = filter.iter().map(ToString::to_string).collect();
     let filter = filter.join(",");
     if cids.is_empty() {

@@ -134,6 +134,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/id", get(id))
         .route("/v1/peers", get(peers))
         .route("/v1/peers/join", post(join))
+        .route("/v1/peers/{peer}", delete(remove_peer))
         .route("/v1/pins", post(pins::pin).get(listing::list))
         .route(
             "/v1/pins/batch",
@@ -238,9 +239,54 @@ async fn join(
     Json(body): Json<JoinRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let addr = crate::config::parse_peer_addr(&body.addr).map_err(ApiError::BadRequest)?;
+    if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last()
+        && swarm_info(&state).await?.removed.contains(&peer)
+    {
+        // Naming a removed peer again undoes the removal: its record goes first (while the
+        // swarm still refuses it, so nothing rewrites it meanwhile), then the dial lifts the
+        // refusal. A join that then fails leaves it an unknown peer, not a removed one.
+        state.replica.set_peer_removed(peer, false).await?;
+    }
     let peer = state.swarm.dial(addr).await.map_err(|e| match e {
         SwarmError::Stopped => ApiError::from(e),
         e => ApiError::Unavailable(format!("cannot connect: {e}")),
     })?;
+    Ok(Json(serde_json::json!({ "peer_id": peer.to_string() })))
+}
+
+/// `DELETE /v1/peers/{peer}` (`peers rm`): this agent stops dialling `peer` and refuses its
+/// connections, drops its metric (so allocation no longer chooses it) and ignores its later
+/// ones, and forgets it; recorded in the store, so a restart keeps it removed. `join` with an
+/// address of it undoes this.
+async fn remove_peer(
+    State(state): State<ApiState>,
+    axum::extract::Path(text): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let peer = text
+        .parse::<libp2p::PeerId>()
+        .map_err(|_| ApiError::BadRequest(format!("{text:?} is not a peer id")))?;
+    if peer == state.peer_id {
+        return Err(ApiError::BadRequest(format!(
+            "{peer} is this agent itself; remove it from another agent"
+        )));
+    }
+    // The swarm first: once it refuses the peer, nothing (identify, a join) rewrites the
+    // peer's record behind the removal written next.
+    state.swarm.remove(peer).await?;
+    state
+        .replica
+        .set_peer_removed(peer, true)
+        .await
+        .map_err(|err| {
+            let why = format!(
+                "{peer} is cut off until this agent restarts, but its removal was not recorded: \
+                 {err}"
+            );
+            match ApiError::from(err) {
+                ApiError::DiskFull(_) => ApiError::DiskFull(why),
+                ApiError::Unavailable(_) => ApiError::Unavailable(why),
+                _ => ApiError::Internal(why),
+            }
+        })?;
     Ok(Json(serde_json::json!({ "peer_id": peer.to_string() })))
 }

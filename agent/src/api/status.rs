@@ -1,7 +1,9 @@
 //! `GET /v1/status` (this agent's IPFS node), `GET /v1/status/cluster` (every peer's, asked
-//! over the sync protocol) and `POST /v1/recover`.
+//! over the sync protocol; its lines are built in [`cluster`]) and `POST /v1/recover`.
 
-use std::collections::BTreeMap;
+mod cluster;
+
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use axum::Json;
@@ -10,12 +12,14 @@ use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::Response;
 use libp2p::PeerId;
+use pinmesh_protocol::Cid;
 use pinmesh_protocol::message::MAX_STATUS_CIDS;
-use pinmesh_protocol::{Cid, PinStatus, PinStatusEntry};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use self::cluster::{Answer, Holders, Round};
+pub use self::cluster::{ClusterStatusLine, PeerPinStatus, UNREACHABLE};
 use super::{ApiError, ApiState, LIST_BUFFER, parse_cid, tokio_stream_from};
 use crate::reconcile::Status;
 pub use crate::reconcile::status::StatusLine;
@@ -34,19 +38,48 @@ pub struct StatusQuery {
 }
 
 impl StatusQuery {
-    fn parse(&self) -> Result<(Vec<Cid>, Vec<Status>), ApiError> {
+    fn parse(&self) -> Result<(Vec<Cid>, Vec<StatusFilter>), ApiError> {
         let cids = split(&self.cids).map(parse_cid).collect::<Result<_, _>>()?;
         let filter = split(&self.filter)
-            .map(|f| {
-                serde_json::from_value(serde_json::Value::String(f.to_string())).map_err(|_| {
-                    ApiError::BadRequest(format!(
-                        "unknown status {f:?}; statuses are queued, pinning, pinned, pin_error, \
-                         unpinning, unpinned, unpin_error, remote, unexpectedly_unpinned"
-                    ))
-                })
-            })
+            .map(|f| f.parse::<StatusFilter>().map_err(ApiError::BadRequest))
             .collect::<Result<_, _>>()?;
         Ok((cids, filter))
+    }
+}
+
+/// A status `?filter=` (and `status --filter`) keeps: one a node reports, or `unreachable`,
+/// which only the cluster status gives (this agent always reaches its own node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFilter {
+    Node(Status),
+    Unreachable,
+}
+
+impl std::str::FromStr for StatusFilter {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        use clap::ValueEnum;
+        if text == UNREACHABLE {
+            return Ok(StatusFilter::Unreachable);
+        }
+        Status::from_str(text, false)
+            .map(StatusFilter::Node)
+            .map_err(|_| {
+                let names: Vec<String> = (Status::value_variants().iter())
+                    .map(ToString::to_string)
+                    .chain([UNREACHABLE.to_string()])
+                    .collect();
+                format!("unknown status {text:?}; statuses are {}", names.join(", "))
+            })
+    }
+}
+
+impl std::fmt::Display for StatusFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StatusFilter::Node(status) => status.fmt(f),
+            StatusFilter::Unreachable => f.write_str(UNREACHABLE),
+        }
     }
 }
 
@@ -72,7 +105,7 @@ pub async fn status(
     super::stream_pages(&state.tasks, super::listing_permit(&state)?, move |after| {
         let mut lines = Vec::new();
         let mut emit = |line: StatusLine| -> bool {
-            if filter.is_empty() || filter.contains(&line.status) {
+            if filter.is_empty() || filter.contains(&StatusFilter::Node(line.status)) {
                 let mut text = serde_json::to_string(&line).unwrap_or_default();
                 text.push('\n');
                 lines.push(text);
@@ -123,26 +156,6 @@ pub async fn recover(
 /// CIDs with 64-byte digests.
 const CLUSTER_CHUNK: usize = MAX_STATUS_CIDS / 2;
 
-/// One peer's status for one CID, in a [`ClusterStatusLine`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerPinStatus {
-    /// As the peer reported it (a name of a newer release shows as it came).
-    pub status: PinStatus,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub attempts: u32,
-    /// Unix milliseconds of the peer's last change for the CID.
-    pub updated: u64,
-}
-
-/// One CID across the cluster: a line of `GET /v1/status/cluster`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterStatusLine {
-    pub cid: String,
-    /// Every peer that answered and drives an IPFS node (this agent included, if it does).
-    pub peers: BTreeMap<String, PeerPinStatus>,
-}
-
 /// The API's answer when a command needs this agent's IPFS node and there is none.
 const NO_NODE: &str =
     "this agent drives no IPFS node (its config.toml has ipfs.embedded = false and no ipfs.api)";
@@ -150,8 +163,9 @@ const NO_NODE: &str =
 const PEER_ANSWER: Duration = Duration::from_secs(30);
 
 /// Streams NDJSON [`ClusterStatusLine`]s: the CIDs asked, or every pin of the pinset, asking
-/// every connected peer in rounds of [`CLUSTER_CHUNK`] CIDs. Peers that drive no IPFS node are
-/// left out; a peer that does not answer is reported `unknown`, with why.
+/// every connected peer in rounds of [`CLUSTER_CHUNK`] CIDs. Each line lists every peer that
+/// should hold its CID (`unreachable` when not connected or silent) and every other peer with
+/// an IPFS node that answered; see [`cluster`] for the rules.
 pub async fn cluster_status(
     State(state): State<ApiState>,
     Query(query): Query<StatusQuery>,
@@ -164,6 +178,16 @@ pub async fn cluster_status(
         .iter()
         .filter(|p| p.connected)
         .map(|p| p.peer_id)
+        .collect();
+    // A peer drives an IPFS node if a metric of it is held, live or expired; it was last
+    // heard of when that metric arrived.
+    let now = crate::replica::now_ms();
+    let heard = |id: &PeerId, metric: &crate::swarm::PeerMetric| {
+        (id.to_string(), now.saturating_sub(metric.age_ms))
+    };
+    let known: BTreeMap<String, u64> = (info.peers.iter())
+        .filter_map(|p| Some(heard(&p.peer_id, p.metric.as_ref()?)))
+        .chain(info.metric.as_ref().map(|m| heard(&info.peer_id, m)))
         .collect();
     let permit = super::listing_permit(&state)?;
     let (tx, rx) = mpsc::channel::<Result<String, std::io::Error>>(LIST_BUFFER);
@@ -198,7 +222,7 @@ pub async fn cluster_status(
             };
             let Some(last) = chunk.last() else { return };
             after = Some(last.to_bytes());
-            match round(&state, &peers, &chunk).await {
+            match round(&state, &peers, &known, &chunk).await {
                 Ok(lines) => {
                     for line in lines {
                         let keep = filter.is_empty()
@@ -229,19 +253,15 @@ pub async fn cluster_status(
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-/// Asks this agent and every peer about `chunk`; one line per CID, in order.
+/// Asks this agent and every connected peer in `peers` about `chunk`, reads who should hold
+/// each CID, and makes one line per CID, in order. `known`: the peers with an IPFS node and
+/// when each was last heard of.
 async fn round(
     state: &ApiState,
     peers: &[PeerId],
+    known: &BTreeMap<String, u64>,
     chunk: &[Cid],
 ) -> Result<Vec<ClusterStatusLine>, String> {
-    let mut lines: Vec<ClusterStatusLine> = chunk
-        .iter()
-        .map(|cid| ClusterStatusLine {
-            cid: cid.to_string(),
-            peers: BTreeMap::new(),
-        })
-        .collect();
     let asks = peers.iter().map(|peer| async move {
         let asked = state.swarm.pin_status(*peer, chunk.to_vec());
         let answer = match tokio::time::timeout(PEER_ANSWER, asked).await {
@@ -253,57 +273,79 @@ async fn round(
         };
         (*peer, answer)
     });
+    let mut round = Round {
+        answers: BTreeMap::new(),
+        known: known.clone(),
+    };
     for (peer, answer) in futures::future::join_all(asks).await {
-        let mut entries: std::collections::HashMap<Cid, PinStatusEntry> = match answer {
-            Ok(entries) => entries.into_iter().map(|e| (e.cid, e)).collect(),
-            Err(SwarmError::NoIpfs) => continue,
+        let answer = match answer {
+            Ok(entries) => Answer::Statuses(
+                entries
+                    .into_iter()
+                    .map(|e| (e.cid, PeerPinStatus::from(e)))
+                    .collect(),
+            ),
+            Err(SwarmError::NoIpfs) => Answer::NoNode,
             Err(reason) => {
                 debug!(%peer, %reason, "peer did not answer for the cluster status");
-                std::collections::HashMap::new()
+                Answer::Failed(reason.to_string())
             }
         };
-        for (line, cid) in lines.iter_mut().zip(chunk) {
-            // Matched by CID: a peer answering fewer or other CIDs does not shift the rest.
-            let status = match entries.remove(cid) {
-                Some(entry) => PeerPinStatus {
-                    status: entry.status,
-                    error: entry.error,
-                    attempts: entry.attempts,
-                    updated: entry.updated_ms,
-                },
-                None => PeerPinStatus {
-                    status: PinStatus::Unknown("unknown".into()),
-                    error: Some("the peer did not answer for this CID".into()),
-                    attempts: 0,
-                    updated: 0,
-                },
-            };
-            line.peers.insert(peer.to_string(), status);
-        }
+        round.answers.insert(peer.to_string(), answer);
     }
-    if state.reconciler.is_some() {
-        let store = state.store.clone();
-        let me = state.peer_id;
-        let cids = chunk.to_vec();
-        let local = state
-            .tasks
-            .spawn_blocking(move || lines_for(&store, &me, &cids))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        for (line, own) in lines.iter_mut().zip(local) {
-            line.peers.insert(
-                own.peer_id.to_string(),
-                PeerPinStatus {
-                    status: own.status.into(),
-                    error: own.error,
-                    attempts: own.attempts,
-                    updated: own.updated,
-                },
-            );
-        }
+    // Who should hold each CID and, with a node, this agent's own statuses: one read.
+    let store = state.store.clone();
+    let me = state.reconciler.is_some().then_some(state.peer_id);
+    let cids = chunk.to_vec();
+    let (holders, local) = state
+        .tasks
+        .spawn_blocking(move || read_round(&store, me.as_ref(), &cids))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    if let Some(local) = local {
+        round
+            .answers
+            .insert(state.peer_id.to_string(), Answer::Statuses(local));
     }
-    Ok(lines)
+    Ok(chunk
+        .iter()
+        .zip(&holders)
+        .map(|(cid, holders)| round.line(cid, holders))
+        .collect())
+}
+
+/// Who should hold each CID of a round, and this agent's own statuses.
+type RoundRead = (Vec<Holders>, Option<HashMap<Cid, PeerPinStatus>>);
+
+/// Who should hold each of `cids` (in order) and, for `me` when this agent drives a node, its
+/// own statuses of them.
+fn read_round(store: &Store, me: Option<&PeerId>, cids: &[Cid]) -> Result<RoundRead, StoreError> {
+    let now_secs = crate::replica::now_ms() / 1000;
+    let holders = {
+        let reader = store.reader()?;
+        (cids.iter())
+            .map(|cid| Ok(Holders::of(reader.versions(cid)?.as_deref(), now_secs)))
+            .collect::<Result<Vec<_>, StoreError>>()?
+    };
+    let local = match me {
+        Some(me) => Some(
+            (lines_for(store, me, cids)?.into_iter())
+                .map(|own| {
+                    let status = PeerPinStatus {
+                        status: own.status.into(),
+                        error: own.error,
+                        attempts: own.attempts,
+                        updated: own.updated,
+                        since: None,
+                    };
+                    (own.cid, status)
+                })
+                .collect(),
+        ),
+        None => None,
+    };
+    Ok((holders, local))
 }
 
 /// Up to `n` CIDs of the pinset after the key `after`, in key order.

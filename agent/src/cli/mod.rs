@@ -43,7 +43,7 @@ pub enum Command {
     Run(run::Args),
     /// Show this agent's peer id, addresses, cluster and version.
     Id,
-    /// Connect to a peer at runtime and remember it.
+    /// Connect to a peer at runtime and remember it (undoes `peers rm` of it).
     Join(peers::JoinArgs),
     /// Known peers.
     #[command(subcommand)]

@@ -1,4 +1,4 @@
-//! `pinmesh id`, `pinmesh join`, `pinmesh peers ls`.
+//! `pinmesh id`, `pinmesh join`, `pinmesh peers ls|add|rm`.
 
 use std::process::ExitCode;
 
@@ -15,10 +15,27 @@ pub struct JoinArgs {
     addr: libp2p::Multiaddr,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct RmArgs {
+    /// The peer's id.
+    #[arg(value_parser = parse_peer)]
+    peer: libp2p::PeerId,
+}
+
+fn parse_peer(text: &str) -> Result<libp2p::PeerId, String> {
+    text.parse::<libp2p::PeerId>()
+        .map_err(|_| format!("{text:?} is not a peer id"))
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Every peer this agent knows, connected or not.
     Ls,
+    /// Connect to a peer now and remember it (as `join`); undoes `peers rm` of that peer.
+    Add(JoinArgs),
+    /// Forget a peer: disconnect it and refuse it from now on (across restarts), drop its
+    /// metric so allocation no longer chooses it; `peers add` undoes it.
+    Rm(RmArgs),
 }
 
 pub async fn id(ctx: &Ctx) -> anyhow::Result<ExitCode> {
@@ -48,6 +65,16 @@ pub async fn join(ctx: &Ctx, args: JoinArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Add(args) => join(ctx, args).await,
+        Command::Rm(args) => {
+            let answer = ctx.client()?.remove_peer(&args.peer.to_string()).await?;
+            if ctx.json {
+                print_json(&answer)?;
+            } else {
+                println!("removed {}", args.peer);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Ls => {
             let info = ctx.client()?.peers().await?;
             if ctx.json {
@@ -64,16 +91,21 @@ pub async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
                     let metric = metric_text(peer.metric.as_ref());
                     println!("{}  {state}  {addr}  {metric}", peer.peer_id);
                 }
+                let mut summary = format!("{} peers", info.peers.len());
                 if info.foreign_peers > 0 {
-                    eprintln!(
-                        "{} peers; {} of another cluster refused (same secret, another cluster \
-                         name: see the log)",
-                        info.peers.len(),
+                    summary.push_str(&format!(
+                        "; {} of another cluster refused (same secret, another cluster name: \
+                         see the log)",
                         info.foreign_peers
-                    );
-                } else {
-                    eprintln!("{} peers", info.peers.len());
+                    ));
                 }
+                if !info.removed.is_empty() {
+                    summary.push_str(&format!(
+                        "; {} removed (peers rm), not shown",
+                        info.removed.len()
+                    ));
+                }
+                eprintln!("{summary}");
             }
             Ok(ExitCode::SUCCESS)
         }

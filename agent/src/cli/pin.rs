@@ -11,6 +11,7 @@ use pinmesh_protocol::{Cid, PinMode, PinStatus};
 use super::{Ctx, print_json};
 use crate::api::PinRequest;
 use crate::api::client::Client;
+use crate::api::status::PeerPinStatus;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -25,10 +26,12 @@ pub enum Command {
 /// `--wait` and its limit, shared by `pin add` and `pin rm`.
 #[derive(Debug, clap::Args)]
 pub struct WaitArgs {
-    /// Return once every peer driving an IPFS node holds the pin (`pin rm`: has dropped it).
+    /// Return once every peer the pin is allocated to holds it (every peer with an IPFS node
+    /// when it has no allocations; `pin rm`: once every peer has dropped it).
     #[arg(long)]
     pub wait: bool,
-    /// Give up waiting after this long (exit 1, naming the peers not there yet).
+    /// Give up waiting after this long (exit 1, naming the peers not there yet, unreachable
+    /// ones included).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
     pub wait_timeout: Duration,
 }
@@ -205,8 +208,12 @@ pub async fn pin_with(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Polls the cluster status of `cid` until every peer that drives an IPFS node reports `want`
-/// (or `remote`: not allocated there), or `timeout` passes.
+/// Polls the cluster status of `cid` until every peer that should hold it reports `want`, or
+/// `timeout` passes. The status lists every peer the pin is allocated to (every peer known to
+/// drive an IPFS node when it has no allocations), `unreachable` when down, so a down peer
+/// holds the wait until the timeout; peers showing `remote` are not allocated it and are not
+/// waited for. At the timeout: exit 1 with one line naming the peers not there (with
+/// `--json`, a JSON line on stdout first).
 async fn wait_for(
     ctx: &Ctx,
     client: &Client,
@@ -230,13 +237,13 @@ async fn wait_for(
                 "no peer drives an IPFS node (every one has ipfs.embedded = false and no ipfs.api): there is nothing to wait for"
             );
         }
-        let behind: Vec<String> = peers
+        let holders = peers
+            .values()
+            .filter(|p| p.status != PinStatus::Remote)
+            .count();
+        let behind: BTreeMap<&String, &PeerPinStatus> = peers
             .iter()
             .filter(|(_, p)| p.status.as_str() != want && p.status != PinStatus::Remote)
-            .map(|(peer, p)| match &p.error {
-                Some(error) => format!("{peer} ({}: {error})", p.status),
-                None => format!("{peer} ({})", p.status),
-            })
             .collect();
         let took = started.elapsed();
         if behind.is_empty() {
@@ -246,30 +253,46 @@ async fn wait_for(
                 print_json(&serde_json::json!({
                     "cid": cid.to_string(),
                     "status": want,
-                    "peers": peers.len(),
+                    "peers": holders,
                     "waited_ms": took.as_millis() as u64,
                 }))?;
             } else {
                 println!(
-                    "{want} on all {} peers in {:.1}s",
-                    peers.len(),
+                    "{want} on all {holders} peers in {:.1}s",
                     took.as_secs_f64()
                 );
             }
             return Ok(ExitCode::SUCCESS);
         }
         if took >= timeout {
+            if ctx.json && !quiet {
+                let statuses: BTreeMap<&String, &str> = behind
+                    .iter()
+                    .map(|(peer, p)| (*peer, p.status.as_str()))
+                    .collect();
+                print_json(&serde_json::json!({
+                    "cid": cid.to_string(),
+                    "status": want,
+                    "timed_out": true,
+                    "peers": holders,
+                    "behind": statuses,
+                    "waited_ms": took.as_millis() as u64,
+                }))?;
+            }
+            let named: Vec<String> = behind
+                .iter()
+                .map(|(peer, p)| match &p.error {
+                    Some(error) => format!("{peer} ({}: {error})", p.status),
+                    None => format!("{peer} ({})", p.status),
+                })
+                .collect();
             bail!(
-                "not {want} everywhere after {}: {}",
+                "timed out after {}: {cid} not {want} on {}",
                 humantime::format_duration(timeout),
-                behind.join(", ")
+                named.join(", ")
             );
         }
-        let progress = format!(
-            "{want} on {}/{} peers",
-            peers.len() - behind.len(),
-            peers.len()
-        );
+        let progress = format!("{want} on {}/{holders} peers", holders - behind.len());
         if progress != last_progress && !ctx.json {
             eprintln!("{progress}");
             last_progress = progress;

@@ -1,11 +1,13 @@
 //! `pinmesh status` and `pinmesh recover`: where pins stand on IPFS nodes.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::bail;
 use pinmesh_protocol::Cid;
 
 use super::Ctx;
-use crate::api::status::StatusLine;
+use crate::api::status::{PeerPinStatus, StatusFilter, StatusLine};
 use crate::reconcile::Status;
 
 #[derive(Debug, clap::Args)]
@@ -16,10 +18,11 @@ pub struct StatusArgs {
     /// Only this agent's IPFS node.
     #[arg(long)]
     local: bool,
-    /// Only these statuses, comma-separated (queued, pinning, pinned, pin_error, unpinning,
-    /// unpinned, unpin_error, remote, unexpectedly_unpinned).
-    #[arg(long, value_delimiter = ',')]
-    filter: Vec<Status>,
+    /// Only CIDs with a peer in one of these statuses, comma-separated (queued, pinning,
+    /// pinned, pin_error, unpinning, unpinned, unpin_error, remote, unexpectedly_unpinned,
+    /// unreachable).
+    #[arg(long, value_delimiter = ',', value_parser = parse_filter)]
+    filter: Vec<StatusFilter>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -34,16 +37,29 @@ fn parse_cid(text: &str) -> Result<Cid, String> {
         .map_err(|e| format!("{text:?} is not a CID: {e}"))
 }
 
+fn parse_filter(text: &str) -> Result<StatusFilter, String> {
+    text.parse()
+}
+
 pub async fn status(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<ExitCode> {
     if !args.local {
         return cluster(ctx, args).await;
     }
+    let filter: Vec<Status> = (args.filter.iter())
+        .map(|f| match f {
+            StatusFilter::Node(status) => Ok(*status),
+            StatusFilter::Unreachable => bail!(
+                "--filter unreachable applies to the cluster status, not --local (this agent \
+                 always reaches its own node)"
+            ),
+        })
+        .collect::<anyhow::Result<_>>()?;
     let client = ctx.client()?;
     let cids: Vec<String> = args.cids.iter().map(ToString::to_string).collect();
     let json = ctx.json;
     let mut errors = 0u64;
     let count = client
-        .status(&cids, &args.filter, |line| {
+        .status(&cids, &filter, |line| {
             errors += u64::from(line.status.is_error());
             print_line(&line, json)
         })
@@ -73,10 +89,8 @@ async fn cluster(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<ExitCode> {
             }
             println!("{}", line.cid);
             for (peer, p) in &line.peers {
-                println!(
-                    "  {peer}  {}",
-                    describe(p.status.as_str(), p.attempts, &p.error)
-                );
+                let status = status_text(p, crate::replica::now_ms());
+                println!("  {peer}  {}", describe(&status, p.attempts, &p.error));
             }
             Ok(())
         })
@@ -85,6 +99,25 @@ async fn cluster(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{count} CIDs, {errors} with errors");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A peer's status as a person reads it: `unreachable (since 3m 12s ago)` for a peer that
+/// should hold the CID and cannot be asked, its status as it said otherwise.
+pub fn status_text(p: &PeerPinStatus, now_ms: u64) -> String {
+    if !p.is_unreachable() {
+        return p.status.to_string();
+    }
+    match p.since {
+        Some(since) if since > 0 => {
+            // Whole seconds: the milliseconds are noise here.
+            let age = Duration::from_secs(now_ms.saturating_sub(since) / 1000);
+            format!(
+                "unreachable (since {} ago)",
+                humantime::format_duration(age)
+            )
+        }
+        _ => "unreachable (since unknown: never heard of)".to_string(),
+    }
 }
 
 /// `--json`: `{"cid", "peers": {peer_id: {status, error, attempts, updated}}}` per CID.

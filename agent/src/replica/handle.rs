@@ -70,6 +70,13 @@ pub enum Command {
     },
     /// Forget a peer's record (it belongs to another cluster).
     ForgetPeer { peer: PeerId },
+    /// Record that `peer` was removed with `peers rm`, or (`removed` false) drop its record
+    /// (it is added again); answered once durable.
+    PeerRemoved {
+        peer: PeerId,
+        removed: bool,
+        reply: oneshot::Sender<Result<(), LocalError>>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -138,6 +145,23 @@ impl ReplicaHandle {
     /// Queues the removal of a peer's record for the next commit; never waits.
     pub fn forget_peer(&self, peer: PeerId) {
         let _ = self.tx.try_send(Command::ForgetPeer { peer });
+    }
+
+    /// Records that `peer` was removed with `peers rm` (not dialled at start, refused), or,
+    /// with `removed` false, drops its record, so that it is known again like any new peer
+    /// once it connects. Resolves once durable; dropping the future does not cancel the write
+    /// once queued.
+    pub async fn set_peer_removed(&self, peer: PeerId, removed: bool) -> Result<(), LocalError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::PeerRemoved {
+                peer,
+                removed,
+                reply,
+            })
+            .await
+            .map_err(|_| LocalError::Stopped)?;
+        rx.await.map_err(|_| LocalError::Stopped)?
     }
 
     /// Asks for pending non-durable commits to be made durable; never waits.

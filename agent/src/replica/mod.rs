@@ -142,12 +142,15 @@ pub fn now_ms() -> u64 {
 
 type Reply = oneshot::Sender<Result<Vec<Receipt>, LocalError>>;
 type SnapshotReply = oneshot::Sender<Staged>;
+type PeerReply = oneshot::Sender<Result<(), LocalError>>;
 
 /// What one group produced, released only after its commit.
 #[derive(Default)]
 struct GroupResult {
     replies: Vec<(Reply, Result<Vec<Receipt>, LocalError>)>,
     snapshot_replies: Vec<(SnapshotReply, Staged)>,
+    /// Removals of peers recorded (or undone).
+    peer_replies: Vec<PeerReply>,
     publish: Vec<DeltaBatch>,
     repairs: Vec<Output>,
     /// Origins whose log grew in this group.
@@ -213,6 +216,9 @@ impl Replica {
         for (reply, _) in result.snapshot_replies {
             let _ = reply.send(Staged::Failed(format!("storage failed: {err}")));
         }
+        for reply in result.peer_replies {
+            let _ = reply.send(Err(refusal.clone()));
+        }
         match io_failure {
             Some(true) => Err(format!(
                 "the disk is full ({err}); free space and start the agent again: every \
@@ -232,6 +238,7 @@ impl Replica {
         let mut result = GroupResult::default();
         let mut pending_replies = Vec::new();
         let mut pending_snapshot = Vec::new();
+        let mut pending_peers = Vec::new();
         let store = self.store.clone();
         let outcome = store.write_group(|g: &mut Group<'_>| {
             let mut local_deltas: Vec<Delta> = Vec::new();
@@ -260,6 +267,24 @@ impl Replica {
                     Command::Flush => result.local = true, // commit durably
                     Command::RememberPeer { peer, record } => g.remember_peer(&peer, &record)?,
                     Command::ForgetPeer { peer } => g.forget_peer(&peer)?,
+                    Command::PeerRemoved {
+                        peer,
+                        removed,
+                        reply,
+                    } => {
+                        result.local = true; // answered once durable
+                        pending_peers.push(reply);
+                        if removed {
+                            let record = crate::store::PeerRecord {
+                                addrs: Vec::new(),
+                                last_seen: now_ms() / 1000,
+                                removed: true,
+                            };
+                            g.remember_peer(&peer, &record)?;
+                        } else {
+                            g.forget_peer(&peer)?;
+                        }
+                    }
                     Command::Snapshot { chunk, reply } => {
                         result.local = true; // a finished snapshot is worth a durable commit
                         let outcome = match self.apply_snapshot(g, chunk) {
@@ -297,6 +322,7 @@ impl Replica {
         });
         result.replies = pending_replies;
         result.snapshot_replies = pending_snapshot;
+        result.peer_replies = pending_peers;
         (result, outcome)
     }
 
@@ -479,6 +505,9 @@ impl Replica {
         }
         for (reply, outcome) in result.snapshot_replies {
             let _ = reply.send(outcome);
+        }
+        for reply in result.peer_replies {
+            let _ = reply.send(Ok(()));
         }
     }
 

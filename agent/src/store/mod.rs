@@ -36,7 +36,8 @@ const PINS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pins-1");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-1");
 /// (origin actor, first counter) -> a signed `DeltaBatch` (storage encoding), as received.
 const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("log-1");
-/// Peer id (text) -> `PeerRecord` (storage encoding).
+/// Peer id (text) -> `PeerRecord` (storage encoding): a peer to dial at start, or one removed
+/// by `peers rm` (`removed`, a field older releases skip).
 const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers-1");
 /// Snapshot staging, same layout as `PINS`; emptied before and after each snapshot.
 const STAGE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("stage-1");
@@ -68,6 +69,11 @@ pub struct PeerRecord {
     pub addrs: Vec<libp2p::Multiaddr>,
     /// Unix seconds.
     pub last_seen: u64,
+    /// Removed by `peers rm`: never dialled, refused, its metrics ignored, until it is added
+    /// again. Encoded only when set (a third packed field, which older releases skip), so
+    /// every other record is stored as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -171,6 +171,7 @@ mod tests {
             let peer = super::super::PeerRecord {
                 addrs: vec!["/ip4/127.0.0.1/tcp/1".parse().expect("multiaddr")],
                 last_seen: 1,
+                removed: false,
             };
             store
                 .write_group(|g| {

@@ -85,3 +85,42 @@ fn a_database_records_its_layout() {
     drop(filled(&path));
     assert_eq!(stored_layout(&path), Some(migrate::LAYOUT));
 }
+
+/// `PeerRecord` as the releases before `peers rm` wrote and read it.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct PeerRecordBefore {
+    #[serde(with = "crate::text::lenient_list")]
+    addrs: Vec<libp2p::Multiaddr>,
+    last_seen: u64,
+}
+
+#[test]
+fn a_removed_peer_is_recorded_in_a_field_older_releases_skip() {
+    let addrs: Vec<libp2p::Multiaddr> = vec!["/ip4/10.0.0.1/tcp/9096".parse().expect("addr")];
+    let before = PeerRecordBefore {
+        addrs: addrs.clone(),
+        last_seen: 7,
+    };
+    let known = PeerRecord {
+        addrs: addrs.clone(),
+        last_seen: 7,
+        removed: false,
+    };
+    // A peer that is not removed is stored byte for byte as before, and read back.
+    let old_bytes = codec::encode_stored(&before);
+    assert_eq!(codec::encode_stored(&known), old_bytes);
+    let read: PeerRecord = codec::decode_stored(&old_bytes).expect("an older record");
+    assert_eq!(read, known);
+    // A removed one reads, in an older release, as the peer it was (the rollback caveat).
+    let removed = PeerRecord {
+        removed: true,
+        ..known
+    };
+    let bytes = codec::encode_stored(&removed);
+    let older: PeerRecordBefore = codec::decode_stored(&bytes).expect("an older release reads it");
+    assert_eq!(older, before);
+    assert_eq!(
+        codec::decode_stored::<PeerRecord>(&bytes).expect("read"),
+        removed
+    );
+}

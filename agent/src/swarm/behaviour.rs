@@ -1,7 +1,8 @@
 //! The libp2p stack: transport, behaviours and the cluster's gossip topic.
 //!
 //! Transport: TCP, then the cluster's pre-shared key (pnet), then noise and yamux. Nothing else:
-//! QUIC, websocket or relay would bypass the secret. Behaviours: gossipsub (delta batches and
+//! QUIC, websocket or relay would bypass the secret. Behaviours: a block list (peers removed with
+//! `peers rm`: no connection to or from them, whoever dials), gossipsub (delta batches and
 //! beacons on the cluster topic, every message validated before it is forwarded), Kademlia under
 //! a private protocol name in server mode, identify (feeds Kademlia), ping, and the sync
 //! request-response protocol.
@@ -13,7 +14,7 @@ use libp2p::identity::{Keypair, ed25519};
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{PeerId, Swarm, Transport, identify, kad, noise, ping, tcp, yamux};
+use libp2p::{PeerId, Swarm, Transport, allow_block_list, identify, kad, noise, ping, tcp, yamux};
 use pinmesh_protocol::codec as wire;
 use pinmesh_protocol::{DeltaBatch, Key};
 
@@ -22,6 +23,8 @@ use super::codec::{self, SyncCodec, sync_protocols};
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// First, so a connection it denies is never offered to the others.
+    pub(super) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(super) gossipsub: gossipsub::Behaviour,
     pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(super) identify: identify::Behaviour,
@@ -102,6 +105,7 @@ pub fn build(
                 request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
             );
             Ok(Behaviour {
+                blocked: allow_block_list::Behaviour::default(),
                 gossipsub,
                 kad,
                 identify,

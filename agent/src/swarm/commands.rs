@@ -6,6 +6,7 @@ use libp2p::PeerId;
 use libp2p::multiaddr::Protocol;
 use pinmesh_protocol::Request;
 use pinmesh_protocol::catchup::Input;
+use tracing::info;
 
 use super::{EventLoop, PeerView, SwarmCommand, SwarmError, SwarmInfo};
 
@@ -28,6 +29,10 @@ impl EventLoop {
                     )));
                     return;
                 }
+                // Naming a removed peer again undoes its removal (the API dropped its record).
+                if self.swarm.behaviour_mut().blocked.unblock_peer(peer_id) {
+                    info!(%peer_id, "removed peer added again");
+                }
                 if self.swarm.is_connected(&peer_id) {
                     if self.membership.is_identified(&peer_id) {
                         let _ = reply.send(Ok(peer_id));
@@ -49,6 +54,10 @@ impl EventLoop {
                 }
             }
             SwarmCommand::Refresh => self.feed(Input::Refresh),
+            SwarmCommand::Remove { peer, reply } => {
+                self.remove(peer);
+                let _ = reply.send(());
+            }
             SwarmCommand::PinStatus { peer, cids, reply } => {
                 if !self.swarm.is_connected(&peer) {
                     let _ = reply.send(Err(SwarmError::NotConnected));
@@ -66,12 +75,35 @@ impl EventLoop {
                 let _ = reply.send(self.metrics.live(tokio::time::Instant::now()));
             }
             SwarmCommand::Allocatable { reply } => {
-                let _ = reply.send(self.metrics.allocatable(tokio::time::Instant::now()));
+                let mut peers = self.metrics.allocatable(tokio::time::Instant::now());
+                peers.removed = (self.swarm.behaviour().blocked.blocked_peers().iter())
+                    .copied()
+                    .collect();
+                let _ = reply.send(peers);
             }
             SwarmCommand::Info { reply } => {
                 let _ = reply.send(self.info());
             }
         }
+    }
+
+    /// Removes `peer` (`peers rm`): the block list closes its connections and refuses every
+    /// later one, dialled by anyone (Kademlia included); its metric goes, so allocation no
+    /// longer sees it; and it is forgotten by catch-up, Kademlia and the views.
+    fn remove(&mut self, peer: PeerId) {
+        let behaviour = self.swarm.behaviour_mut();
+        behaviour.blocked.block_peer(peer);
+        behaviour.kad.remove_peer(&peer);
+        self.metrics.forget(&peer);
+        self.peers.remove(&peer);
+        let waiting = (self.pending_dials.remove(&peer).into_iter())
+            .chain(self.pending_joins.remove(&peer))
+            .flatten();
+        for reply in waiting {
+            let _ = reply.send(Err(format!("{peer} was removed")));
+        }
+        self.feed(Input::Forget(peer));
+        info!(%peer, "peer removed: disconnected and refused, its metrics ignored");
     }
 
     fn info(&self) -> SwarmInfo {
@@ -86,8 +118,13 @@ impl EventLoop {
             .copied()
             .collect();
         ids.extend(unseen);
+        let removed: Vec<PeerId> = (self.swarm.behaviour().blocked.blocked_peers().iter())
+            .copied()
+            .collect();
         let peers = ids
             .into_iter()
+            // None should be left anywhere; a removed peer is never shown all the same.
+            .filter(|id| !removed.contains(id))
             .map(|id| {
                 let state = self.peers.get(&id);
                 let heard = self.catchup.heard_from(&id);
@@ -110,6 +147,8 @@ impl EventLoop {
             metric: self.metrics.view(&me, clock),
             rejected_messages: self.flags.rejected.load(Ordering::Relaxed),
             foreign_peers: self.flags.foreign_peers.load(Ordering::Relaxed),
+            removed,
+            refused_removed: self.flags.refused_removed.load(Ordering::Relaxed),
         }
     }
 }

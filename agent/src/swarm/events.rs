@@ -1,8 +1,11 @@
 //! The swarm's events: connections, identify (membership), gossip (validated before it is
 //! forwarded or applied) and answers to this agent's sync requests, turned into catch-up inputs.
+//! Connections the block list refused (removed peers) are counted; their gossip relayed by
+//! others, beacons and metrics, is ignored.
 
 use std::sync::atomic::Ordering;
 
+use libp2p::allow_block_list::Blocked;
 use libp2p::gossipsub::MessageAcceptance;
 use libp2p::request_response;
 use libp2p::swarm::SwarmEvent;
@@ -93,6 +96,15 @@ impl EventLoop {
                     }
                 }
             }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id,
+                error: libp2p::swarm::DialError::Denied { cause },
+                ..
+            } if cause.downcast_ref::<Blocked>().is_some() => {
+                // Kademlia (or a peer's request) wanted a removed peer.
+                self.flags.refused_removed.fetch_add(1, Ordering::Relaxed);
+                debug!(peer = ?peer_id, "dial of a removed peer refused");
+            }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 warn!(peer = ?peer_id, error = %error, "connection failed");
                 if let Some(peer_id) = peer_id {
@@ -100,6 +112,14 @@ impl EventLoop {
                         let _ = reply.send(Err(error.to_string()));
                     }
                 }
+            }
+            SwarmEvent::IncomingConnectionError {
+                peer_id,
+                error: libp2p::swarm::ListenError::Denied { cause },
+                ..
+            } if cause.downcast_ref::<Blocked>().is_some() => {
+                self.flags.refused_removed.fetch_add(1, Ordering::Relaxed);
+                debug!(peer = ?peer_id, "connection from a removed peer refused");
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
                 debug!(error = %error, "incoming connection failed");
@@ -147,7 +167,9 @@ impl EventLoop {
                 }
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                if !self.is_member(peer_id, &info.protocols) {
+                // One that arrived as the peer was removed: nothing of it goes to Kademlia or
+                // the store.
+                if self.is_removed(&peer_id) || !self.is_member(peer_id, &info.protocols) {
                     return;
                 }
                 let peer = self.peers.entry(peer_id).or_default();
@@ -255,6 +277,9 @@ impl EventLoop {
                 }
                 MessageAcceptance::Accept
             }
+            // Relayed by another peer: a removed peer is not heard of again (its batches are
+            // the pinset's, and are applied like any other writer's).
+            Ok(Gossip::Beacon(_)) if self.is_removed(&source) => MessageAcceptance::Ignore,
             Ok(Gossip::Beacon(summary)) => {
                 self.feed(Input::Summary {
                     peer: source,
@@ -274,6 +299,10 @@ impl EventLoop {
         let Some(source) = source else {
             return MessageAcceptance::Reject;
         };
+        if self.is_removed(&source) {
+            // Relayed by another peer: a removed peer stays out of allocation.
+            return MessageAcceptance::Ignore;
+        }
         match self
             .metrics
             .receive(source, data, tokio::time::Instant::now())
@@ -289,6 +318,8 @@ impl EventLoop {
 
     fn on_response(&mut self, peer: PeerId, response: Response) {
         match response {
+            // Answered as it was being removed: it stays forgotten.
+            Response::Status(_) if self.is_removed(&peer) => {}
             Response::Status(summary) => self.feed(Input::Summary {
                 peer,
                 summary,
@@ -413,6 +444,7 @@ impl EventLoop {
         let record = PeerRecord {
             addrs: peer.addrs.iter().take(16).cloned().collect(),
             last_seen: crate::replica::now_ms() / 1000,
+            removed: false,
         };
         self.replica.remember_peer(peer_id, record);
     }

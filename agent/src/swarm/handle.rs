@@ -62,7 +62,7 @@ impl SwarmHandle {
 
     /// Dials `addr` (ending in `/p2p/<id>`); resolves once the peer is connected and has
     /// identified itself, with its id (an error for a peer of another cluster), or after
-    /// [`JOIN_TIMEOUT`].
+    /// [`JOIN_TIMEOUT`]. A removed peer is no longer refused from then on.
     pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, SwarmError> {
         let asked = self.ask(|reply| SwarmCommand::Dial { addr, reply });
         match tokio::time::timeout(JOIN_TIMEOUT, asked).await {
@@ -72,6 +72,13 @@ impl SwarmHandle {
                 JOIN_TIMEOUT.as_secs()
             ))),
         }
+    }
+
+    /// Removes `peer` from this agent's view of the cluster: disconnected, refused, its metric
+    /// dropped (recording the removal in the store is the caller's part). Dialling it again
+    /// ([`dial`](Self::dial)) undoes it.
+    pub async fn remove(&self, peer: PeerId) -> Result<(), SwarmError> {
+        self.ask(|reply| SwarmCommand::Remove { peer, reply }).await
     }
 
     /// Asks every connected peer for a fresh status.

@@ -75,6 +75,8 @@ pub struct Allocatable {
     /// Peers whose metric expired (less than `peer_forget_after` ago), and for how long
     /// they have been down.
     pub down: Vec<(PeerId, Duration)>,
+    /// Peers removed with `peers rm` (filled by the swarm): lost at once.
+    pub removed: Vec<PeerId>,
 }
 
 /// The latest metric of each peer.
@@ -171,6 +173,11 @@ impl Metrics {
     /// Peers with a metric, live or not.
     pub fn peers(&self) -> impl Iterator<Item = &PeerId> {
         self.held.keys()
+    }
+
+    /// Drops what `peer` said (it was removed from the cluster).
+    pub fn forget(&mut self, peer: &PeerId) {
+        self.held.remove(peer);
     }
 }
 

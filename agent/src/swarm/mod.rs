@@ -6,6 +6,11 @@
 //! what happens on the network into its inputs and its outputs into I/O: requests, beacons,
 //! dials, Kademlia bootstraps, the `synced` watch channel, and one timer it asks for.
 //!
+//! Peers removed with `peers rm` are on the behaviour's block list: no connection to or from
+//! them, their metrics and beacons relayed by others are ignored, and they are left out of
+//! Kademlia and of every view; the API records the removal in the store, and the node hands
+//! the recorded ones back at start ([`Wiring::removed`]).
+//!
 //! Receives: [`SwarmCommand`]s from the API, [`Output`]s from the replica. Emits: verified
 //! batches and snapshot chunks to the replica; sync answers to peers.
 
@@ -75,6 +80,11 @@ pub enum SwarmCommand {
     Allocatable {
         reply: oneshot::Sender<Allocatable>,
     },
+    /// Remove `peer`: cut it off and refuse it from now on, drop its metric, forget it.
+    Remove {
+        peer: PeerId,
+        reply: oneshot::Sender<()>,
+    },
     /// Ask `peer` where `cids` stand on its IPFS node.
     PinStatus {
         peer: PeerId,
@@ -98,6 +108,16 @@ pub struct SwarmInfo {
     /// Peers of another cluster (same secret, another name) refused since start.
     #[serde(default)]
     pub foreign_peers: u64,
+    /// Peers removed with `peers rm` (left out of `peers`).
+    #[serde(
+        default,
+        with = "crate::text::lenient_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub removed: Vec<PeerId>,
+    /// Connections to or from removed peers refused since start.
+    #[serde(default)]
+    pub refused_removed: u64,
 }
 
 /// What this agent knows of one peer.
@@ -133,6 +153,8 @@ pub struct Flags {
     pub gossip_bytes_in: AtomicU64,
     /// Peers found to belong to another cluster (sharing the secret) and cut off.
     pub foreign_peers: AtomicU64,
+    /// Connections to or from peers removed with `peers rm` refused.
+    pub refused_removed: AtomicU64,
 }
 
 type StatusReply = oneshot::Sender<Result<Vec<PinStatusEntry>, SwarmError>>;
@@ -160,6 +182,8 @@ pub struct Wiring {
     pub fatal: Fatal,
     /// A peer whose metric expired this long ago is no longer allocatable.
     pub peer_forget_after: Duration,
+    /// Peers removed with `peers rm`, as the store recorded them: refused from the start.
+    pub removed: HashSet<PeerId>,
 }
 
 pub struct EventLoop {
@@ -203,6 +227,9 @@ impl EventLoop {
         swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
         let metrics_topic = metrics::topic(&wiring.cluster);
         swarm.behaviour_mut().gossipsub.subscribe(&metrics_topic)?;
+        for peer in &wiring.removed {
+            swarm.behaviour_mut().blocked.block_peer(*peer);
+        }
         let mut cfg = catchup::Config::agent(wiring.beacon_interval, wiring.repair_delay);
         cfg.snapshot_chunk_entries = SNAPSHOT_CHUNK_ENTRIES;
         let (server, served) = Server::new(
@@ -455,6 +482,15 @@ impl EventLoop {
         if let Err(err) = self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
             debug!(error = %err, what, "not published now");
         }
+    }
+
+    /// Whether `peer` was removed with `peers rm` (and not added again).
+    fn is_removed(&self, peer: &PeerId) -> bool {
+        self.swarm
+            .behaviour()
+            .blocked
+            .blocked_peers()
+            .contains(peer)
     }
 
     /// Publishes this agent's metric and holds it as its own; a lost one is replaced by the

@@ -593,7 +593,7 @@ async fn main() -> anyhow::Result<()> {
             "repin_converged_s",
             converged.as_secs_f64().into(),
             format!(
-                "{} agents, {} pins at replication 2: one agent holding {} of them killed; every pin re-allocated and the lists converged on every agent {:.1} s later ({:.1} s after it counted lost: {:.0} pins/s at repin_rate {}; digests read {} times)",
+                "{} agents, {} pins at replication 2: one agent holding {} of them killed; every pin re-allocated and the lists converged on every agent {:.1} s later ({:.1} s after it counted lost: {:.0} pins/s, each agent repinning at most {}/s; digests read {} times)",
                 args.agents,
                 total,
                 held,
