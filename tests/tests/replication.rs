@@ -289,6 +289,129 @@ async fn a_lost_peers_pins_are_repinned_and_it_lets_its_copies_go_once_they_are(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_two_three_split_only_the_larger_side_repins_and_every_pin_heals_to_one_list() {
+    let net = IpfsNet::start(5);
+    let mut agents = net
+        .agents(|c| {
+            c.cluster.metrics_interval = Duration::from_millis(200);
+            c.cluster.repin_after = Duration::from_secs(2);
+        })
+        .await;
+    let nodes: Vec<IpfsNode> = (0..5).map(|i| net.node(i)).collect();
+    let ids: Vec<String> = (agents.iter())
+        .map(|a| a.node().peer_id.to_base58())
+        .collect();
+    let peer_ids: Vec<libp2p::PeerId> = agents.iter().map(|a| a.node().peer_id).collect();
+    let deadline = Instant::now() + WAIT;
+    while (agents[0]
+        .client()
+        .peers()
+        .await
+        .expect("peers")
+        .peers
+        .iter())
+    .filter(|p| p.metric.as_ref().is_some_and(|m| m.live))
+    .count()
+        < 4
+    {
+        assert!(Instant::now() < deadline, "metrics missing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Pins over the five, one surely on the small side only and one on the large side only.
+    let files: Vec<Vec<u8>> = (0..20).map(|i| format!("split {i}").into_bytes()).collect();
+    let cids = nodes[0].add_many(&files, false).await;
+    for (i, cid) in cids.iter().enumerate() {
+        let mut request = PinRequest::new(*cid, format!("s{i}"));
+        (request.replication_min, request.replication_max) = (Some(2), Some(2));
+        match i {
+            0 => request.allocations = vec![ids[0].clone(), ids[1].clone()],
+            1 => request.allocations = vec![ids[2].clone(), ids[3].clone()],
+            _ => {}
+        }
+        agents[0].client().pin(&request).await.expect("pin");
+    }
+    let before = allocations(&[&agents[0]], &cids).await.remove(0);
+    let on = |allocated: &Option<Vec<String>>, i: usize| {
+        allocated.as_ref().is_some_and(|a| a.contains(&ids[i]))
+    };
+    let all: Vec<&TestAgent> = agents.iter().collect();
+    until_with_copies(
+        "pinned where allocated",
+        &nodes,
+        &all,
+        &cids,
+        0,
+        |held, _| {
+            (held.iter()).all(|(cid, on_node)| (0..5).all(|i| on_node[i] == on(&before[cid], i)))
+        },
+    )
+    .await;
+
+    // Split: agents 0 and 1 | agents 2, 3 and 4 (their IPFS nodes stay connected).
+    let (small, large) = ([0, 1], [2, 3, 4]);
+    for (side, other) in [(&small[..], &large[..]), (&large[..], &small[..])] {
+        let others: Vec<libp2p::PeerId> = other.iter().map(|i| peer_ids[*i]).collect();
+        for i in side {
+            agents[*i].client().cut(&others, true).await.expect("cut");
+        }
+    }
+    // The large side sees three of five alive: it repins what had a peer on the small side.
+    let large_agents: Vec<&TestAgent> = large.iter().map(|i| &agents[*i]).collect();
+    let on_large = |a: &Option<Vec<String>>| {
+        a.as_ref()
+            .is_some_and(|a| a.len() == 2 && a.iter().all(|p| large.iter().any(|i| ids[*i] == *p)))
+    };
+    until_with_copies(
+        "repinned on the large side",
+        &nodes,
+        &large_agents,
+        &cids,
+        2,
+        |held, views| {
+            views.iter().all(|view| view == &views[0])
+                && cids.iter().all(|cid| {
+                    let now = &views[0][cid];
+                    on_large(now) && large.iter().all(|i| held[cid][*i] == on(now, *i))
+                })
+        },
+    )
+    .await;
+    // The small side sees two of five: by now its peers have been down as long, and it has
+    // repinned nothing.
+    let small_views = allocations(&[&agents[0], &agents[1]], &cids).await;
+    for view in &small_views {
+        assert_eq!(view, &before, "the small side repinned");
+    }
+
+    // Healed: one list per pin, two peers each, on the nodes as allocated; the small side's
+    // nodes let their copies go.
+    for (side, other) in [(&small[..], &large[..]), (&large[..], &small[..])] {
+        let others: Vec<libp2p::PeerId> = other.iter().map(|i| peer_ids[*i]).collect();
+        for i in side {
+            agents[*i].client().cut(&others, false).await.expect("heal");
+        }
+    }
+    let addr = agents[2].node().addrs[0].to_string();
+    for i in small {
+        agents[i].client().join(&addr).await.expect("join");
+    }
+    until_with_copies("healed", &nodes, &all, &cids, 2, |held, views| {
+        views.iter().all(|view| view == &views[0])
+            && cids.iter().all(|cid| {
+                let now = &views[0][cid];
+                let mut list = now.clone().unwrap_or_default();
+                list.sort();
+                list.dedup();
+                list.len() == 2 && (0..5).all(|i| held[cid][i] == on(now, i))
+            })
+    })
+    .await;
+    for agent in &mut agents {
+        agent.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_keeps_its_copy_of_a_moved_pin_until_the_new_peer_holds_it() {
     let net = IpfsNet::start(3);
     let mut agents = net

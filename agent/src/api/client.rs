@@ -318,6 +318,18 @@ impl Client {
         Ok(())
     }
 
+    /// Refuses (`cut`) or allows again connections with `peers` (a network split, for tests).
+    pub async fn cut(&self, peers: &[libp2p::PeerId], cut: bool) -> anyhow::Result<()> {
+        let request = super::types::CutRequest {
+            peers: peers.to_vec(),
+            cut,
+        };
+        let _: serde_json::Value = self
+            .call(Method::POST, "/v1/debug/cut", Some(&request))
+            .await?;
+        Ok(())
+    }
+
     pub async fn state(&self) -> anyhow::Result<StateDump> {
         self.call::<(), _>(Method::GET, "/v1/debug/state", None)
             .await

@@ -138,3 +138,14 @@ pub(super) async fn refresh(
     state.swarm.refresh().await?;
     Ok(Json(serde_json::json!({})))
 }
+
+/// Splits the network for tests: connections with the peers are closed and refused (or
+/// allowed again), and nothing else about them changes (their metrics expire as a real split
+/// would make them).
+pub(super) async fn cut(
+    State(state): State<ApiState>,
+    Json(request): Json<super::types::CutRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.swarm.cut(request.peers, request.cut).await?;
+    Ok(Json(serde_json::json!({})))
+}

@@ -151,6 +151,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/debug/state", get(debug::state))
         .route("/v1/debug/peers", get(debug::peers))
         .route("/v1/debug/refresh", post(debug::refresh))
+        .route("/v1/debug/cut", post(debug::cut))
         .fallback(|| async { ApiError::NotFound("no such API route".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn(json_errors))

@@ -203,3 +203,11 @@ pub struct PeerReport {
     /// Origin -> how this agent's applied deltas compare with the peer's (when it sent them).
     pub origins: BTreeMap<String, Comparison>,
 }
+
+/// `POST /v1/debug/cut` body: connections with `peers` refused (`cut`) or allowed again.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CutRequest {
+    #[serde(with = "crate::text::list")]
+    pub peers: Vec<libp2p::PeerId>,
+    pub cut: bool,
+}

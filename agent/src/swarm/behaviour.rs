@@ -25,6 +25,9 @@ use super::codec::{self, SyncCodec, sync_protocols};
 pub struct Behaviour {
     /// First, so a connection it denies is never offered to the others.
     pub(super) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Peers cut off with `POST /v1/debug/cut` (a network split, for tests): refused like
+    /// removed peers, but nothing about them is forgotten.
+    pub(super) cut: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(super) gossipsub: gossipsub::Behaviour,
     pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(super) identify: identify::Behaviour,
@@ -106,6 +109,7 @@ pub fn build(
             );
             Ok(Behaviour {
                 blocked: allow_block_list::Behaviour::default(),
+                cut: allow_block_list::Behaviour::default(),
                 gossipsub,
                 kad,
                 identify,

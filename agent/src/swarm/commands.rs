@@ -54,6 +54,16 @@ impl EventLoop {
                 }
             }
             SwarmCommand::Refresh => self.feed(Input::Refresh),
+            SwarmCommand::Cut { peers, cut } => {
+                let list = &mut self.swarm.behaviour_mut().cut;
+                for peer in peers {
+                    if cut {
+                        list.block_peer(peer);
+                    } else {
+                        list.unblock_peer(peer);
+                    }
+                }
+            }
             SwarmCommand::Remove { peer, reply } => {
                 self.remove(peer);
                 let _ = reply.send(());

@@ -89,6 +89,14 @@ impl SwarmHandle {
             .map_err(|_| SwarmError::Stopped)
     }
 
+    /// Refuses (`cut`) or allows again connections with `peers`: a network split, for tests.
+    pub async fn cut(&self, peers: Vec<PeerId>, cut: bool) -> Result<(), SwarmError> {
+        self.tx
+            .send(SwarmCommand::Cut { peers, cut })
+            .await
+            .map_err(|_| SwarmError::Stopped)
+    }
+
     /// Publishes this agent's allocation metric.
     pub async fn publish_metric(
         &self,

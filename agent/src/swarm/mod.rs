@@ -70,6 +70,11 @@ pub enum SwarmCommand {
     },
     /// Ask every connected peer for a fresh status (for `debug converge`).
     Refresh,
+    /// Refuse (`cut`) or allow again connections with `peers`: a network split, for tests.
+    Cut {
+        peers: Vec<PeerId>,
+        cut: bool,
+    },
     /// Publish this agent's metric (and hold it as its own).
     PublishMetric(pinmesh_protocol::metric::Metric),
     /// The peers with a live metric, this agent included.
