@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use pinmesh_agent::api::types::PinRequest;
+use pinmesh_agent::config::Config;
 use pinmesh_protocol::Cid;
 use pinmesh_tests::TestAgent;
 use pinmesh_tests::ipfs::{IpfsNet, IpfsNode};
@@ -76,38 +77,71 @@ async fn until_with_copies(
     }
 }
 
+/// `n` js-ipfs nodes with one agent each (metrics every 200 ms, then `configure` with the
+/// agent's index), once the first agent holds every other's live metric.
+struct Net {
+    /// Stops the nodes when dropped.
+    net: IpfsNet,
+    agents: Vec<TestAgent>,
+    nodes: Vec<IpfsNode>,
+    /// The agents' peer ids, as allocations name them.
+    ids: Vec<String>,
+}
+
+async fn start(n: usize, configure: impl Fn(usize, &mut Config)) -> Net {
+    let net = IpfsNet::start(n);
+    let index = std::sync::atomic::AtomicUsize::new(0);
+    let agents = net
+        .agents(|c| {
+            c.cluster.metrics_interval = Duration::from_millis(200);
+            configure(index.fetch_add(1, std::sync::atomic::Ordering::SeqCst), c);
+        })
+        .await;
+    let nodes = (0..n).map(|i| net.node(i)).collect();
+    let ids = (agents.iter())
+        .map(|a| a.node().peer_id.to_base58())
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let info = agents[0].client().peers().await.expect("peers");
+        let live = (info.peers.iter())
+            .filter(|p| p.metric.as_ref().is_some_and(|m| m.live))
+            .count();
+        if live == n - 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{live} live metrics of {}",
+            n - 1
+        );
+        // A metric arrives every 200 ms.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Net {
+        net,
+        agents,
+        nodes,
+        ids,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_pins_on_five_nodes_land_two_by_two_across_regions_and_by_free_space() {
     const REGIONS: [&str; 5] = ["eu", "eu", "us", "us", "us"];
-    let net = IpfsNet::start(5);
-    let n = std::sync::atomic::AtomicUsize::new(0);
-    let agents = net
-        .agents(|c| {
-            let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            c.cluster.metrics_interval = Duration::from_millis(200);
-            c.cluster.tags = [("region".to_string(), REGIONS[i].to_string())].into();
-            c.cluster.allocate_by = vec!["region".into()];
-            // Agent 4 has a tenth of the others' room.
-            let room = if i == 4 { 1 } else { 10 };
-            c.ipfs.storage_max = Some(ByteSize::gib(room));
-        })
-        .await;
-    let nodes: Vec<IpfsNode> = (0..5).map(|i| net.node(i)).collect();
-    let deadline = Instant::now() + WAIT;
-    while (agents[0]
-        .client()
-        .peers()
-        .await
-        .expect("peers")
-        .peers
-        .iter())
-    .filter(|p| p.metric.as_ref().is_some_and(|m| m.live))
-    .count()
-        < 4
-    {
-        assert!(Instant::now() < deadline, "metrics missing");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let Net {
+        net: _net,
+        agents,
+        nodes,
+        ids,
+    } = start(5, |i, c| {
+        c.cluster.tags = [("region".to_string(), REGIONS[i].to_string())].into();
+        c.cluster.allocate_by = vec!["region".into()];
+        // Agent 4 has a tenth of the others' room.
+        let room = if i == 4 { 1 } else { 10 };
+        c.ipfs.storage_max = Some(ByteSize::gib(room));
+    })
+    .await;
     let files: Vec<Vec<u8>> = (0..200)
         .map(|i| format!("placed {i}").into_bytes())
         .collect();
@@ -122,9 +156,6 @@ async fn two_hundred_pins_on_five_nodes_land_two_by_two_across_regions_and_by_fr
     agents[0].client().pin_many(&requests).await.expect("pin");
 
     // Asked of the nodes: each CID on exactly two, one per region.
-    let ids: Vec<String> = (agents.iter())
-        .map(|a| a.node().peer_id.to_base58())
-        .collect();
     let deadline = Instant::now() + WAIT;
     let held = loop {
         let mut held = Vec::new();
@@ -172,32 +203,12 @@ async fn two_hundred_pins_on_five_nodes_land_two_by_two_across_regions_and_by_fr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_peers_pins_are_repinned_and_it_lets_its_copies_go_once_they_are() {
-    let net = IpfsNet::start(4);
-    let mut agents = net
-        .agents(|c| {
-            c.cluster.metrics_interval = Duration::from_millis(200);
-            c.cluster.repin_after = Duration::from_secs(2);
-        })
-        .await;
-    let nodes: Vec<IpfsNode> = (0..4).map(|i| net.node(i)).collect();
-    let ids: Vec<String> = (agents.iter())
-        .map(|a| a.node().peer_id.to_base58())
-        .collect();
-    let deadline = Instant::now() + WAIT;
-    while (agents[0]
-        .client()
-        .peers()
-        .await
-        .expect("peers")
-        .peers
-        .iter())
-    .filter(|p| p.metric.as_ref().is_some_and(|m| m.live))
-    .count()
-        < 3
-    {
-        assert!(Instant::now() < deadline, "metrics missing");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let Net {
+        net: _net,
+        mut agents,
+        nodes,
+        ids,
+    } = start(4, |_, c| c.cluster.repin_after = Duration::from_secs(2)).await;
 
     // Content on node 0, not pinned there. One pin is surely on agent 3 (the one lost
     // below): its allocations are given; the others are chosen.
@@ -290,33 +301,13 @@ async fn a_lost_peers_pins_are_repinned_and_it_lets_its_copies_go_once_they_are(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_two_three_split_only_the_larger_side_repins_and_every_pin_heals_to_one_list() {
-    let net = IpfsNet::start(5);
-    let mut agents = net
-        .agents(|c| {
-            c.cluster.metrics_interval = Duration::from_millis(200);
-            c.cluster.repin_after = Duration::from_secs(2);
-        })
-        .await;
-    let nodes: Vec<IpfsNode> = (0..5).map(|i| net.node(i)).collect();
-    let ids: Vec<String> = (agents.iter())
-        .map(|a| a.node().peer_id.to_base58())
-        .collect();
+    let Net {
+        net: _net,
+        mut agents,
+        nodes,
+        ids,
+    } = start(5, |_, c| c.cluster.repin_after = Duration::from_secs(2)).await;
     let peer_ids: Vec<libp2p::PeerId> = agents.iter().map(|a| a.node().peer_id).collect();
-    let deadline = Instant::now() + WAIT;
-    while (agents[0]
-        .client()
-        .peers()
-        .await
-        .expect("peers")
-        .peers
-        .iter())
-    .filter(|p| p.metric.as_ref().is_some_and(|m| m.live))
-    .count()
-        < 4
-    {
-        assert!(Instant::now() < deadline, "metrics missing");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     // Pins over the five, one surely on the small side only and one on the large side only.
     let files: Vec<Vec<u8>> = (0..20).map(|i| format!("split {i}").into_bytes()).collect();
     let cids = nodes[0].add_many(&files, false).await;
@@ -413,14 +404,12 @@ async fn in_a_two_three_split_only_the_larger_side_repins_and_every_pin_heals_to
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_keeps_its_copy_of_a_moved_pin_until_the_new_peer_holds_it() {
-    let net = IpfsNet::start(3);
-    let mut agents = net
-        .agents(|c| c.cluster.metrics_interval = Duration::from_millis(200))
-        .await;
-    let nodes: Vec<IpfsNode> = (0..3).map(|i| net.node(i)).collect();
-    let ids: Vec<String> = (agents.iter())
-        .map(|a| a.node().peer_id.to_base58())
-        .collect();
+    let Net {
+        net,
+        mut agents,
+        nodes,
+        ids,
+    } = start(3, |_, _| {}).await;
     let all: Vec<&TestAgent> = agents.iter().collect();
     let cid = nodes[0].add(b"moved from 1 to 2", false).await;
     let mut request = PinRequest::new(cid, "moved");
@@ -475,11 +464,12 @@ async fn a_peer_keeps_its_copy_of_a_moved_pin_until_the_new_peer_holds_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_pin_is_unpinned_on_every_node_and_removed_from_the_pinset() {
-    let net = IpfsNet::start(2);
-    let mut agents = net
-        .agents(|c| c.cluster.metrics_interval = Duration::from_millis(200))
-        .await;
-    let nodes: Vec<IpfsNode> = (0..2).map(|i| net.node(i)).collect();
+    let Net {
+        net: _net,
+        mut agents,
+        nodes,
+        ..
+    } = start(2, |_, _| {}).await;
     let (expiring, staying) = (
         nodes[0].add(b"expires", false).await,
         nodes[0].add(b"stays", false).await,
