@@ -179,6 +179,25 @@ impl TestAgent {
     }
 }
 
+/// Asks `agent` for its peers until `check` holds (for at most a minute); the last answer on
+/// timeout. Connections and metrics change on the network's schedule, so it asks every 50 ms.
+pub async fn peers_until(
+    agent: &TestAgent,
+    check: impl Fn(&pinmesh_agent::swarm::SwarmInfo) -> bool,
+) -> Result<pinmesh_agent::swarm::SwarmInfo, pinmesh_agent::swarm::SwarmInfo> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = agent.client().peers().await.expect("peers");
+        if check(&info) {
+            return Ok(info);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(info);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Agents of one cluster; the first is every other's bootstrap peer.
 #[derive(Debug)]
 pub struct TestCluster {

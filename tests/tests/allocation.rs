@@ -17,7 +17,7 @@ use pinmesh_protocol::metric::{Metric, Reading};
 use pinmesh_protocol::sim::sim_cid;
 use pinmesh_tests::ipfs::{IpfsNet, IpfsNode};
 use pinmesh_tests::{
-    Rogue, TestAgent, assert_one_line_error, pinmesh_in, random_secret, stderr, stdout,
+    Rogue, TestAgent, assert_one_line_error, peers_until, pinmesh_in, random_secret, stderr, stdout,
 };
 use tokio::time::Instant;
 
@@ -38,25 +38,6 @@ fn metric_of(info: &SwarmInfo, peer: &libp2p::PeerId) -> Option<PeerMetric> {
         .iter()
         .find(|p| p.peer_id == *peer)
         .and_then(|p| p.metric.clone())
-}
-
-/// Asks `agent` for its peers until `check` holds; the last answer on timeout.
-async fn peers_until(
-    agent: &TestAgent,
-    check: impl Fn(&SwarmInfo) -> bool,
-) -> Result<SwarmInfo, SwarmInfo> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let info = agent.client().peers().await.expect("peers");
-        if check(&info) {
-            return Ok(info);
-        }
-        if Instant::now() >= deadline {
-            return Err(info);
-        }
-        // A new metric arrives every 200 ms.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

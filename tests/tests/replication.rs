@@ -11,8 +11,8 @@ use bytesize::ByteSize;
 use pinmesh_agent::api::types::PinRequest;
 use pinmesh_agent::config::Config;
 use pinmesh_protocol::Cid;
-use pinmesh_tests::TestAgent;
 use pinmesh_tests::ipfs::{IpfsNet, IpfsNode};
+use pinmesh_tests::{TestAgent, peers_until};
 use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -101,23 +101,14 @@ async fn start(n: usize, configure: impl Fn(usize, &mut Config)) -> Net {
     let ids = (agents.iter())
         .map(|a| a.node().peer_id.to_base58())
         .collect();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let info = agents[0].client().peers().await.expect("peers");
-        let live = (info.peers.iter())
+    peers_until(&agents[0], |info| {
+        (info.peers.iter())
             .filter(|p| p.metric.as_ref().is_some_and(|m| m.live))
-            .count();
-        if live == n - 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{live} live metrics of {}",
-            n - 1
-        );
-        // A metric arrives every 200 ms.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            .count()
+            == n - 1
+    })
+    .await
+    .unwrap_or_else(|info| panic!("live metrics missing: {info:#?}"));
     Net {
         net,
         agents,

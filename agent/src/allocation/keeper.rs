@@ -154,6 +154,8 @@ struct Lost {
     live: Vec<(PeerId, PeerMetric)>,
     /// Every peer with a metric, live or down.
     heard: HashSet<PeerId>,
+    /// Unix seconds of the look (pins expired by then are not repinned).
+    now_secs: u64,
 }
 
 impl Lost {
@@ -171,6 +173,7 @@ impl Lost {
             unknown_too: up_for >= repin_after,
             live: peers.live,
             heard,
+            now_secs: now_ms() / 1000,
         }
     }
 
@@ -380,7 +383,7 @@ fn current(reader: &crate::store::Reader, cid: &Cid) -> Result<Option<PinSpec>, 
 /// Whether a pin is due a repin: allocated (not to every peer), not expired, some of its
 /// peers lost and fewer than its minimum left.
 fn needs_repin(spec: &PinSpec, lost: &Lost) -> bool {
-    if spec.allocations.is_empty() || spec.expire_at.is_some_and(|at| at <= now_ms() / 1000) {
+    if spec.allocations.is_empty() || spec.expire_at.is_some_and(|at| at <= lost.now_secs) {
         return false;
     }
     let peers: Vec<PeerId> = (spec.allocations.iter())
