@@ -250,10 +250,10 @@ impl Node {
             }
             .instrument(span.clone()),
         );
-        let reconciler = match &backend {
+        let (reconciler, repinning) = match &backend {
             Some(backend) => {
                 let cluster = &config.raw.cluster;
-                let (link, keep) = allocation::keeper::spawn(
+                let keeper = allocation::keeper::spawn(
                     KeeperSettings {
                         me: peer_id,
                         trusted_writers: config.trusted_writers.clone(),
@@ -267,7 +267,7 @@ impl Node {
                     swarm_tx.clone(),
                     cancel.child_token(),
                 );
-                tasks.spawn(keep.instrument(span.clone()));
+                tasks.spawn(keeper.task.instrument(span.clone()));
                 let ipfs = &config.raw.ipfs;
                 let (handle, run) = reconcile::spawn(
                     store.clone(),
@@ -288,7 +288,7 @@ impl Node {
                         probe_interval: reconcile::PROBE_INTERVAL,
                         release_retry: reconcile::RELEASE_RETRY,
                     },
-                    link,
+                    keeper.link,
                     cancel.child_token(),
                 );
                 let stop = cancel.clone();
@@ -299,13 +299,13 @@ impl Node {
                     }
                     .instrument(span.clone()),
                 );
-                Some(handle)
+                (Some(handle), Some(keeper.repinning))
             }
             None => {
                 span.in_scope(|| {
                     info!("no IPFS node (ipfs.embedded = false, no ipfs.api): replicating the pinset only")
                 });
-                None
+                (None, None)
             }
         };
         if let Some(backend) = &backend {
@@ -369,6 +369,7 @@ impl Node {
             flags: flags.clone(),
             synced: synced.clone(),
             reconciler: reconciler.clone(),
+            repinning,
             ipfs: backend.clone(),
             add_timeout: config.raw.ipfs.pin_timeout,
             writer: config.trusted_writers.is_empty() || config.trusted_writers.contains(&peer_id),

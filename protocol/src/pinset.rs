@@ -34,6 +34,10 @@ pub trait EntryStore {
     fn get(&self, cid: &[u8]) -> Result<Option<Vec<u8>>, Self::Error>;
     fn put(&mut self, cid: &[u8], entry: &[u8]) -> Result<(), Self::Error>;
     fn delete(&mut self, cid: &[u8]) -> Result<(), Self::Error>;
+    /// Told after each write of an entry, with its versions before and after (empty: no
+    /// entry), so a store can keep counts of its own beside the head's in the same
+    /// transaction. Does nothing by default.
+    fn changed(&mut self, _cid: &[u8], _old: &[Version], _new: &[Version]) {}
 }
 
 /// A join failed: the store failed, or a stored entry does not decode (corruption).
@@ -159,7 +163,7 @@ pub fn join_entry<S: EntryStore>(
         None => Vec::new(),
     };
     let merged = join_versions(&local, &head.context, remote, remote_ctx);
-    write_entry(store, head, cid, old.as_deref(), &merged)
+    write_entry(store, head, cid, (old.as_deref(), &local), &merged)
 }
 
 /// Joins a remote entry given in its encoded form, as it arrives in a snapshot. Skips the decode
@@ -185,7 +189,7 @@ pub fn join_encoded_entry<S: EntryStore>(
         None => Vec::new(),
     };
     let merged = join_versions(&local, &head.context, &remote, remote_ctx);
-    write_entry(store, head, cid, old.as_deref(), &merged)
+    write_entry(store, head, cid, (old.as_deref(), &local), &merged)
 }
 
 /// The full-state join's treatment of a local entry the remote state does not have: versions
@@ -199,12 +203,13 @@ pub fn prune_entry<S: EntryStore>(
     join_entry(store, head, cid, &[], remote_ctx)
 }
 
-/// Writes `merged` as the entry of `cid` if it differs from `old`, keeping digest and count.
+/// Writes `merged` as the entry of `cid` if it differs from `old` (its stored bytes and its
+/// versions), keeping digest and count.
 fn write_entry<S: EntryStore>(
     store: &mut S,
     head: &mut Head,
     cid: &[u8],
-    old: Option<&[u8]>,
+    (old, local): (Option<&[u8]>, &[Version]),
     merged: &[Version],
 ) -> Result<bool, JoinError<S::Error>> {
     let new = (!merged.is_empty()).then(|| codec::encode_entry(merged));
@@ -224,6 +229,7 @@ fn write_entry<S: EntryStore>(
         head.digest.toggle(&entry_hash(cid, bytes));
         head.pins += 1;
     }
+    store.changed(cid, local, merged);
     Ok(true)
 }
 

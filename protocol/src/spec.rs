@@ -272,6 +272,12 @@ impl PinSpec {
         usize::try_from(self.replication_min).unwrap_or(1).max(1)
     }
 
+    /// Whether the peer `peer` (its peer id as text) should hold the pin: it is named in the
+    /// allocations, or there are none (factors of -1, and pins written before allocation).
+    pub fn allocated_to(&self, peer: &str) -> bool {
+        self.allocations.is_empty() || self.allocations.iter().any(|p| p == peer)
+    }
+
     /// A spec with only a name.
     pub fn named(name: impl Into<String>) -> Self {
         PinSpec {

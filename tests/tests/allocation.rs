@@ -55,19 +55,26 @@ async fn agents_with_a_node_publish_signed_metrics_that_peers_hold_until_they_ex
     bare.start().await;
     let (eu_id, us_id) = (eu.node().peer_id, us.node().peer_id);
 
-    // Pins written anywhere show in the metrics' pin counts.
-    for n in 0..3 {
-        let request = PinRequest::new(sim_cid(n), format!("pin {n}"));
+    // Each metric counts the pins allocated to its peer: three written for every peer, two
+    // more allocated to `eu` alone.
+    for n in 0..5 {
+        let mut request = PinRequest::new(sim_cid(n), format!("pin {n}"));
+        if n >= 3 {
+            request.replication_min = Some(1);
+            request.replication_max = Some(1);
+            request.allocations = vec![eu_id.to_string()];
+            request.allow_under_replication = true;
+        }
         bare.client().pin(&request).await.expect("pin");
     }
     let seen = peers_until(&bare, |info| {
         let (Some(e), Some(u)) = (metric_of(info, &eu_id), metric_of(info, &us_id)) else {
             return false;
         };
-        e.live && u.live && e.pins == 3 && u.pins == 3
+        e.live && u.live && e.pins == 5 && u.pins == 3
     })
     .await
-    .unwrap_or_else(|info| panic!("no live metrics with 3 pins: {info:#?}"));
+    .unwrap_or_else(|info| panic!("no live metrics with 5 and 3 pins: {info:#?}"));
     let (e, u) = (
         metric_of(&seen, &eu_id).expect("eu"),
         metric_of(&seen, &us_id).expect("us"),

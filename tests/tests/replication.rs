@@ -513,3 +513,6 @@ async fn an_expired_pin_is_unpinned_on_every_node_and_removed_from_the_pinset() 
         agent.stop().await;
     }
 }
+
+#[path = "replication/restart.rs"]
+mod restart;

@@ -8,8 +8,9 @@
 //!   `cluster.repin_after`, and that has fewer than its minimum of peers not lost, is allocated
 //!   again: its peers not lost are kept, new ones chosen as for a new pin
 //!   ([`reallocate`](super::choose::reallocate)). A peer down for less is not lost: a blip moves
-//!   nothing. A peer this agent has not heard of since it started counts as down since then;
-//!   one removed with `peers rm` is lost at once.
+//!   nothing. A peer known before a restart (its metric is stored) counts as down since the
+//!   start; one never heard of counts as lost once this agent has been up `repin_after`; one
+//!   removed with `peers rm` is lost at once.
 //!   Guards: an agent that sees fewer than half of the allocatable peers alive repins nothing
 //!   (it is probably on the small side of a split, and the large side repins); at most
 //!   `cluster.repin_rate` pins per second. The peers that lose a pin keep their copy until
@@ -26,7 +27,7 @@ use std::time::Duration;
 use libp2p::PeerId;
 use pinmesh_protocol::allocate::{repin_due, repinner};
 use pinmesh_protocol::{Cid, PinSpec, PinStatus, winner};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -35,7 +36,7 @@ use super::choose::reallocate;
 use crate::reconcile::Cluster;
 use crate::replica::{LocalOp, ReplicaHandle, now_ms};
 use crate::store::Store;
-use crate::swarm::{Allocatable, PeerMetric, SwarmHandle};
+use crate::swarm::{Allocatable, PeerMetric, Repinning, SwarmHandle};
 
 /// Expired pins handed over by the reconciler, batches queued at most.
 const EXPIRED_CAPACITY: usize = 64;
@@ -108,6 +109,14 @@ impl Cluster for Link {
     }
 }
 
+/// What [`spawn`] starts: the reconciler's link, the keeper's reports, and its task.
+pub struct Started<F> {
+    pub link: Arc<Link>,
+    /// `None` until the first look (never when repinning is off or this agent may not write).
+    pub repinning: watch::Receiver<Option<Repinning>>,
+    pub task: F,
+}
+
 /// Starts the keeper: the reconciler's link, and the task to run until `cancel`.
 pub fn spawn(
     settings: KeeperSettings,
@@ -115,8 +124,9 @@ pub fn spawn(
     replica: ReplicaHandle,
     swarm: SwarmHandle,
     cancel: CancellationToken,
-) -> (Arc<Link>, impl Future<Output = ()> + Send + 'static) {
+) -> Started<impl Future<Output = ()> + Send + 'static> {
     let (tx, rx) = mpsc::channel(EXPIRED_CAPACITY);
+    let (report, repinning) = watch::channel(None);
     let link = Arc::new(Link {
         swarm: swarm.clone(),
         expired: tx,
@@ -129,8 +139,13 @@ pub fn spawn(
         started: Instant::now(),
         last_scan: None,
         outnumbered: false,
+        report,
     };
-    (link, keeper.run(rx, cancel))
+    Started {
+        link,
+        repinning,
+        task: keeper.run(rx, cancel),
+    }
 }
 
 struct Keeper {
@@ -143,6 +158,7 @@ struct Keeper {
     last_scan: Option<(Instant, BTreeSet<PeerId>)>,
     /// The last look saw fewer than half of the allocatable peers (said once).
     outnumbered: bool,
+    report: watch::Sender<Option<Repinning>>,
 }
 
 /// Which peers a repin counts as lost, from one look at the peers.
@@ -251,7 +267,11 @@ impl Keeper {
                 return;
             };
             match self.repin(chunk.to_vec(), lost).await {
-                Ok(n) => done += n,
+                Ok(n) => {
+                    done += n;
+                    self.report
+                        .send_modify(|r| r.get_or_insert_default().repinned += n as u64);
+                }
                 Err(err) => return warn!(error = %err, "cannot write repinned pins"),
             }
             tokio::select! {
@@ -267,8 +287,20 @@ impl Keeper {
     async fn look(&mut self) -> Option<Lost> {
         let peers = self.swarm.allocatable().await.ok()?;
         let (live, all) = (peers.live.len(), peers.live.len() + peers.down.len());
-        if live * 2 < all {
-            if !std::mem::replace(&mut self.outnumbered, true) {
+        let up_for = self.started.elapsed();
+        let paused = live * 2 < all;
+        let lost = Lost::of(peers, self.settings.repin_after, up_for);
+        self.report.send_modify(|r| {
+            let r = r.get_or_insert_default();
+            (r.live, r.allocatable, r.paused) = (live, all, paused);
+            r.lost = lost.known.len();
+            r.uptime_ms = up_for.as_millis() as u64;
+        });
+        // Said once per change, and not while nothing can be lost yet (just after a start,
+        // before the peers' metrics came in).
+        let may_lose = up_for >= self.settings.repin_after;
+        if paused {
+            if may_lose && !std::mem::replace(&mut self.outnumbered, true) {
                 warn!(
                     live,
                     allocatable = all,
@@ -284,8 +316,7 @@ impl Keeper {
                 "half of the peers or more are alive again"
             );
         }
-        let up_for = self.started.elapsed();
-        Some(Lost::of(peers, self.settings.repin_after, up_for))
+        Some(lost)
     }
 
     /// Allocates `cids` again (each as it stands now); returns how many were written.

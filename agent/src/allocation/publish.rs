@@ -99,8 +99,7 @@ pub async fn publish_metrics(
             seq,
             ttl_ms: ttl_ms(settings.interval),
             free: free_for_pins(&stat, settings.storage_max, fs_free),
-            // Every pin is allocated to every peer until pins carry allocations.
-            pins: replica.state().summary.pins,
+            pins: replica.state().allocated,
             tags: settings.tags.clone(),
         };
         let metric = Metric::sign(&signer, &settings.cluster, reading);

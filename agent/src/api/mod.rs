@@ -57,6 +57,8 @@ pub struct ApiState {
     pub synced: tokio::sync::watch::Receiver<bool>,
     /// Absent when no IPFS node is configured.
     pub reconciler: Option<crate::reconcile::ReconcilerHandle>,
+    /// The keeper's latest look at the peers; absent without an IPFS node (no keeper).
+    pub repinning: Option<tokio::sync::watch::Receiver<Option<crate::swarm::Repinning>>>,
     /// The node `add` stores content in; absent when none is configured.
     pub ipfs: Option<Arc<dyn crate::ipfs::PinBackend>>,
     /// Longest an `add` may take.
@@ -232,7 +234,9 @@ async fn id(State(state): State<ApiState>) -> Result<Json<IdInfo>, ApiError> {
 }
 
 async fn peers(State(state): State<ApiState>) -> Result<Json<SwarmInfo>, ApiError> {
-    Ok(Json(swarm_info(&state).await?))
+    let mut info = swarm_info(&state).await?;
+    info.repinning = state.repinning.as_ref().and_then(|r| r.borrow().clone());
+    Ok(Json(info))
 }
 
 async fn join(

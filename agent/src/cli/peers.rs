@@ -105,11 +105,31 @@ pub async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
                         info.removed.len()
                     ));
                 }
+                if let Some(r) = &info.repinning {
+                    summary.push_str(&format!("; {}", repinning_text(r)));
+                }
                 eprintln!("{summary}");
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// What the keeper last saw, in a few words.
+fn repinning_text(r: &crate::swarm::Repinning) -> String {
+    let alive = format!("{} of {} allocatable peers alive", r.live, r.allocatable);
+    let mut text = if r.paused {
+        format!("repinning paused: {alive} (fewer than half)")
+    } else {
+        format!("repinning on: {alive}")
+    };
+    if r.lost > 0 {
+        text.push_str(&format!(", {} lost", r.lost));
+    }
+    if r.repinned > 0 {
+        text.push_str(&format!(", {} pins repinned since start", r.repinned));
+    }
+    text
 }
 
 /// A peer's latest metric in one column: free space, pins, tags and age, or why there is none.

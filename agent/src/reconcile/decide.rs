@@ -13,7 +13,7 @@ use libp2p::PeerId;
 use pinmesh_protocol::entry::winner;
 use pinmesh_protocol::{Cid, PinMode, Version};
 
-use super::{UNPINNED_KEEP, allocated_here};
+use super::UNPINNED_KEEP;
 use crate::ipfs::content_key;
 use crate::store::{PinState, Status};
 
@@ -282,7 +282,7 @@ pub(super) fn settled(
 /// expired, allocated elsewhere).
 pub(super) fn wanted_of(versions: &[Version], now_secs: u64, me: &str) -> Option<Wanted> {
     let w = winner(versions)?;
-    if w.spec.expire_at.is_some_and(|at| at <= now_secs) || !allocated_here(&w.spec, me) {
+    if w.spec.expire_at.is_some_and(|at| at <= now_secs) || !w.spec.allocated_to(me) {
         return None;
     }
     Some(Wanted {
@@ -306,7 +306,7 @@ pub(super) fn expiry_of(versions: &[Version]) -> Option<u64> {
 /// least one), at most as many as are allocated.
 pub(super) fn handover_of(versions: &[Version], now_secs: u64, me: &str) -> Option<Handover> {
     let w = winner(versions)?;
-    if w.spec.expire_at.is_some_and(|at| at <= now_secs) || allocated_here(&w.spec, me) {
+    if w.spec.expire_at.is_some_and(|at| at <= now_secs) || w.spec.allocated_to(me) {
         return None;
     }
     let peers: Vec<PeerId> = (w.spec.allocations.iter())

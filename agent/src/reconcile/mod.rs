@@ -6,9 +6,9 @@
 //! [`PinBackend`] and status records.
 //!
 //! - **Desired**: pinned in the pinset, not expired, allocated to this peer
-//!   ([`allocated_here`]: named in the pin's allocations, or the pin has none). An expiry is a
-//!   timer: the pin is looked at again at its `expire_at`, and handed to the [`Cluster`]
-//!   (whose keeper removes it from the pinset).
+//!   ([`PinSpec::allocated_to`](pinmesh_protocol::PinSpec::allocated_to): named in the pin's
+//!   allocations, or the pin has none). An expiry is a timer: the pin is looked at again at
+//!   its `expire_at`, and handed to the [`Cluster`] (whose keeper removes it from the pinset).
 //! - **Release**: this agent's own copy of a pin now allocated to other peers only is kept
 //!   until the pin's minimum of them answer `pinned` ([`Cluster::pinned_on`]), asked again
 //!   every [`RELEASE_RETRY`]: a re-allocation never lowers the copies on disk below it.
@@ -80,12 +80,6 @@ pub const UNPINNED_KEEP: Duration = Duration::from_secs(24 * 3600);
 /// Reads one CID's status.
 pub fn read_status(store: &Store, cid: &Cid) -> Result<Option<PinState>, StoreError> {
     store.reader()?.status(cid)
-}
-
-/// Whether the peer `me` (its peer id as text) should hold a pin: it is allocated to it, or
-/// to every peer (no allocations: factors of -1, and pins written before allocation).
-pub fn allocated_here(spec: &pinmesh_protocol::PinSpec, me: &str) -> bool {
-    spec.allocations.is_empty() || spec.allocations.iter().any(|peer| peer == me)
 }
 
 /// What the reconciler asks of and tells the rest of the cluster.

@@ -7,7 +7,7 @@ use pinmesh_protocol::message::MAX_STATUS_ERROR;
 use pinmesh_protocol::{Cid, PinStatus, PinStatusEntry, Version};
 use serde::{Deserialize, Serialize};
 
-use super::{PinState, Status, allocated_here};
+use super::{PinState, Status};
 use crate::store::{Store, StoreError};
 
 /// One CID's status on one peer: a line of `GET /v1/status`.
@@ -48,12 +48,10 @@ fn line_of(
     match (wanted, record) {
         // Allocated elsewhere: `remote`, unless this node still holds its own copy (it lets
         // it go once the allocated peers hold the pin).
-        (Some(w), Some(r))
-            if !allocated_here(&w.spec, me) && r.owned && r.status == Status::Pinned =>
-        {
+        (Some(w), Some(r)) if !w.spec.allocated_to(me) && r.owned && r.status == Status::Pinned => {
             line(r.status, Some(&r))
         }
-        (Some(w), _) if !allocated_here(&w.spec, me) => line(Status::Remote, None),
+        (Some(w), _) if !w.spec.allocated_to(me) => line(Status::Remote, None),
         (_, Some(record)) => line(record.status, Some(&record)),
         // Wanted, and the reconciler has not looked at it yet.
         (Some(_), None) => line(Status::Queued, None),

@@ -70,6 +70,11 @@ pub enum Command {
     },
     /// Forget a peer's record (it belongs to another cluster).
     ForgetPeer { peer: PeerId },
+    /// Remember a peer's latest metric, or (`None`) forget it; written with the next group.
+    PeerMetric {
+        peer: PeerId,
+        record: Option<crate::store::StoredMetric>,
+    },
     /// Record that `peer` was removed with `peers rm`, or (`removed` false) drop its record
     /// (it is added again); answered once durable.
     PeerRemoved {
@@ -97,6 +102,9 @@ pub struct ReplicaState {
     pub summary: Summary,
     /// Snapshots joined since start.
     pub snapshots_joined: u64,
+    /// Pins allocated to this peer (every pin without allocations counts): a counter kept on
+    /// each write, published in its metric.
+    pub allocated: u64,
     /// The full head (context and applied vector are small: O(actors + gaps)).
     pub head: Head,
     pub counter: u64,
@@ -140,6 +148,20 @@ impl ReplicaHandle {
     /// Queues a peer record for the next commit; never waits (dropped if the queue is full).
     pub fn remember_peer(&self, peer: PeerId, record: crate::store::PeerRecord) {
         let _ = self.tx.try_send(Command::RememberPeer { peer, record });
+    }
+
+    /// Queues a peer's metric for the next commit; never waits. False when the queue is full
+    /// (nothing queued).
+    pub fn remember_metric(&self, peer: PeerId, record: crate::store::StoredMetric) -> bool {
+        let record = Some(record);
+        self.tx
+            .try_send(Command::PeerMetric { peer, record })
+            .is_ok()
+    }
+
+    /// Queues the removal of a peer's stored metric for the next commit; never waits.
+    pub fn forget_metric(&self, peer: PeerId) {
+        let _ = self.tx.try_send(Command::PeerMetric { peer, record: None });
     }
 
     /// Queues the removal of a peer's record for the next commit; never waits.

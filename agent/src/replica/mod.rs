@@ -62,6 +62,10 @@ struct Replica {
     incarnation: u64,
     counter: u64,
     head: Head,
+    /// This peer's id as text, and how many pins of the state are allocated to it (kept on
+    /// every write, recorded with the head).
+    me: String,
+    allocated: u64,
     outputs: mpsc::Sender<Output>,
     state: watch::Sender<Arc<ReplicaState>>,
     last_durable: Instant,
@@ -86,11 +90,15 @@ pub fn spawn(
 ) -> std::io::Result<(ReplicaHandle, std::thread::JoinHandle<Result<(), String>>)> {
     let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
     let actor = ActorId::derive(&signer.public_key(), persisted.incarnation);
+    let me = PeerId::from_public_key(&signer.0.public().into()).to_string();
+    let allocated = store
+        .allocated_count(&persisted, &me)
+        .map_err(std::io::Error::other)?;
     let initial = state_of(
         actor,
         &persisted.head,
-        persisted.counter,
-        persisted.incarnation,
+        (persisted.counter, persisted.incarnation),
+        allocated,
     );
     let (state_tx, state_rx) = watch::channel(Arc::new(initial));
     let replica = Replica {
@@ -102,6 +110,8 @@ pub fn spawn(
         incarnation: persisted.incarnation,
         counter: persisted.counter,
         head: persisted.head,
+        me,
+        allocated,
         outputs,
         state: state_tx,
         last_durable: Instant::now(),
@@ -123,9 +133,15 @@ pub fn spawn(
     ))
 }
 
-fn state_of(actor: ActorId, head: &Head, counter: u64, incarnation: u64) -> ReplicaState {
+fn state_of(
+    actor: ActorId,
+    head: &Head,
+    (counter, incarnation): (u64, u64),
+    allocated: u64,
+) -> ReplicaState {
     ReplicaState {
         snapshots_joined: 0,
+        allocated,
         summary: Summary::of(actor, head),
         head: head.clone(),
         counter,
@@ -192,7 +208,7 @@ impl Replica {
         if flush && group.len() == 1 && !self.dirty {
             return Ok(()); // nothing to make durable
         }
-        let saved = (self.head.clone(), self.counter);
+        let saved = (self.head.clone(), self.counter, self.allocated);
         let (result, committed) = self.apply_group(group);
         let err = match committed {
             Ok(()) => {
@@ -202,7 +218,7 @@ impl Replica {
             Err(err) => err,
         };
         // Nothing was committed: forget the in-memory changes too.
-        (self.head, self.counter) = saved;
+        (self.head, self.counter, self.allocated) = saved;
         self.stage = None;
         error!(error = %err, "write transaction failed; the group is dropped");
         let io_failure = err.io_failure();
@@ -241,6 +257,7 @@ impl Replica {
         let mut pending_peers = Vec::new();
         let store = self.store.clone();
         let outcome = store.write_group(|g: &mut Group<'_>| {
+            g.count_allocated(&self.me, self.allocated);
             let mut local_deltas: Vec<Delta> = Vec::new();
             for cmd in group {
                 match cmd {
@@ -267,6 +284,10 @@ impl Replica {
                     Command::Flush => result.local = true, // commit durably
                     Command::RememberPeer { peer, record } => g.remember_peer(&peer, &record)?,
                     Command::ForgetPeer { peer } => g.forget_peer(&peer)?,
+                    Command::PeerMetric { peer, record } => match record {
+                        Some(record) => g.remember_metric(&peer, &record)?,
+                        None => g.forget_metric(&peer)?,
+                    },
                     Command::PeerRemoved {
                         peer,
                         removed,
@@ -274,6 +295,7 @@ impl Replica {
                     } => {
                         result.local = true; // answered once durable
                         pending_peers.push(reply);
+                        g.forget_metric(&peer)?;
                         if removed {
                             let record = crate::store::PeerRecord {
                                 addrs: Vec::new(),
@@ -311,6 +333,7 @@ impl Replica {
             for origin in std::mem::take(&mut result.logged) {
                 self.prune_log(g, origin)?;
             }
+            self.allocated = g.allocated().unwrap_or(self.allocated);
             g.set_head(self.counter, &self.head)?;
             Ok(result.local || self.last_durable.elapsed() >= DURABLE_EVERY)
         });
@@ -490,7 +513,12 @@ impl Replica {
             .iter()
             .filter(|(_, outcome)| *outcome == Staged::Progress(Progress::Complete))
             .count() as u64;
-        let mut state = state_of(self.actor, &self.head, self.counter, self.incarnation);
+        let mut state = state_of(
+            self.actor,
+            &self.head,
+            (self.counter, self.incarnation),
+            self.allocated,
+        );
         state.snapshots_joined = self.snapshots_joined;
         self.state.send_replace(Arc::new(state));
         for batch in result.publish {

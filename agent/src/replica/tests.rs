@@ -4,17 +4,29 @@ use pinmesh_protocol::{PinSpec, Response};
 use tempfile::TempDir;
 
 use super::*;
-use crate::store::{Store, StoreError};
+use crate::store::{AllocatedCount, Persisted, Store, StoreError};
 
 const CLUSTER: &str = "test";
 
 /// A replica on a fresh database in `dir`, its store and what it publishes.
 fn replica(dir: &TempDir, log_retention: u64) -> (ReplicaHandle, Store, mpsc::Receiver<Output>) {
+    let signer = NodeSigner(ed25519::Keypair::generate());
+    let (handle, store, published, _thread) = replica_of(dir, log_retention, signer);
+    (handle, store, published)
+}
+
+type ReplicaThread = std::thread::JoinHandle<Result<(), String>>;
+
+/// A replica signing with `signer` on the database in `dir`, and its thread.
+fn replica_of(
+    dir: &TempDir,
+    log_retention: u64,
+    signer: NodeSigner,
+) -> (ReplicaHandle, Store, mpsc::Receiver<Output>, ReplicaThread) {
     let (store, persisted) = Store::open(&dir.path().join("pinmesh.redb"), 4 << 20).expect("open");
     let (outputs, published) = mpsc::channel(OUTPUT_CAPACITY);
     let (feed, _changes) = change_feed();
-    let signer = NodeSigner(ed25519::Keypair::generate());
-    let (handle, _thread) = spawn(
+    let (handle, thread) = spawn(
         CLUSTER.into(),
         log_retention,
         store.clone(),
@@ -24,7 +36,7 @@ fn replica(dir: &TempDir, log_retention: u64) -> (ReplicaHandle, Store, mpsc::Re
         feed,
     )
     .expect("spawn");
-    (handle, store, published)
+    (handle, store, published, thread)
 }
 
 fn pin(n: u64) -> LocalOp {
@@ -135,4 +147,95 @@ async fn a_failed_group_leaves_no_trace_in_memory_or_on_disk() {
         vec![(1, 1), (2, 1)],
         "nothing of the failed group went out"
     );
+}
+
+#[tokio::test]
+async fn the_count_of_pins_allocated_here_is_kept_on_every_write_and_survives_a_restart() {
+    let dir = TempDir::new().expect("dir");
+    let key = ed25519::Keypair::generate();
+    let me = PeerId::from_public_key(&key.public().into()).to_string();
+    let other = PeerId::random().to_string();
+    let allocated = |n: u64, peers: &[&String]| LocalOp::Pin {
+        cid: sim_cid(n),
+        spec: PinSpec {
+            allocations: peers.iter().map(|p| p.to_string()).collect(),
+            ..PinSpec::named(format!("p{n}"))
+        },
+    };
+    let (handle, store, _published, thread) = replica_of(&dir, 100, NodeSigner(key.clone()));
+    // Two for every peer, two named here, one elsewhere.
+    let ops = vec![
+        pin(0),
+        pin(1),
+        allocated(2, &[&me]),
+        allocated(3, &[&other, &me]),
+        allocated(4, &[&other]),
+    ];
+    handle.local(ops).await.expect("pins");
+    assert_eq!(handle.state().allocated, 4);
+    // Moved away, moved here, unpinned, rewritten with the same peers: 4 - 1 + 1 - 1 + 0.
+    let ops = vec![
+        allocated(2, &[&other]),
+        allocated(4, &[&me]),
+        LocalOp::Unpin { cid: sim_cid(0) },
+        allocated(3, &[&me, &other]),
+    ];
+    handle.local(ops).await.expect("changes");
+    assert_eq!(handle.state().allocated, 3);
+    // A remote write counts too: another writer's batch moving pin 1 elsewhere (the local
+    // write after it is answered once it is applied).
+    let writer = NodeSigner(ed25519::Keypair::generate());
+    let current = store
+        .reader()
+        .expect("read")
+        .versions(&sim_cid(1))
+        .expect("get");
+    let op = Op::Pin {
+        at: now_ms(),
+        spec: PinSpec {
+            allocations: vec![other.clone()],
+            ..PinSpec::named("moved")
+        },
+    };
+    let actor = ActorId::derive(&writer.public_key(), 1);
+    let delta = Delta::new(
+        Dot::new(actor, 1),
+        sim_cid(1),
+        op,
+        &current.unwrap_or_default(),
+    );
+    let batch = DeltaBatch::sign(&writer, CLUSTER, 1, &[delta]);
+    assert!(handle.remote(PeerId::random(), vec![batch]));
+    handle.local(vec![pin(9)]).await.expect("pin");
+    assert_eq!(
+        handle.state().allocated,
+        3,
+        "one moved away, one for every peer added"
+    );
+    drop(handle);
+    thread.join().expect("joined").expect("stopped cleanly");
+    drop(store);
+
+    // Kept across a restart, and equal to a count over every entry.
+    let (store, persisted) = Store::open(&dir.path().join("pinmesh.redb"), 4 << 20).expect("open");
+    let record = persisted.allocated.clone().expect("recorded with the head");
+    assert_eq!((record.peer.as_str(), record.count), (me.as_str(), 3));
+    let recount = Persisted {
+        allocated: None,
+        ..persisted.clone()
+    };
+    assert_eq!(store.allocated_count(&recount, &me).expect("count"), 3);
+    // Recounted when the record is of another state (an older release wrote since) or of
+    // another identity.
+    let stale = Persisted {
+        allocated: Some(AllocatedCount {
+            digest: pinmesh_protocol::Digest::ZERO,
+            count: 99,
+            ..record.clone()
+        }),
+        ..persisted.clone()
+    };
+    assert_eq!(store.allocated_count(&stale, &me).expect("count"), 3);
+    // Another identity counts its own: pins 1, 2, 3 and 9.
+    assert_eq!(store.allocated_count(&persisted, &other).expect("count"), 4);
 }

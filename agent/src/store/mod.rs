@@ -1,4 +1,5 @@
-//! redb storage: the pinset's entries, its head, the delta log, known peers, snapshot staging.
+//! redb storage: the pinset's entries, its head, the delta log, known peers and their latest
+//! metrics, snapshot staging.
 //!
 //! The store owns the database file and its tables: no other module opens a table or decodes
 //! its bytes. The replica is the only writer of the CRDT tables (through [`Group`], one write
@@ -39,6 +40,10 @@ const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("log-1");
 /// Peer id (text) -> `PeerRecord` (storage encoding): a peer to dial at start, or one removed
 /// by `peers rm` (`removed`, a field older releases skip).
 const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers-1");
+/// Peer id (text) -> `StoredMetric` (storage encoding): the peer's latest metric as last
+/// written (at most every few minutes), so a restarted agent still counts the peers it had
+/// heard of as allocatable, down since its start.
+const METRICS: TableDefinition<&str, &[u8]> = TableDefinition::new("metrics-1");
 /// Snapshot staging, same layout as `PINS`; emptied before and after each snapshot.
 const STAGE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("stage-1");
 /// CID bytes (as in `PINS`) -> `reconcile::PinState` (storage encoding): where the CID stands
@@ -52,6 +57,8 @@ const META_INCARNATION: &str = "incarnation";
 const META_COUNTER: &str = "counter";
 /// `Head` (storage encoding): causal context, applied vector, state digest, pin count.
 const META_HEAD: &str = "head";
+/// `AllocatedCount` (storage encoding): pins allocated to this peer, written with the head.
+const META_ALLOCATED: &str = "allocated";
 
 /// Decodes a `PINS` value: the CID's versions.
 fn decode_pin_entry(bytes: &[u8]) -> Result<Vec<pinmesh_protocol::Version>, StoreError> {
@@ -74,6 +81,15 @@ pub struct PeerRecord {
     /// every other record is stored as before.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub removed: bool,
+}
+
+/// A peer's metric as received (its wire encoding, signed by the peer) and when (unix ms).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMetric {
+    /// The metric as published (protocol `codec::encode_metric`): verified again when read.
+    #[serde(with = "serde_bytes")]
+    pub metric: Vec<u8>,
+    pub seen_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +157,19 @@ pub struct Persisted {
     pub incarnation: u64,
     pub counter: u64,
     pub head: Head,
+    /// As last written with the head; see [`Store::allocated_count`].
+    pub allocated: Option<AllocatedCount>,
+}
+
+/// How many pins of the state whose digest is `digest` are allocated to `peer`: a counter the
+/// replica keeps on every entry write (in the same transaction as the head), so a peer's
+/// metric never scans the pinset. A record of another identity or of another state (an older
+/// release wrote the pinset since) is recounted once, at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocatedCount {
+    pub peer: String,
+    pub digest: Digest,
+    pub count: u64,
 }
 
 /// The database, shared by its writer (the replica) and readers.
@@ -175,6 +204,7 @@ impl Store {
             }
             txn.open_table(LOG)?;
             txn.open_table(PEERS)?;
+            txn.open_table(METRICS)?;
             let mut meta = txn.open_table(META)?;
             let stored = meta
                 .get(META_INCARNATION)?
@@ -200,14 +230,51 @@ impl Store {
                 }
                 None => Head::default(),
             };
+            // Unreadable: recounted (it is derived data).
+            let allocated = meta
+                .get(META_ALLOCATED)?
+                .and_then(|v| codec::decode_stored(v.value()).ok());
             Persisted {
                 incarnation,
                 counter,
                 head,
+                allocated,
             }
         };
         txn.commit()?;
         Ok((Store { db: Arc::new(db) }, persisted))
+    }
+
+    /// The number of pins allocated to `peer` in the state `persisted` describes: its record
+    /// when it is this peer's and of this state, else counted over every entry (once: the
+    /// replica keeps it from then on).
+    pub fn allocated_count(&self, persisted: &Persisted, peer: &str) -> Result<u64, StoreError> {
+        if let Some(record) = &persisted.allocated
+            && record.peer == peer
+            && record.digest == persisted.head.digest
+        {
+            return Ok(record.count);
+        }
+        let started = std::time::Instant::now();
+        let reader = self.reader()?;
+        let mut count = 0u64;
+        for entry in reader.entries(None)? {
+            match entry {
+                Ok((_, versions)) => count += u64::from(allocated_to(&versions, peer)),
+                // Left to the scrub, which says what to do about it.
+                Err(StoreError::Corrupt { source, .. }) => {
+                    tracing::warn!(error = %source, "undecodable pin entry not counted")
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        tracing::info!(
+            pins = persisted.head.pins,
+            allocated = count,
+            ms = started.elapsed().as_millis() as u64,
+            "counted the pins allocated to this peer"
+        );
+        Ok(count)
     }
 
     /// Recomputes the pinset's digest and count from every stored entry, in one read
@@ -285,8 +352,21 @@ impl Store {
     /// Known peers. A record that cannot be read (or keyed by something other than a peer id)
     /// is skipped with a warning.
     pub fn peers(&self) -> Result<Vec<(libp2p::PeerId, PeerRecord)>, StoreError> {
+        self.by_peer(PEERS, "peer record")
+    }
+
+    /// Peers' metrics as last stored, skipped with a warning like [`peers`](Self::peers).
+    pub fn metrics(&self) -> Result<Vec<(libp2p::PeerId, StoredMetric)>, StoreError> {
+        self.by_peer(METRICS, "stored metric")
+    }
+
+    fn by_peer<T: serde::de::DeserializeOwned>(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+        what: &str,
+    ) -> Result<Vec<(libp2p::PeerId, T)>, StoreError> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(PEERS)?;
+        let table = txn.open_table(def)?;
         let mut out = Vec::new();
         for item in table.iter()? {
             let (k, v) = item?;
@@ -294,10 +374,10 @@ impl Store {
             match (peer, codec::decode_stored(v.value())) {
                 (Ok(peer), Ok(record)) => out.push((peer, record)),
                 (Err(err), _) => {
-                    tracing::warn!(peer = k.value(), error = %err, "peer record with a bad key skipped")
+                    tracing::warn!(peer = k.value(), error = %err, "{what} with a bad key skipped")
                 }
                 (_, Err(err)) => {
-                    tracing::warn!(peer = k.value(), error = %err, "unreadable peer record skipped")
+                    tracing::warn!(peer = k.value(), error = %err, "unreadable {what} skipped")
                 }
             }
         }
@@ -331,24 +411,49 @@ impl From<pinmesh_protocol::JoinError<TableError>> for StoreError {
     }
 }
 
-/// The pins table inside a write transaction, as the protocol's entry store.
-pub struct PinsTable<'t>(pub redb::Table<'t, &'static [u8], &'static [u8]>);
+/// Whether the version every replica acts on is allocated to `peer`.
+fn allocated_to(versions: &[pinmesh_protocol::Version], peer: &str) -> bool {
+    pinmesh_protocol::winner(versions).is_some_and(|v| v.spec.allocated_to(peer))
+}
+
+/// A pins table inside a write transaction, as the protocol's entry store.
+pub struct PinsTable<'t> {
+    table: redb::Table<'t, &'static [u8], &'static [u8]>,
+    /// The pinset's table counts the pins allocated to a peer (see [`Group::count_allocated`]);
+    /// the staging table does not.
+    allocated: Option<(String, u64)>,
+}
 
 impl EntryStore for PinsTable<'_> {
     type Error = redb::StorageError;
 
     fn get(&self, cid: &[u8]) -> Result<Option<Vec<u8>>, Self::Error> {
-        Ok(self.0.get(cid)?.map(|v| v.value().to_vec()))
+        Ok(self.table.get(cid)?.map(|v| v.value().to_vec()))
     }
 
     fn put(&mut self, cid: &[u8], entry: &[u8]) -> Result<(), Self::Error> {
-        self.0.insert(cid, entry)?;
+        self.table.insert(cid, entry)?;
         Ok(())
     }
 
     fn delete(&mut self, cid: &[u8]) -> Result<(), Self::Error> {
-        self.0.remove(cid)?;
+        self.table.remove(cid)?;
         Ok(())
+    }
+
+    fn changed(
+        &mut self,
+        _cid: &[u8],
+        old: &[pinmesh_protocol::Version],
+        new: &[pinmesh_protocol::Version],
+    ) {
+        if let Some((peer, count)) = &mut self.allocated {
+            match (allocated_to(old, peer), allocated_to(new, peer)) {
+                (false, true) => *count += 1,
+                (true, false) => *count = count.saturating_sub(1),
+                _ => {}
+            }
+        }
     }
 }
 

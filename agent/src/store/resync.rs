@@ -3,8 +3,9 @@
 //!
 //! The damaged file is renamed, never deleted. From it, where it can still be read, the new
 //! database takes the reconciler's records of pins this agent made in its IPFS node (so they are
-//! still removed when the pinset no longer wants them, not leaked) and the remembered peers (so
-//! the agent finds the cluster again). The pinset itself comes from the peers: writes this
+//! still removed when the pinset no longer wants them, not leaked), the remembered peers (so
+//! the agent finds the cluster again) and their stored metrics (so its partition guard still
+//! counts them). The pinset itself comes from the peers: writes this
 //! agent acknowledged but no peer received before the damage are lost.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -14,7 +15,7 @@ use anyhow::Context;
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::records::{PinState, decode_state};
-use super::{PEERS, STATUS, Store};
+use super::{METRICS, PEERS, STATUS, Store};
 
 /// What a resync did.
 #[derive(Debug)]
@@ -30,6 +31,8 @@ pub struct Resynced {
 }
 
 type Rows<K> = Vec<(K, Vec<u8>)>;
+/// The peers' records and their stored metrics, keyed by peer id.
+type PeerRows = (Rows<String>, Rows<String>);
 
 /// Moves the database at `path` aside and creates a fresh one holding the status records that
 /// `keep_status` accepts (records it cannot decode are left behind) and the peer records of the old one. Fails
@@ -47,16 +50,16 @@ pub fn resync(
     }
     // Reading a damaged file may fail or panic anywhere inside redb: whatever it yields.
     let read = catch_unwind(AssertUnwindSafe(|| read_salvage(path, &keep_status)));
-    let (owned, peers, unreadable) = match read {
+    let (owned, (peers, metrics), unreadable) = match read {
         Ok(Ok((owned, peers))) => (owned, peers, None),
         Ok(Err(err)) if err.in_use => anyhow::bail!(
             "{} is in use: stop the running agent before resyncing",
             path.display()
         ),
-        Ok(Err(err)) => (Vec::new(), Vec::new(), Some(err.message)),
+        Ok(Err(err)) => (Vec::new(), Default::default(), Some(err.message)),
         Err(_) => (
             Vec::new(),
-            Vec::new(),
+            Default::default(),
             Some("reading it crashed inside the database library".into()),
         ),
     };
@@ -81,9 +84,11 @@ pub fn resync(
         for (key, value) in &owned {
             status.insert(key.as_slice(), value.as_slice())?;
         }
-        let mut table = txn.open_table(PEERS)?;
-        for (peer, record) in &peers {
-            table.insert(peer.as_str(), record.as_slice())?;
+        for (def, rows) in [(PEERS, &peers), (METRICS, &metrics)] {
+            let mut table = txn.open_table(def)?;
+            for (peer, record) in rows {
+                table.insert(peer.as_str(), record.as_slice())?;
+            }
         }
     }
     txn.commit()?;
@@ -103,7 +108,7 @@ struct SalvageError {
 fn read_salvage(
     path: &Path,
     keep_status: &dyn Fn(&PinState) -> bool,
-) -> Result<(Rows<Vec<u8>>, Rows<String>), SalvageError> {
+) -> Result<(Rows<Vec<u8>>, PeerRows), SalvageError> {
     let fail = |err: &dyn std::fmt::Display| SalvageError {
         in_use: false,
         message: err.to_string(),
@@ -131,15 +136,18 @@ fn read_salvage(
             }
         }
     }
-    let mut peers = Vec::new();
-    if let Ok(table) = txn.open_table(PEERS)
-        && let Ok(rows) = table.iter()
-    {
-        for (key, value) in rows.map_while(Result::ok) {
-            peers.push((key.value().to_string(), value.value().to_vec()));
+    let keyed_by_peer = |def: redb::TableDefinition<&str, &[u8]>| {
+        let mut out = Vec::new();
+        if let Ok(table) = txn.open_table(def)
+            && let Ok(rows) = table.iter()
+        {
+            for (key, value) in rows.map_while(Result::ok) {
+                out.push((key.value().to_string(), value.value().to_vec()));
+            }
         }
-    }
-    Ok((owned, peers))
+        out
+    };
+    Ok((owned, (keyed_by_peer(PEERS), keyed_by_peer(METRICS))))
 }
 
 #[cfg(test)]
@@ -152,7 +160,7 @@ mod tests {
     }
 
     #[test]
-    fn a_resync_keeps_the_old_file_and_carries_over_owned_records_and_peers() {
+    fn a_resync_keeps_the_old_file_and_carries_over_owned_records_peers_and_metrics() {
         let dir = tempfile::TempDir::new().expect("dir");
         let path = dir.path().join("pinmesh.redb");
         {
@@ -173,9 +181,14 @@ mod tests {
                 last_seen: 1,
                 removed: false,
             };
+            let metric = super::super::StoredMetric {
+                metric: b"a metric".to_vec(),
+                seen_ms: 1,
+            };
             store
                 .write_group(|g| {
                     g.remember_peer(&libp2p::PeerId::random(), &peer)?;
+                    g.remember_metric(&libp2p::PeerId::random(), &metric)?;
                     Ok(true)
                 })
                 .expect("peer");
@@ -192,6 +205,7 @@ mod tests {
         assert!(reader.status(&cid(1)).expect("get").is_some());
         assert!(reader.status(&cid(2)).expect("get").is_none());
         assert_eq!(store.peers().expect("peers").len(), 1);
+        assert_eq!(store.metrics().expect("metrics").len(), 1);
     }
 
     #[test]

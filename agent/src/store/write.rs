@@ -7,8 +7,8 @@ use redb::{Durability, ReadableTable, Table};
 
 use super::records::{PinState, decode_state, encode_state};
 use super::{
-    LOG, META, META_COUNTER, META_HEAD, PEERS, PINS, PeerRecord, PinsTable, STAGE, STATUS, Store,
-    StoreError,
+    AllocatedCount, LOG, META, META_ALLOCATED, META_COUNTER, META_HEAD, METRICS, PEERS, PINS,
+    PeerRecord, PinsTable, STAGE, STATUS, Store, StoreError, StoredMetric,
 };
 
 /// The replica's tables inside one write transaction.
@@ -19,6 +19,7 @@ pub struct Group<'t> {
     pub staged: PinsTable<'t>,
     log: Table<'t, (u64, u64), &'static [u8]>,
     peers: Table<'t, &'static str, &'static [u8]>,
+    metrics: Table<'t, &'static str, &'static [u8]>,
     meta: Table<'t, &'static str, &'static [u8]>,
 }
 
@@ -38,10 +39,17 @@ impl Store {
         let mut txn = self.db.begin_write()?;
         let durable = {
             let mut group = Group {
-                pins: PinsTable(txn.open_table(PINS)?),
-                staged: PinsTable(txn.open_table(STAGE)?),
+                pins: PinsTable {
+                    table: txn.open_table(PINS)?,
+                    allocated: None,
+                },
+                staged: PinsTable {
+                    table: txn.open_table(STAGE)?,
+                    allocated: None,
+                },
                 log: txn.open_table(LOG)?,
                 peers: txn.open_table(PEERS)?,
+                metrics: txn.open_table(METRICS)?,
                 meta: txn.open_table(META)?,
             };
             apply(&mut group)?
@@ -106,18 +114,29 @@ impl Store {
 }
 
 impl Group<'_> {
+    /// Counts the pins allocated to `peer` on every write of the pinset from here on, starting
+    /// from `count`; [`set_head`](Self::set_head) records the count with the head.
+    pub fn count_allocated(&mut self, peer: &str, count: u64) {
+        self.pins.allocated = Some((peer.to_string(), count));
+    }
+
+    /// The count [`count_allocated`](Self::count_allocated) keeps, as of now.
+    pub fn allocated(&self) -> Option<u64> {
+        self.pins.allocated.as_ref().map(|(_, count)| *count)
+    }
+
     /// Empties the snapshot staging table.
     pub fn clear_staged(&mut self) -> Result<(), StoreError> {
-        self.staged.0.retain(|_, _| false)?;
+        self.staged.table.retain(|_, _| false)?;
         Ok(())
     }
 
     /// The keys of entries the pinset holds and the staged snapshot does not.
     pub fn unstaged_keys(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut out = Vec::new();
-        for item in self.pins.0.iter()? {
+        for item in self.pins.table.iter()? {
             let (k, _) = item?;
-            if self.staged.0.get(k.value())?.is_none() {
+            if self.staged.table.get(k.value())?.is_none() {
                 out.push(k.value().to_vec());
             }
         }
@@ -132,7 +151,7 @@ impl Group<'_> {
     where
         StoreError: From<E>,
     {
-        for item in self.staged.0.iter()? {
+        for item in self.staged.table.iter()? {
             let (k, v) = item?;
             join(&mut self.pins, k.value(), v.value())?;
         }
@@ -179,12 +198,38 @@ impl Group<'_> {
         Ok(())
     }
 
-    /// Records the last counter used for this agent's dots and the head.
+    pub fn remember_metric(
+        &mut self,
+        peer: &PeerId,
+        record: &StoredMetric,
+    ) -> Result<(), StoreError> {
+        let key = peer.to_string();
+        self.metrics
+            .insert(key.as_str(), codec::encode_stored(record).as_slice())?;
+        Ok(())
+    }
+
+    pub fn forget_metric(&mut self, peer: &PeerId) -> Result<(), StoreError> {
+        self.metrics.remove(peer.to_string().as_str())?;
+        Ok(())
+    }
+
+    /// Records the last counter used for this agent's dots and the head, and with it the
+    /// count of allocated pins when one is kept.
     pub fn set_head(&mut self, counter: u64, head: &Head) -> Result<(), StoreError> {
         self.meta
             .insert(META_COUNTER, counter.to_le_bytes().as_slice())?;
         self.meta
             .insert(META_HEAD, codec::encode_stored(head).as_slice())?;
+        if let Some((peer, count)) = &self.pins.allocated {
+            let record = AllocatedCount {
+                peer: peer.clone(),
+                digest: head.digest,
+                count: *count,
+            };
+            self.meta
+                .insert(META_ALLOCATED, codec::encode_stored(&record).as_slice())?;
+        }
         Ok(())
     }
 }

@@ -159,6 +159,7 @@ impl EventLoop {
             foreign_peers: self.flags.foreign_peers.load(Ordering::Relaxed),
             removed,
             refused_removed: self.flags.refused_removed.load(Ordering::Relaxed),
+            repinning: None,
         }
     }
 }

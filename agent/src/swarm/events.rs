@@ -19,7 +19,7 @@ use super::behaviour::author_peer;
 use super::membership::Verdict;
 use super::metrics::Rejected;
 use super::{BehaviourEvent, EventLoop, SwarmError};
-use crate::store::PeerRecord;
+use crate::store::{PeerRecord, StoredMetric};
 
 impl EventLoop {
     pub(super) fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -303,11 +303,20 @@ impl EventLoop {
             // Relayed by another peer: a removed peer stays out of allocation.
             return MessageAcceptance::Ignore;
         }
-        match self
-            .metrics
-            .receive(source, data, tokio::time::Instant::now())
-        {
-            Ok(()) => MessageAcceptance::Accept,
+        let now = tokio::time::Instant::now();
+        match self.metrics.receive(source, data, now) {
+            Ok(()) => {
+                if self.metrics.due_for_storing(&source, now) {
+                    let record = StoredMetric {
+                        metric: data.to_vec(),
+                        seen_ms: crate::replica::now_ms(),
+                    };
+                    if self.replica.remember_metric(source, record) {
+                        self.metrics.stored(&source, now);
+                    }
+                }
+                MessageAcceptance::Accept
+            }
             Err(Rejected::Stale) => MessageAcceptance::Ignore,
             Err(err) => {
                 warn!(%source, error = %err, "metric rejected");

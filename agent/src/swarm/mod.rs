@@ -47,7 +47,7 @@ pub use self::codec::{SyncCodec, cluster_id, sync_protocols};
 pub use self::handle::{SwarmError, SwarmHandle};
 use self::membership::Membership;
 use self::metrics::Metrics;
-pub use self::metrics::{Allocatable, PeerMetric, topic as metrics_topic};
+pub use self::metrics::{Allocatable, PeerMetric, Repinning, topic as metrics_topic};
 use self::serve::{SNAPSHOT_CHUNK_ENTRIES, Served, Server};
 use crate::fatal::Fatal;
 use crate::ipfs::peering::{self, Peering};
@@ -123,6 +123,10 @@ pub struct SwarmInfo {
     /// Connections to or from removed peers refused since start.
     #[serde(default)]
     pub refused_removed: u64,
+    /// What this agent's keeper last saw (filled by the API; none without an IPFS node, with
+    /// repinning off, on an agent that may not write, or before its first look).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repinning: Option<Repinning>,
 }
 
 /// What this agent knows of one peer.
@@ -237,6 +241,22 @@ impl EventLoop {
         }
         let mut cfg = catchup::Config::agent(wiring.beacon_interval, wiring.repair_delay);
         cfg.snapshot_chunk_entries = SNAPSHOT_CHUNK_ENTRIES;
+        let mut metrics = Metrics::new(&wiring.cluster, wiring.peer_forget_after);
+        let me = *swarm.local_peer_id();
+        match wiring.store.metrics() {
+            Ok(stored) => {
+                let (kept, dropped) = metrics
+                    .restore_all(stored, |peer| *peer != me && !wiring.removed.contains(peer));
+                debug!(
+                    peers = kept,
+                    "peers' metrics restored, down until heard from"
+                );
+                for peer in dropped {
+                    wiring.replica.forget_metric(peer); // forgotten, or never to be read
+                }
+            }
+            Err(err) => warn!(error = %err, "cannot read the stored metrics; starting without"),
+        }
         let (server, served) = Server::new(
             wiring.store,
             wiring.fatal,
@@ -250,7 +270,7 @@ impl EventLoop {
             started: Instant::now(),
             wake: None,
             membership: Membership::new(sync_protocols(&wiring.cluster)),
-            metrics: Metrics::new(&wiring.cluster, wiring.peer_forget_after),
+            metrics,
             metrics_topic,
             cluster: wiring.cluster,
             swarm,
