@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod fatal;
 pub mod files;
+pub mod follow;
 pub mod home;
 pub mod http;
 pub mod ipfs;

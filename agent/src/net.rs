@@ -1,4 +1,4 @@
-//! Checks on listen addresses before libp2p binds them.
+//! Checks on listen addresses before libp2p binds them, and dialable addresses.
 //!
 //! libp2p's TCP transport sets `SO_REUSEPORT` on every listener, so a second process (another
 //! agent, another IPFS node) binding the same port succeeds and the kernel splits incoming
@@ -66,6 +66,14 @@ fn probe(addr: &Multiaddr) -> std::io::Result<()> {
     match tcp_socket(addr) {
         Some(socket) if socket.port() != 0 => TcpListener::bind(socket).map(drop),
         _ => Ok(()),
+    }
+}
+
+/// `addr` ending in `/p2p/<peer>`, as a dialable address names its peer.
+pub fn with_peer(addr: Multiaddr, peer: &libp2p::PeerId) -> Multiaddr {
+    match addr.iter().last() {
+        Some(Protocol::P2p(_)) => addr,
+        _ => addr.with(Protocol::P2p(*peer)),
     }
 }
 

@@ -373,6 +373,15 @@ impl Node {
             ipfs: backend.clone(),
             add_timeout: config.raw.ipfs.pin_timeout,
             writer: config.trusted_writers.is_empty() || config.trusted_writers.contains(&peer_id),
+            follow: Arc::new(api::FollowSource {
+                secret: config.raw.cluster.secret.trim().to_string(),
+                trusted_writers: {
+                    let mut writers: Vec<PeerId> = config.trusted_writers.iter().copied().collect();
+                    writers.sort();
+                    writers
+                },
+                signer: signer.clone(),
+            }),
             token: token.into(),
             cluster: config.raw.cluster.name.clone().into(),
             peer_id,
@@ -559,20 +568,18 @@ fn start_dials(
         .collect();
     let mut dial = bootstrap;
     for (peer, record) in known {
-        dial.extend(record.addrs.into_iter().map(|addr| with_peer(addr, &peer)));
+        dial.extend(
+            record
+                .addrs
+                .into_iter()
+                .map(|addr| crate::net::with_peer(addr, &peer)),
+        );
     }
     dial.retain(|a| match a.iter().last() {
         Some(Protocol::P2p(p)) => p != *me && !removed.contains(&p),
         _ => true,
     });
     (dial, removed)
-}
-
-fn with_peer(addr: Multiaddr, peer: &PeerId) -> Multiaddr {
-    match addr.iter().last() {
-        Some(Protocol::P2p(_)) => addr,
-        _ => addr.with(Protocol::P2p(*peer)),
-    }
 }
 
 fn short(peer: &PeerId) -> String {

@@ -103,6 +103,12 @@ impl Client {
         self.call::<(), _>(Method::GET, "/v1/id", None).await
     }
 
+    /// The follow configuration, signed by this agent (`GET /v1/follow-config`).
+    pub async fn follow_config(&self) -> anyhow::Result<crate::follow::FollowConfig> {
+        self.call::<(), _>(Method::GET, "/v1/follow-config", None)
+            .await
+    }
+
     pub async fn peers(&self) -> anyhow::Result<SwarmInfo> {
         self.call::<(), _>(Method::GET, "/v1/peers", None).await
     }

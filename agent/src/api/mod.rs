@@ -12,6 +12,7 @@
 
 pub mod client;
 mod debug;
+mod follow;
 mod listing;
 mod pins;
 pub mod status;
@@ -65,6 +66,8 @@ pub struct ApiState {
     pub add_timeout: std::time::Duration,
     /// This agent may write (it is in `cluster.trusted_writers`, or the list is empty).
     pub writer: bool,
+    /// What a follow configuration is made of and signed with.
+    pub follow: Arc<FollowSource>,
     pub token: Arc<str>,
     pub cluster: Arc<str>,
     pub peer_id: libp2p::PeerId,
@@ -78,6 +81,15 @@ pub struct ApiState {
     pub tasks: tokio_util::task::TaskTracker,
 }
 
+/// What `GET /v1/follow-config` publishes, and the key it signs with.
+#[derive(Debug)]
+pub struct FollowSource {
+    pub secret: String,
+    /// Empty: every member may write (and there is nothing to publish).
+    pub trusted_writers: Vec<libp2p::PeerId>,
+    pub signer: crate::replica::NodeSigner,
+}
+
 /// An API failure: its HTTP status and one line for the user.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -89,6 +101,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0}")]
     Forbidden(String),
+    /// Refused in the cluster's present state (409).
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Unavailable(String),
     /// The agent's disk is full (507).
@@ -105,6 +120,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::DiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -147,6 +163,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status/cluster", get(status::cluster_status))
         .route("/v1/recover", post(status::recover))
         .route("/v1/add", post(status::add))
+        .route("/v1/follow-config", get(follow::follow_config))
         .route("/v1/cat/{cid}", get(status::cat))
         .route("/v1/debug/digest", get(debug::digest))
         .route("/v1/debug/reconciler", get(status::reconciler))
@@ -230,6 +247,7 @@ async fn id(State(state): State<ApiState>) -> Result<Json<IdInfo>, ApiError> {
         cluster: state.cluster.to_string(),
         version: env!("CARGO_PKG_VERSION").into(),
         actor: state.replica.state().summary.actor.to_string(),
+        writer: state.writer,
     }))
 }
 

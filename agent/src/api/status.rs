@@ -377,6 +377,8 @@ pub async fn add(
     request: axum::extract::Request,
 ) -> Result<Json<Vec<AddedLine>>, ApiError> {
     use futures::TryStreamExt;
+    // Before the node sees a byte: a read-only agent stores nothing for anyone.
+    super::pins::check_writer(&state)?;
     let Some(ipfs) = &state.ipfs else {
         return Err(ApiError::Unavailable(NO_NODE.into()));
     };

@@ -117,6 +117,13 @@ pub struct IdInfo {
     pub cluster: String,
     pub version: String,
     pub actor: String,
+    /// Whether this agent may write the pinset (older agents do not say: they may).
+    #[serde(default = "yes")]
+    pub writer: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `GET /v1/debug/digest`.

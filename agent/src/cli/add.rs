@@ -52,6 +52,11 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
             .to_string();
         collect(path, name, &mut entries)?;
     }
+    let client = ctx.client()?;
+    if !client.id().await?.writer {
+        // The agent refuses too; asked first, so that nothing is uploaded to be refused.
+        bail!("this agent is not in cluster.trusted_writers: it replicates read-only");
+    }
     let total: u64 = entries.iter().map(|e| e.size).sum();
     let boundary = format!("pinmesh-{:032x}", rand::random::<u128>());
     let progress = if ctx.json {
@@ -66,7 +71,6 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(UPLOAD_BUFFER);
     let writer = tokio::spawn(write_body(entries, boundary.clone(), progress.clone(), tx));
     let body = crate::http::tokio_stream_from(rx);
-    let client = ctx.client()?;
     let added = client
         .add(
             &format!("multipart/form-data; boundary={boundary}"),

@@ -3,6 +3,7 @@
 
 mod add;
 mod debug;
+mod follow;
 mod init;
 mod peers;
 mod pin;
@@ -63,6 +64,9 @@ pub enum Command {
     /// Inspect replication and convergence.
     #[command(subcommand)]
     Debug(debug::Command),
+    /// Print the follow configuration, signed by this agent (a trusted writer), for
+    /// `pinmesh follow NAME init`: cluster, secret, members to dial, trusted writers.
+    FollowConfig(follow::ConfigArgs),
     /// Run the protocol simulator: replicas, a lossy network, a partition; report convergence.
     Simulate(simulate::Args),
 }
@@ -101,6 +105,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cat(args) => block_on(add::cat(&ctx, args)),
         Command::Status(args) => block_on(status::status(&ctx, args)),
         Command::Recover(args) => block_on(status::recover(&ctx, args)),
+        Command::FollowConfig(args) => block_on(follow::config(&ctx, args)),
     }
 }
 
