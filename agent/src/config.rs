@@ -41,6 +41,33 @@ pub struct Config {
     pub storage: StorageConfig,
     #[serde(default)]
     pub ipfs: IpfsConfig,
+    /// Present in a follower's home (`pinmesh follow NAME init`): the agent follows the
+    /// cluster read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follower: Option<FollowerConfig>,
+}
+
+/// What makes an agent a follower: it takes the pinset from the trusted writers, pins every
+/// pin whatever its allocations (or its share of them), writes nothing and is never
+/// allocated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowerConfig {
+    /// Where the follow configuration came from: a file or an http(s) URL.
+    pub source: String,
+    /// The trusted writer whose signature it was checked against.
+    pub writer: String,
+    /// Hold only this share of the pins, "K/N" (`follow NAME run --share K/N` sets it).
+    /// Absent: every pin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<String>,
+}
+
+/// A follower's settings, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Follower {
+    pub writer: libp2p::PeerId,
+    pub share: Option<pinmesh_protocol::share::Share>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -309,6 +336,8 @@ pub struct Validated {
     pub api_listen: SocketAddr,
     /// The embedded IPFS node's listen addresses.
     pub ipfs_listen: Vec<Multiaddr>,
+    /// `Some`: this agent is a follower.
+    pub follower: Option<Follower>,
 }
 
 impl Config {
@@ -480,6 +509,29 @@ impl Config {
         if self.sync.log_retention == 0 {
             return Err(invalid("sync.log_retention must be at least 1".into()));
         }
+        let follower = match &self.follower {
+            None => None,
+            Some(f) => {
+                let writer = f.writer.parse::<libp2p::PeerId>().map_err(|_| {
+                    invalid(format!("follower.writer: {:?} is not a peer id", f.writer))
+                })?;
+                let writers: &std::collections::HashSet<libp2p::PeerId> = &trusted_writers;
+                if !writers.contains(&writer) {
+                    return Err(invalid(
+                        "follower.writer must be one of cluster.trusted_writers (a follower \
+                         takes the pinset from the trusted writers only)"
+                            .into(),
+                    ));
+                }
+                let share = (f.share.as_deref())
+                    .map(|s| {
+                        s.parse()
+                            .map_err(|m| invalid(format!("follower.share: {m}")))
+                    })
+                    .transpose()?;
+                Some(Follower { writer, share })
+            }
+        };
         Ok(Validated {
             raw: self,
             secret,
@@ -488,6 +540,7 @@ impl Config {
             bootstrap,
             api_listen,
             ipfs_listen,
+            follower,
         })
     }
 

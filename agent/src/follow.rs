@@ -9,10 +9,15 @@
 //! band (`follow NAME init SOURCE --writer PEER`, or `#writer=PEER` at the end of the URL),
 //! never only against the writers the file lists: whoever could change the file could change
 //! that list too.
+//!
+//! A follower may hold only a [`Share`] of the pins: `K/N` splits the CIDs into N shares by a
+//! hash, the same on every machine, so N followers with shares 0/N .. N-1/N cover each pin once.
 
 use libp2p::identity::ed25519;
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
+
+pub use pinmesh_protocol::share::Share;
 
 /// The format this release writes and reads.
 pub const FORMAT: u32 = 1;

@@ -105,6 +105,10 @@ pub struct InitOptions {
     /// Drive no IPFS node at all.
     pub no_ipfs: bool,
     pub force: bool,
+    /// Peer ids allowed to write (empty: every member); `self` is this agent's own.
+    pub trusted_writers: Vec<String>,
+    /// Makes the home a follower's.
+    pub follower: Option<crate::config::FollowerConfig>,
 }
 
 impl Default for InitOptions {
@@ -119,6 +123,8 @@ impl Default for InitOptions {
             ipfs_listen: Vec::new(),
             no_ipfs: false,
             force: false,
+            trusted_writers: Vec::new(),
+            follower: None,
         }
     }
 }
@@ -164,8 +170,15 @@ pub fn init(home: &Home, options: InitOptions) -> anyhow::Result<Initialized> {
         }
     }
     let secret_generated = options.secret.is_none();
+    let keypair = Keypair::generate_ed25519();
+    let me = keypair.public().to_peer_id().to_string();
     let config = Config {
-        cluster: ClusterConfig::new(options.cluster, options.secret.unwrap_or_else(random_hex32)),
+        cluster: ClusterConfig {
+            trusted_writers: (options.trusted_writers.into_iter())
+                .map(|p| if p == "self" { me.clone() } else { p })
+                .collect(),
+            ..ClusterConfig::new(options.cluster, options.secret.unwrap_or_else(random_hex32))
+        },
         network: NetworkConfig {
             listen: if options.listen.is_empty() {
                 NetworkConfig::default().listen
@@ -190,11 +203,11 @@ pub fn init(home: &Home, options: InitOptions) -> anyhow::Result<Initialized> {
             },
             ..IpfsConfig::default()
         },
+        follower: options.follower,
     };
     let validated = config.clone().validate("the given options")?;
     fs::create_dir_all(&home.dir)
         .with_context(|| format!("cannot create {}", home.dir.display()))?;
-    let keypair = Keypair::generate_ed25519();
     write_private(&home.identity(), &keypair.to_protobuf_encoding()?)?;
     write_private(&home.token(), format!("{}\n", random_hex32()).as_bytes())?;
     write_private(&home.config(), config.to_toml().as_bytes())?;

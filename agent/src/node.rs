@@ -30,6 +30,7 @@ use crate::ipfs::embedded::{EmbeddedBackend, EmbeddedOptions};
 use crate::ipfs::kubo::KuboBackend;
 use crate::ipfs::{PinBackend, PinLimits, peering};
 use crate::reconcile;
+use crate::reconcile::Role;
 use crate::replica::{self, NodeSigner, ReplicaHandle};
 use crate::store::{PeerRecord, Store};
 use crate::swarm::{self, EventLoop, Flags, SwarmHandle, Wiring};
@@ -129,6 +130,18 @@ impl Node {
             bootstrap,
         } = start;
         let peer_id = keypair.public().to_peer_id();
+        let role = match &config.follower {
+            Some(follower) => {
+                if config.trusted_writers.contains(&peer_id) {
+                    anyhow::bail!(
+                        "this agent is in cluster.trusted_writers and has a [follower] section: \
+                         a follower writes nothing; remove one or the other"
+                    );
+                }
+                Role::follower(peer_id, follower.share)
+            }
+            None => Role::member(peer_id),
+        };
         // The API port first: a taken port fails the start before anything else is opened.
         let listener = tokio::net::TcpListener::bind(config.api_listen)
             .await
@@ -159,8 +172,11 @@ impl Node {
         let (outputs_tx, outputs_rx) = mpsc::channel(replica::OUTPUT_CAPACITY);
         let (change_feed, changes) = replica::change_feed();
         let (replica, replica_thread) = replica::spawn(
-            config.raw.cluster.name.clone(),
-            config.raw.sync.log_retention,
+            replica::ReplicaSettings {
+                cluster: config.raw.cluster.name.clone(),
+                log_retention: config.raw.sync.log_retention,
+                read_only: role.is_follower(),
+            },
             store.clone(),
             persisted,
             signer.clone(),
@@ -233,6 +249,7 @@ impl Node {
                 beacon_interval: config.raw.sync.beacon_interval,
                 repair_delay: config.raw.sync.repair_delay,
                 ipfs: backend.is_some(),
+                role: role.clone(),
                 peering,
                 fatal: failure.clone(),
                 peer_forget_after: config.raw.cluster.peer_forget_after,
@@ -276,7 +293,7 @@ impl Node {
                     synced.clone(),
                     reconcile::Settings {
                         cluster: config.raw.cluster.name.clone(),
-                        peer_id,
+                        role: role.clone(),
                         concurrency: ipfs.concurrency,
                         limits: PinLimits {
                             stall: ipfs.pin_stall_timeout,
@@ -308,7 +325,8 @@ impl Node {
                 (None, None)
             }
         };
-        if let Some(backend) = &backend {
+        // A follower publishes no metric: it is never allocated.
+        if let Some(backend) = backend.as_ref().filter(|_| !role.is_follower()) {
             let settings = MetricSettings {
                 cluster: config.raw.cluster.name.clone(),
                 interval: config.raw.cluster.metrics_interval,
@@ -385,6 +403,7 @@ impl Node {
             token: token.into(),
             cluster: config.raw.cluster.name.clone().into(),
             peer_id,
+            role: Arc::new(role),
             allocation: Arc::new(allocation::Policy {
                 replication: (
                     config.raw.cluster.replication_min,

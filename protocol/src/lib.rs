@@ -28,6 +28,7 @@ pub mod entry;
 pub mod message;
 pub mod metric;
 pub mod pinset;
+pub mod share;
 pub mod sim;
 pub mod snapshot;
 pub mod spec;

@@ -145,6 +145,15 @@ impl TestAgent {
         }
     }
 
+    /// An agent whose home is `dir`, made beforehand (by `pinmesh follow NAME init`, say).
+    pub fn at(dir: TempDir) -> TestAgent {
+        TestAgent {
+            node: None,
+            home: Home::new(dir.path()),
+            _dir: Arc::new(dir),
+        }
+    }
+
     /// Changes the agent's config.toml (before it starts).
     pub fn configure(&self, change: impl FnOnce(&mut pinmesh_agent::config::Config)) {
         let mut config = pinmesh_agent::config::Config::load(&self.home.config())

@@ -1,10 +1,18 @@
 //! Following a cluster: the follow configuration members publish (signed by a trusted writer,
-//! refused where it would vouch for nothing), and writes refused by read-only agents before
-//! anything reaches their IPFS node.
+//! refused where it would vouch for nothing), writes refused by read-only agents before
+//! anything reaches their IPFS node, and followers made from it (on js-ipfs nodes, asked what
+//! they hold) that pin every pin or their share and write nothing.
+
+use std::collections::HashSet;
+use std::time::Duration;
 
 use libp2p::PeerId;
-use pinmesh_agent::follow::{FollowConfig, FollowError};
+use pinmesh_agent::api::types::PinRequest;
+use pinmesh_agent::follow::{FollowConfig, FollowError, Share};
+use pinmesh_protocol::Cid;
+use pinmesh_tests::ipfs::{IpfsNet, IpfsNode};
 use pinmesh_tests::{TestAgent, assert_one_line_error, pinmesh_in, random_secret, stdout};
+use tokio::time::Instant;
 
 /// Agents of one cluster whose only trusted writer is the first; the first `with_ipfs` of them
 /// drive embedded IPFS nodes.
@@ -81,6 +89,47 @@ async fn a_trusted_writer_publishes_a_signed_follow_configuration_and_no_one_els
         assert_eq!(mode & 0o077, 0, "readable by its owner only: {mode:o}");
     }
 
+    // `follow NAME init` takes it only signed by the writer named apart from it, and from a
+    // file or an http(s) URL; anything else is one line, and no home is made.
+    let tampered = dir(0).join("tampered.json");
+    let mut changed = written.clone();
+    changed.bootstrap = vec![format!("/ip4/10.0.0.1/tcp/4001/p2p/{}", ids[0])];
+    std::fs::write(&tampered, serde_json::to_vec(&changed).expect("json")).expect("write");
+    let target = tempfile::TempDir::new().expect("dir");
+    let into = target.path().join("f");
+    let (file, tampered) = (
+        file.to_str().expect("path"),
+        tampered.to_str().expect("path"),
+    );
+    let (writer, other) = (ids[0].to_string(), ids[1].to_string());
+    for (args, needle) in [
+        (vec![file], "name the trusted writer"),
+        (vec![file, "--writer", &other], "not by the writer"),
+        (vec![tampered, "--writer", &writer], "does not verify"),
+        (
+            vec!["ftp://host/follow.json", "--writer", &writer],
+            "http(s)",
+        ),
+        (
+            vec!["/nonexistent/follow.json", "--writer", &writer],
+            "cannot read",
+        ),
+        (
+            vec!["http://127.0.0.1:1/follow.json", "--writer", &writer],
+            "cannot fetch",
+        ),
+    ] {
+        let mut command = vec!["follow", "f", "init"];
+        command.extend(args);
+        command.extend(["--dir", into.to_str().expect("path")]);
+        let out = pinmesh_in(target.path(), &command);
+        assert_one_line_error(&out, needle);
+        assert!(
+            !into.join("config.toml").exists(),
+            "{command:?} made a home"
+        );
+    }
+
     // A member that is not a trusted writer refuses, naming the writers.
     let out = pinmesh_in(&dir(1), &["follow-config"]);
     assert_one_line_error(&out, "not a trusted writer");
@@ -128,6 +177,206 @@ async fn a_read_only_agent_refuses_add_before_its_node_sees_a_byte() {
     // The same request to the writer stores it: the refusal was the writer check.
     assert!(status_of(&agents[0]).await.is_success());
     for agent in &mut agents {
+        agent.stop().await;
+    }
+}
+
+/// Polls `node`'s recursive pins until `done` holds of them (for at most a minute).
+async fn pins_until(
+    node: &IpfsNode,
+    what: &str,
+    done: impl Fn(&HashSet<Cid>) -> bool,
+) -> HashSet<Cid> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pins = node.recursive_pins().await.unwrap_or_default();
+        if done(&pins) {
+            return pins;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until {what}: {} pinned",
+            pins.len()
+        );
+        // Pins land on the node's schedule, not on an event the test can await.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A follower's home made by `pinmesh follow NAME init SOURCE --writer WRITER`, pinning in the
+/// IPFS node at `api`.
+fn follower(name: &str, source: &str, writer: &PeerId, api: &str) -> TestAgent {
+    let dir = tempfile::TempDir::new().expect("dir");
+    let home = dir.path().to_str().expect("path").to_string();
+    let out = pinmesh_in(
+        dir.path(),
+        &[
+            "follow",
+            name,
+            "init",
+            source,
+            "--writer",
+            &writer.to_string(),
+            "--dir",
+            &home,
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--ipfs-api",
+            api,
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let agent = TestAgent::at(dir);
+    agent.configure(|c| {
+        c.ipfs.retry_max = Duration::from_secs(1);
+        c.ipfs.pin_timeout = Duration::from_secs(30);
+    });
+    agent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_pin_every_pin_or_their_share_and_write_nothing() {
+    let net = IpfsNet::start(4);
+    let nodes: Vec<IpfsNode> = (0..4).map(|i| net.node(i)).collect();
+    // Two trusted writers on nodes 0 and 1.
+    let secret = random_secret();
+    let mut writers = vec![TestAgent::create(&secret, &[])];
+    let first = writers[0]
+        .home
+        .load_identity()
+        .expect("id")
+        .public()
+        .to_peer_id();
+    let mut second = TestAgent::create(&secret, &[]);
+    let other = second
+        .home
+        .load_identity()
+        .expect("id")
+        .public()
+        .to_peer_id();
+    let trusted = vec![first.to_string(), other.to_string()];
+    for (agent, api) in [(&writers[0], &net.apis[0]), (&second, &net.apis[1])] {
+        agent.configure(|c| {
+            c.cluster.trusted_writers = trusted.clone();
+            c.ipfs.api = Some(api.clone());
+        });
+    }
+    let bootstrap = writers[0].start().await.addrs.clone();
+    second.configure(|c| c.network.bootstrap = vec![bootstrap[0].to_string()]);
+    second.start().await;
+    writers.push(second);
+
+    // Two followers from the first writer's configuration: one whole, one with half.
+    let source = writers[0].home.dir.join("follow.json");
+    let out = pinmesh_in(
+        &writers[0].home.dir,
+        &["follow-config", "--out", source.to_str().expect("path")],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let source = source.to_str().expect("path");
+    let mut full = follower("full", source, &first, &net.apis[2]);
+    let mut half = follower("half", source, &first, &net.apis[3]);
+    half.configure(|c| {
+        if let Some(f) = &mut c.follower {
+            f.share = Some("0/2".into());
+        }
+    });
+    full.start().await;
+    half.start().await;
+
+    let files: Vec<Vec<u8>> = (0..100)
+        .map(|i| format!("followed {i}").into_bytes())
+        .collect();
+    let cids = nodes[0].add_many(&files, false).await;
+    let requests: Vec<PinRequest> = (cids.iter().enumerate())
+        .map(|(i, cid)| PinRequest::new(cid, format!("f{i}")))
+        .collect();
+    writers[0].client().pin_many(&requests).await.expect("pins");
+    let share = Share { index: 0, of: 2 };
+    let all: HashSet<Cid> = cids.iter().copied().collect();
+    let mine: HashSet<Cid> = cids.iter().copied().filter(|c| share.contains(c)).collect();
+    assert!(
+        (30..=70).contains(&mine.len()),
+        "{} in share 0/2",
+        mine.len()
+    );
+    pins_until(&nodes[2], "the full follower holds every pin", |p| {
+        all.is_subset(p)
+    })
+    .await;
+    pins_until(&nodes[3], "the half follower holds its share", |p| {
+        mine.is_subset(p) && p.intersection(&all).count() == mine.len()
+    })
+    .await;
+
+    // An unpin reaches both.
+    let gone: Vec<Cid> = cids[..10].to_vec();
+    for cid in &gone {
+        writers[1]
+            .client()
+            .unpin(&cid.to_string())
+            .await
+            .expect("unpin");
+    }
+    let left: HashSet<Cid> = cids[10..].iter().copied().collect();
+    let left_mine: HashSet<Cid> = left.intersection(&mine).copied().collect();
+    pins_until(&nodes[2], "the full follower drops the unpinned", |p| {
+        p.intersection(&all).copied().collect::<HashSet<_>>() == left
+    })
+    .await;
+    pins_until(&nodes[3], "the half follower drops the unpinned", |p| {
+        p.intersection(&all).copied().collect::<HashSet<_>>() == left_mine
+    })
+    .await;
+
+    // A follower writes nothing, through its API or its CLI, and its node is unchanged.
+    let before = nodes[2].recursive_pins().await.expect("pins");
+    let err = full
+        .client()
+        .pin(&PinRequest::new(cids[0], "again"))
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("read-only"), "{err}");
+    let err = full
+        .client()
+        .unpin(&cids[20].to_string())
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("read-only"), "{err}");
+    let file = full.home.dir.join("new.txt");
+    std::fs::write(&file, b"a follower's own file").expect("file");
+    let out = pinmesh_in(&full.home.dir, &["add", file.to_str().expect("path")]);
+    assert_one_line_error(&out, "replicates read-only");
+    assert_eq!(nodes[2].recursive_pins().await.expect("pins"), before);
+    assert_eq!(
+        writers[0].state().summary.pins,
+        90,
+        "nothing came from the follower"
+    );
+
+    // `follow NAME list` reads the database of a stopped follower.
+    full.stop().await;
+    let home = full.home.dir.to_str().expect("path").to_string();
+    let out = pinmesh_in(&full.home.dir, &["follow", "full", "list", "--dir", &home]);
+    assert!(out.status.success(), "{out:?}");
+    let listed = stdout(&out);
+    let pinned = listed.lines().filter(|l| l.starts_with("pinned ")).count();
+    assert_eq!(pinned, 90, "{listed}");
+    let out = pinmesh_in(
+        &full.home.dir,
+        &["follow", "full", "info", "--dir", &home, "--json"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let info: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(
+        (info["pins"].as_u64(), info["pinned"].as_u64()),
+        (Some(90), Some(90)),
+        "{info}"
+    );
+    assert_eq!(info["running"], false);
+
+    half.stop().await;
+    for agent in &mut writers {
         agent.stop().await;
     }
 }

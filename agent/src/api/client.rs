@@ -367,7 +367,7 @@ pub struct ApiFailure {
     pub message: String,
 }
 
-fn root_cause(err: &dyn std::error::Error) -> String {
+pub fn root_cause(err: &dyn std::error::Error) -> String {
     let mut cause = err;
     while let Some(next) = cause.source() {
         cause = next;

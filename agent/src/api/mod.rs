@@ -71,6 +71,9 @@ pub struct ApiState {
     pub token: Arc<str>,
     pub cluster: Arc<str>,
     pub peer_id: libp2p::PeerId,
+    /// Which pins this agent holds (a member: those allocated to it; a follower: all, or its
+    /// share).
+    pub role: Arc<crate::reconcile::Role>,
     /// Default factors and the tags replicas spread across.
     pub allocation: Arc<crate::allocation::Policy>,
     /// Streamed listings in progress (`api.max_listings` permits).
@@ -142,6 +145,7 @@ impl From<LocalError> for ApiError {
             LocalError::Spec(_) => ApiError::BadRequest(err.to_string()),
             LocalError::Store(_) => ApiError::Internal(err.to_string()),
             LocalError::Stopped => ApiError::Unavailable(err.to_string()),
+            LocalError::ReadOnly => ApiError::Forbidden(err.to_string()),
             LocalError::DiskFull(_) => ApiError::DiskFull(err.to_string()),
         }
     }

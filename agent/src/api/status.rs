@@ -24,6 +24,7 @@ use super::{ApiError, ApiState, LIST_BUFFER, parse_cid, tokio_stream_from};
 use crate::reconcile::Status;
 pub use crate::reconcile::status::StatusLine;
 
+use crate::reconcile::Role;
 use crate::reconcile::status::{lines_for, scan_page, scan_some};
 use crate::store::{Store, StoreError};
 use crate::swarm::SwarmError;
@@ -100,7 +101,7 @@ pub async fn status(
         return Err(ApiError::Unavailable(NO_NODE.into()));
     }
     let (cids, filter) = query.parse()?;
-    let peer_id = state.peer_id;
+    let role = state.role.clone();
     let store = state.store.clone();
     super::stream_pages(&state.tasks, super::listing_permit(&state)?, move |after| {
         let mut lines = Vec::new();
@@ -113,10 +114,10 @@ pub async fn status(
             true
         };
         let next = if cids.is_empty() {
-            scan_page(&store, &peer_id, super::LIST_PAGE, after, &mut emit)
+            scan_page(&store, &role, super::LIST_PAGE, after, &mut emit)
         } else {
             // The CIDs asked for (a URL's worth): one page.
-            scan_some(&store, &peer_id, &cids, &mut emit).map(|()| None)
+            scan_some(&store, &role, &cids, &mut emit).map(|()| None)
         }
         .map_err(|e| e.to_string())?;
         Ok(super::Page { lines, next })
@@ -295,11 +296,11 @@ async fn round(
     }
     // Who should hold each CID and, with a node, this agent's own statuses: one read.
     let store = state.store.clone();
-    let me = state.reconciler.is_some().then_some(state.peer_id);
+    let me = state.reconciler.is_some().then(|| state.role.clone());
     let cids = chunk.to_vec();
     let (holders, local) = state
         .tasks
-        .spawn_blocking(move || read_round(&store, me.as_ref(), &cids))
+        .spawn_blocking(move || read_round(&store, me.as_deref(), &cids))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
@@ -320,7 +321,7 @@ type RoundRead = (Vec<Holders>, Option<HashMap<Cid, PeerPinStatus>>);
 
 /// Who should hold each of `cids` (in order) and, for `me` when this agent drives a node, its
 /// own statuses of them.
-fn read_round(store: &Store, me: Option<&PeerId>, cids: &[Cid]) -> Result<RoundRead, StoreError> {
+fn read_round(store: &Store, me: Option<&Role>, cids: &[Cid]) -> Result<RoundRead, StoreError> {
     let now_secs = crate::replica::now_ms() / 1000;
     let holders = {
         let reader = store.reader()?;

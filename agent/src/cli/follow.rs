@@ -1,9 +1,18 @@
-//! `pinmesh follow-config`: the follow configuration a follower joins the cluster from.
+//! `pinmesh follow-config` (on a member) and `pinmesh follow` (a follower: a read-only agent
+//! that joins a cluster from its follow configuration).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use super::Ctx;
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use libp2p::PeerId;
+
+use super::{Ctx, print_json};
+use crate::config::{Config, FollowerConfig};
+use crate::follow::{FollowConfig, Share};
+use crate::home::{Home, InitOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct ConfigArgs {
@@ -28,6 +37,510 @@ pub async fn config(ctx: &Ctx, args: ConfigArgs) -> anyhow::Result<ExitCode> {
                 config.signer
             );
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The follower's name; its home is --dir if given, else DATA_DIR/pinmesh/follow/NAME
+    /// (DATA_DIR: $XDG_DATA_HOME, or ~/.local/share). Alone: where it stands (`info`).
+    /// Without a name: the configured followers.
+    name: Option<String>,
+    #[command(subcommand)]
+    action: Option<Action>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Action {
+    /// Fetch the follow configuration from SOURCE (a file, or an http(s):// URL), check its
+    /// signature against the writer, and create the follower's home.
+    Init(InitArgs),
+    /// Run the follower: it takes the pinset from the trusted writers and pins every pin (or
+    /// its share) in its IPFS node; it writes nothing.
+    Run(RunArgs),
+    /// Each pin with its status on the follower's node (read from its database while the
+    /// follower is stopped).
+    List,
+    /// Where the follower stands: source, peers, synced, IPFS node, pins.
+    Info,
+}
+
+#[derive(Debug, clap::Args)]
+struct InitArgs {
+    /// A file, or an http(s):// URL (which may end in #writer=PEER_ID).
+    source: String,
+    /// The trusted writer the configuration must be signed by, learnt apart from it (from the
+    /// cluster's owner). Needed unless the URL ends in #writer=PEER_ID.
+    #[arg(long, value_name = "PEER_ID")]
+    writer: Option<PeerId>,
+    /// libp2p listen address; repeat for several (default: any interface, a free port).
+    #[arg(long = "listen", value_name = "MULTIADDR")]
+    listen: Vec<String>,
+    /// Control API address (default: loopback, a free port; found through DIR/api.addr).
+    #[arg(
+        long = "api-listen",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:0"
+    )]
+    api_listen: String,
+    /// Pin in this Kubo-compatible RPC API instead of an embedded IPFS node.
+    #[arg(long = "ipfs-api", value_name = "URL")]
+    ipfs_api: Option<String>,
+    /// The embedded IPFS node's listen address; repeat for several (default: a free port).
+    #[arg(
+        long = "ipfs-listen",
+        value_name = "MULTIADDR",
+        conflicts_with = "ipfs_api"
+    )]
+    ipfs_listen: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Hold only the K-th of N shares of the pins (kept for later runs).
+    #[arg(long, value_name = "K/N")]
+    share: Option<Share>,
+    /// Hold every pin again (forget a --share).
+    #[arg(long, conflicts_with = "share")]
+    all: bool,
+}
+
+/// The largest follow configuration read.
+const SOURCE_MAX: usize = 64 << 10;
+/// How long fetching it may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn run(ctx: &Ctx, dir: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
+    let Some(name) = args.name else {
+        return list_followers(ctx);
+    };
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        || name.starts_with('.')
+    {
+        bail!("{name:?} is not a follower name: 1 to 64 letters, digits, '.', '_' or '-'");
+    }
+    let home = Home::new(match dir {
+        Some(dir) => dir,
+        None => followers_root()?.join(&name),
+    });
+    let ctx = Ctx {
+        home,
+        api: ctx.api.clone(),
+        json: ctx.json,
+    };
+    match args.action.unwrap_or(Action::Info) {
+        Action::Init(args) => super::block_on(init(&ctx, &name, args)),
+        Action::Run(args) => follow_run(&ctx, &name, args),
+        Action::List => super::block_on(list(&ctx, &name)),
+        Action::Info => super::block_on(info(&ctx, &name)),
+    }
+}
+
+/// Where followers' homes are made when no --dir is given.
+fn followers_root() -> anyhow::Result<PathBuf> {
+    if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(data).join("pinmesh/follow"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .context("neither XDG_DATA_HOME nor HOME is set: pass --dir")?;
+    Ok(PathBuf::from(home).join(".local/share/pinmesh/follow"))
+}
+
+/// The follow configuration's text at `source`, and the writer a URL names in its fragment.
+async fn fetch(source: &str) -> anyhow::Result<(Vec<u8>, Option<PeerId>)> {
+    if source.starts_with("http://") || source.starts_with("https://") {
+        let mut url =
+            reqwest::Url::parse(source).with_context(|| format!("{source:?} is not a URL"))?;
+        let writer = match url.fragment() {
+            None => None,
+            Some(fragment) => {
+                let peer = fragment.strip_prefix("writer=").with_context(|| {
+                    format!(
+                        "the URL ends in #{fragment}: the only fragment read is #writer=PEER_ID"
+                    )
+                })?;
+                Some(
+                    peer.parse::<PeerId>()
+                        .with_context(|| format!("#writer={peer} in the URL is not a peer id"))?,
+                )
+            }
+        };
+        url.set_fragment(None);
+        let response = reqwest::Client::builder()
+            .timeout(FETCH_TIMEOUT)
+            .build()?
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("cannot fetch {url}: {}", crate::api::client::root_cause(&e))
+            })?;
+        if !response.status().is_success() {
+            bail!(
+                "cannot fetch {url}: the server answered {}",
+                response.status()
+            );
+        }
+        let body = response
+            .bytes()
+            .await
+            .with_context(|| format!("cannot fetch {url}"))?;
+        if body.len() > SOURCE_MAX {
+            bail!("{url} is larger than a follow configuration can be ({SOURCE_MAX} bytes)");
+        }
+        return Ok((body.to_vec(), writer));
+    }
+    if source.contains("://") {
+        bail!("{source:?}: the follow configuration is read from a file or an http(s):// URL");
+    }
+    let meta = std::fs::metadata(source).with_context(|| format!("cannot read {source}"))?;
+    if meta.len() > SOURCE_MAX as u64 {
+        bail!("{source} is larger than a follow configuration can be ({SOURCE_MAX} bytes)");
+    }
+    Ok((
+        std::fs::read(source).with_context(|| format!("cannot read {source}"))?,
+        None,
+    ))
+}
+
+async fn init(ctx: &Ctx, name: &str, args: InitArgs) -> anyhow::Result<ExitCode> {
+    let (bytes, named) = fetch(&args.source).await?;
+    let writer = match (args.writer, named) {
+        (Some(given), Some(named)) if given != named => {
+            bail!("--writer {given} and #writer={named} in the URL name different writers")
+        }
+        (Some(writer), _) | (None, Some(writer)) => writer,
+        (None, None) => bail!(
+            "name the trusted writer that signed it: --writer PEER_ID (or #writer=PEER_ID at \
+             the end of the URL), learnt from the cluster's owner; a follow configuration \
+             cannot vouch for itself"
+        ),
+    };
+    let config: FollowConfig = serde_json::from_slice(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not a follow configuration: {e}", args.source))?;
+    let following = config.verify(&writer)?;
+    let port_zero = |v: Vec<String>| {
+        if v.is_empty() {
+            vec!["/ip4/0.0.0.0/tcp/0".to_string()]
+        } else {
+            v
+        }
+    };
+    let made = crate::home::init(
+        &ctx.home,
+        InitOptions {
+            cluster: following.cluster.clone(),
+            secret: Some(following.secret.clone()),
+            listen: port_zero(args.listen),
+            api_listen: args.api_listen,
+            bootstrap: following
+                .bootstrap
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            ipfs_api: args.ipfs_api,
+            ipfs_listen: port_zero(args.ipfs_listen),
+            trusted_writers: (following.trusted_writers.iter())
+                .map(ToString::to_string)
+                .collect(),
+            follower: Some(FollowerConfig {
+                source: args.source.clone(),
+                writer: writer.to_string(),
+                share: None,
+            }),
+            ..InitOptions::default()
+        },
+    )?;
+    if ctx.json {
+        print_json(&serde_json::json!({
+            "name": name,
+            "dir": ctx.home.dir.display().to_string(),
+            "peer_id": made.peer_id.to_string(),
+            "cluster": following.cluster,
+            "writer": writer.to_string(),
+            "members": following.bootstrap.len(),
+        }))?;
+    } else {
+        println!("Created follower {name} in {}", ctx.home.dir.display());
+        println!("peer id: {}", made.peer_id);
+        println!(
+            "cluster: {} (signed by {writer}; {} trusted writers, {} members to dial)",
+            following.cluster,
+            following.trusted_writers.len(),
+            following.bootstrap.len()
+        );
+        println!("Run it with: pinmesh follow {name} run");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn follow_run(ctx: &Ctx, name: &str, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = load_follower(&ctx.home, name)?;
+    if args.share.is_some() || args.all {
+        let mut raw = config.raw;
+        if let Some(follower) = &mut raw.follower {
+            follower.share = args.share.map(|s| s.to_string());
+        }
+        crate::files::write_private(&ctx.home.config(), raw.to_toml().as_bytes())?;
+    }
+    super::run::serve(ctx, Vec::new())
+}
+
+/// The follower's checked config, or one line saying there is none.
+fn load_follower(home: &Home, name: &str) -> anyhow::Result<crate::config::Validated> {
+    if !home.config().exists() {
+        bail!(
+            "no follower {name} in {}: create it with `pinmesh follow {name} init SOURCE`",
+            home.dir.display()
+        );
+    }
+    let config = Config::load(&home.config())?;
+    if config.follower.is_none() {
+        bail!(
+            "{} is a member's home, not a follower's (run it with `pinmesh run`)",
+            home.dir.display()
+        );
+    }
+    Ok(config)
+}
+
+/// The follower's status lines: from the running follower, else from its database.
+async fn list(ctx: &Ctx, name: &str) -> anyhow::Result<ExitCode> {
+    let config = load_follower(&ctx.home, name)?;
+    let mut print = |line: crate::api::status::StatusLine| -> anyhow::Result<()> {
+        if ctx.json {
+            print_json(&line)
+        } else {
+            let error = line.error.as_deref().map(|e| format!("  ({e})"));
+            println!("{}  {}{}", line.status, line.cid, error.unwrap_or_default());
+            Ok(())
+        }
+    };
+    match offline_store(&ctx.home)? {
+        None => {
+            ctx.client()?.status(&[], &[], &mut print).await?;
+        }
+        Some((store, _)) => {
+            let role = role_of(&config, &ctx.home)?;
+            each_line(&store, &role, &mut print)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Hands every status line of a stopped follower's database to `each`, a page at a time.
+fn each_line(
+    store: &crate::store::Store,
+    role: &crate::reconcile::Role,
+    each: &mut dyn FnMut(crate::api::status::StatusLine) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut after = None;
+    loop {
+        let mut lines = Vec::new();
+        let next = crate::reconcile::status::scan_page(store, role, 1000, after, &mut |l| {
+            lines.push(l);
+            true
+        })?;
+        for line in lines {
+            each(line)?;
+        }
+        match next {
+            Some(key) => after = Some(key),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// The follower's database and its pin count when it is stopped; `None` while it runs (the
+/// database is in use).
+fn offline_store(home: &Home) -> anyhow::Result<Option<(crate::store::Store, u64)>> {
+    match crate::store::Store::open(&home.database(), 4 << 20) {
+        Ok((store, persisted)) => Ok(Some((store, persisted.head.pins))),
+        Err(crate::store::StoreError::Db(redb::Error::DatabaseAlreadyOpen)) => Ok(None),
+        Err(err) => Err(err).with_context(|| format!("cannot read {}", home.database().display())),
+    }
+}
+
+fn role_of(
+    config: &crate::config::Validated,
+    home: &Home,
+) -> anyhow::Result<crate::reconcile::Role> {
+    let peer = home.load_identity()?.public().to_peer_id();
+    let share = config.follower.as_ref().and_then(|f| f.share);
+    Ok(crate::reconcile::Role::follower(peer, share))
+}
+
+/// What `follow NAME info` shows.
+#[derive(Debug, serde::Serialize)]
+struct Info {
+    name: String,
+    dir: String,
+    cluster: String,
+    source: String,
+    writer: String,
+    /// "all", or "K/N".
+    share: String,
+    running: bool,
+    peer_id: String,
+    /// Connected peers (running only).
+    peers: Option<usize>,
+    /// Caught up with the trusted writers (running only).
+    synced: Option<bool>,
+    /// The IPFS node answers (running only).
+    ipfs_up: Option<bool>,
+    /// Pins in the cluster's pinset, as this follower holds it.
+    pins: u64,
+    /// Pins its node holds for it, and those that failed.
+    pinned: u64,
+    errors: u64,
+    /// Bytes of the embedded IPFS node's repository (none with --ipfs-api).
+    repo_bytes: Option<u64>,
+}
+
+async fn info(ctx: &Ctx, name: &str) -> anyhow::Result<ExitCode> {
+    let config = load_follower(&ctx.home, name)?;
+    let follower = config.raw.follower.clone().expect("a follower's config");
+    let mut info = Info {
+        name: name.to_string(),
+        dir: ctx.home.dir.display().to_string(),
+        cluster: config.raw.cluster.name.clone(),
+        source: follower.source,
+        writer: follower.writer,
+        share: follower.share.unwrap_or_else(|| "all".into()),
+        running: false,
+        peer_id: ctx.home.load_identity()?.public().to_peer_id().to_string(),
+        peers: None,
+        synced: None,
+        ipfs_up: None,
+        pins: 0,
+        pinned: 0,
+        errors: 0,
+        repo_bytes: (config.raw.ipfs.api.is_none()).then(|| dir_bytes(&ctx.home.ipfs_dir())),
+    };
+    let mut count = |status: crate::reconcile::Status| match status {
+        crate::reconcile::Status::Pinned => info.pinned += 1,
+        crate::reconcile::Status::PinError | crate::reconcile::Status::UnpinError => {
+            info.errors += 1
+        }
+        _ => {}
+    };
+    match offline_store(&ctx.home)? {
+        Some((store, pins)) => {
+            let role = role_of(&config, &ctx.home)?;
+            each_line(&store, &role, &mut |line| {
+                count(line.status);
+                Ok(())
+            })?;
+            info.pins = pins;
+        }
+        None => {
+            let client = ctx.client()?;
+            client
+                .status(&[], &[], |line| {
+                    count(line.status);
+                    Ok(())
+                })
+                .await?;
+            let digest = client.digest().await?;
+            let peers = client.peers().await?;
+            let report = client.reconciler().await?;
+            info.running = true;
+            info.pins = digest.pins;
+            info.synced = Some(digest.synced);
+            info.peers = Some(peers.peers.iter().filter(|p| p.connected).count());
+            info.ipfs_up = Some(!report.node_down);
+        }
+    }
+    if ctx.json {
+        print_json(&info)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let state = if info.running { "running" } else { "stopped" };
+    println!("follower {} ({state})", info.name);
+    println!("home:     {}", info.dir);
+    println!(
+        "cluster:  {} (from {}, signed by {})",
+        info.cluster, info.source, info.writer
+    );
+    println!("peer id:  {}", info.peer_id);
+    println!("share:    {}", info.share);
+    if let (Some(peers), Some(synced), Some(up)) = (info.peers, info.synced, info.ipfs_up) {
+        println!("peers:    {peers} connected");
+        println!("synced:   {}", if synced { "yes" } else { "not yet" });
+        println!("ipfs:     {}", if up { "up" } else { "DOWN" });
+    }
+    println!(
+        "pins:     {} in the cluster, {} pinned here, {} in error",
+        info.pins, info.pinned, info.errors
+    );
+    if let Some(bytes) = info.repo_bytes {
+        println!(
+            "disk:     {} in the IPFS repo",
+            bytesize::ByteSize::b(bytes)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Bytes of the files under `dir` (0 when absent).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// `pinmesh follow`: the followers under DATA_DIR/pinmesh/follow.
+fn list_followers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let root = followers_root()?;
+    let mut names: Vec<String> = match std::fs::read_dir(&root) {
+        Ok(entries) => (entries.flatten())
+            .filter(|e| e.path().join("config.toml").exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    for name in &names {
+        let home = Home::new(root.join(name));
+        let (cluster, source) = match Config::load(&home.config()) {
+            Ok(c) => (
+                c.raw.cluster.name,
+                c.raw
+                    .follower
+                    .map_or("(not a follower)".into(), |f| f.source),
+            ),
+            Err(err) => ("?".into(), format!("unreadable config: {err}")),
+        };
+        let running = home.api_addr().exists();
+        if ctx.json {
+            print_json(&serde_json::json!({
+                "name": name, "cluster": cluster, "source": source, "running": running,
+            }))?;
+        } else {
+            let state = if running { "running" } else { "stopped" };
+            println!("{name}  {state}  cluster {cluster}  from {source}");
+        }
+    }
+    if !ctx.json {
+        eprintln!(
+            "{} followers in {} (those made with --dir are not listed)",
+            names.len(),
+            root.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -36,6 +36,14 @@ pub struct Args {
     /// Drive no IPFS node: replicate the pinset only.
     #[arg(long = "no-ipfs")]
     no_ipfs: bool,
+    /// The peers allowed to write the pinset (cluster.trusted_writers), comma-separated;
+    /// `self` is this agent. Every member needs the same list. Default: every member may.
+    #[arg(
+        long = "trusted-writers",
+        value_name = "PEER,...",
+        value_delimiter = ','
+    )]
+    trusted_writers: Vec<String>,
     /// Overwrite an existing configuration and identity (refused where DIR holds a database:
     /// move the directory away to start a new agent).
     #[arg(long)]
@@ -55,6 +63,8 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
             ipfs_listen: args.ipfs_listen,
             no_ipfs: args.no_ipfs,
             force: args.force,
+            trusted_writers: args.trusted_writers,
+            ..InitOptions::default()
         },
     )?;
     report(ctx, &made)?;

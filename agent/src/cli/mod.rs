@@ -23,9 +23,10 @@ use crate::home::Home;
 #[derive(Debug, Parser)]
 #[command(name = "pinmesh", version, about)]
 pub struct Cli {
-    /// The agent's home: config, identity, database.
-    #[arg(long, global = true, env = "PINMESH_DIR", default_value = ".pinmesh")]
-    pub dir: PathBuf,
+    /// The agent's home: config, identity, database (default: ./.pinmesh; a follower's:
+    /// see `follow`).
+    #[arg(long, global = true, env = "PINMESH_DIR")]
+    pub dir: Option<PathBuf>,
     /// Control API of a running agent (default: read from DIR/api.addr).
     #[arg(long, global = true, env = "PINMESH_API")]
     pub api: Option<String>,
@@ -67,6 +68,9 @@ pub enum Command {
     /// Print the follow configuration, signed by this agent (a trusted writer), for
     /// `pinmesh follow NAME init`: cluster, secret, members to dial, trusted writers.
     FollowConfig(follow::ConfigArgs),
+    /// Follow a cluster read-only: `follow NAME init SOURCE --writer PEER`, `follow NAME run`,
+    /// `follow NAME list`, `follow NAME info`; `follow` alone lists the followers.
+    Follow(follow::Args),
     /// Run the protocol simulator: replicas, a lossy network, a partition; report convergence.
     Simulate(simulate::Args),
 }
@@ -88,7 +92,7 @@ impl Ctx {
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ctx = Ctx {
-        home: Home::new(cli.dir),
+        home: Home::new(cli.dir.clone().unwrap_or_else(|| ".pinmesh".into())),
         api: cli.api,
         json: cli.json,
     };
@@ -106,6 +110,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => block_on(status::status(&ctx, args)),
         Command::Recover(args) => block_on(status::recover(&ctx, args)),
         Command::FollowConfig(args) => block_on(follow::config(&ctx, args)),
+        Command::Follow(args) => follow::run(&ctx, cli.dir, args),
     }
 }
 

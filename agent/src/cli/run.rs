@@ -48,6 +48,11 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     if args.resync {
         resync(ctx, !args.bootstrap.is_empty())?;
     }
+    serve(ctx, args.bootstrap)
+}
+
+/// Runs the agent of `ctx.home` until SIGINT or SIGTERM (or until a critical part stops it).
+pub fn serve(ctx: &Ctx, bootstrap: Vec<libp2p::Multiaddr>) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PINMESH_LOG")
@@ -63,7 +68,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         .context("cannot start the runtime")?;
     runtime.block_on(async {
         let node = Node::start(Start {
-            bootstrap: args.bootstrap,
+            bootstrap,
             ..Start::from_home(ctx.home.clone())?
         })
         .await?;

@@ -79,7 +79,7 @@ impl Reconciler {
                 claims: claims_tx,
                 cluster: cluster.clone(),
             }),
-            records: Records::new(store, settings.peer_id),
+            records: Records::new(store, settings.role.clone()),
             backend,
             synced,
             settings,
@@ -290,10 +290,10 @@ impl Reconciler {
                 {
                     self.expiries.insert((at, cid));
                 }
-                let me = self.records.me();
+                let role = self.records.role();
                 let facts = Facts {
-                    wanted: versions.and_then(|v| wanted_of(v, now_secs, me)),
-                    handover: versions.and_then(|v| handover_of(v, now_secs, me)),
+                    wanted: versions.and_then(|v| wanted_of(&cid, v, now_secs, role)),
+                    handover: versions.and_then(|v| handover_of(&cid, v, now_secs, role)),
                     have: have(&self.actual, &cid),
                     state: stored.state,
                     synced,

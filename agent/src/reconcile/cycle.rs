@@ -134,7 +134,7 @@ pub(super) struct Compared {
 pub(super) fn compare(
     store: &Store,
     actual: &HashMap<Cid, PinMode>,
-    me: &str,
+    role: &super::Role,
 ) -> Result<Compared, StoreError> {
     let reader = store.reader()?;
     let now_ms = now_ms();
@@ -146,7 +146,7 @@ pub(super) fn compare(
             found.expiring.push((at, cid));
         }
         let have = actual.get(&content_key(&cid)).copied();
-        let settled = match wanted_of(&versions, now, me) {
+        let settled = match wanted_of(&cid, &versions, now, role) {
             Some(w) => satisfies(have, w.mode) && state.is_some_and(|s| s.status == Status::Pinned),
             None => {
                 if state.as_ref().is_some_and(|s| stale(s, now_ms)) {
@@ -288,7 +288,12 @@ mod tests {
             check: mut look,
             stale,
             expiring,
-        } = compare(&store, &HashMap::new(), "me").expect("compare");
+        } = compare(
+            &store,
+            &HashMap::new(),
+            &super::super::Role::member(libp2p::PeerId::random()),
+        )
+        .expect("compare");
         assert!(expiring.is_empty());
         assert_eq!(stale, vec![cid(1)]);
         let mut want = vec![cid(3), cid(4)]; // the owned record and the error

@@ -13,7 +13,7 @@ use libp2p::PeerId;
 use pinmesh_protocol::entry::winner;
 use pinmesh_protocol::{Cid, PinMode, Version};
 
-use super::UNPINNED_KEEP;
+use super::{Role, UNPINNED_KEEP};
 use crate::ipfs::content_key;
 use crate::store::{PinState, Status};
 
@@ -280,9 +280,14 @@ pub(super) fn settled(
 
 /// What the newest version of a CID's entry wants here; `None` when nothing (unpinned,
 /// expired, allocated elsewhere).
-pub(super) fn wanted_of(versions: &[Version], now_secs: u64, me: &str) -> Option<Wanted> {
+pub(super) fn wanted_of(
+    cid: &Cid,
+    versions: &[Version],
+    now_secs: u64,
+    role: &Role,
+) -> Option<Wanted> {
     let w = winner(versions)?;
-    if w.spec.expire_at.is_some_and(|at| at <= now_secs) || !w.spec.allocated_to(me) {
+    if w.spec.expire_at.is_some_and(|at| at <= now_secs) || !role.holds(cid, &w.spec) {
         return None;
     }
     Some(Wanted {
@@ -303,10 +308,19 @@ pub(super) fn expiry_of(versions: &[Version]) -> Option<u64> {
 
 /// Who holds a pin allocated to other peers only (not expired): the peers, and how many of
 /// them must report it pinned before this agent lets its own copy go: the pin's minimum (at
-/// least one), at most as many as are allocated.
-pub(super) fn handover_of(versions: &[Version], now_secs: u64, me: &str) -> Option<Handover> {
+/// least one), at most as many as are allocated. None on a follower: its copies are not among
+/// a pin's, so it lets go of a pin outside its share at once.
+pub(super) fn handover_of(
+    cid: &Cid,
+    versions: &[Version],
+    now_secs: u64,
+    role: &Role,
+) -> Option<Handover> {
     let w = winner(versions)?;
-    if w.spec.expire_at.is_some_and(|at| at <= now_secs) || w.spec.allocated_to(me) {
+    if role.is_follower()
+        || w.spec.expire_at.is_some_and(|at| at <= now_secs)
+        || role.holds(cid, &w.spec)
+    {
         return None;
     }
     let peers: Vec<PeerId> = (w.spec.allocations.iter())

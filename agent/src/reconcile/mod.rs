@@ -5,10 +5,12 @@
 //! `recover` commands from the API, and the results of its workers; emits calls to the
 //! [`PinBackend`] and status records.
 //!
-//! - **Desired**: pinned in the pinset, not expired, allocated to this peer
+//! - **Desired**: pinned in the pinset, not expired, and held by this peer's [`Role`]: a
+//!   member holds what is allocated to it
 //!   ([`PinSpec::allocated_to`](pinmesh_protocol::PinSpec::allocated_to): named in the pin's
-//!   allocations, or the pin has none). An expiry is a timer: the pin is looked at again at
-//!   its `expire_at`, and handed to the [`Cluster`] (whose keeper removes it from the pinset).
+//!   allocations, or the pin has none), a follower every pin or those of its share. An expiry
+//!   is a timer: the pin is looked at again at its `expire_at`, and handed to the [`Cluster`]
+//!   (whose keeper removes it from the pinset).
 //! - **Release**: this agent's own copy of a pin now allocated to other peers only is kept
 //!   until the pin's minimum of them answer `pinned` ([`Cluster::pinned_on`]), asked again
 //!   every [`RELEASE_RETRY`]: a re-allocation never lowers the copies on disk below it.
@@ -93,12 +95,52 @@ pub trait Cluster: Send + Sync + 'static {
     fn expired(&self, cids: Vec<Cid>);
 }
 
+/// Which pins this peer's node holds: a member those allocated to it (and every pin without
+/// allocations), a follower every pin whatever its allocations, or its share of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    pub peer: libp2p::PeerId,
+    /// The peer id as pins' allocations name it.
+    text: String,
+    /// `Some`: a follower, with its share (`None`: every pin).
+    follower: Option<Option<pinmesh_protocol::share::Share>>,
+}
+
+impl Role {
+    pub fn member(peer: libp2p::PeerId) -> Role {
+        Role {
+            peer,
+            text: peer.to_base58(),
+            follower: None,
+        }
+    }
+
+    pub fn follower(peer: libp2p::PeerId, share: Option<pinmesh_protocol::share::Share>) -> Role {
+        Role {
+            follower: Some(share),
+            ..Role::member(peer)
+        }
+    }
+
+    pub fn is_follower(&self) -> bool {
+        self.follower.is_some()
+    }
+
+    /// Whether this node should hold `cid`, pinned with `spec` (expiry aside).
+    pub fn holds(&self, cid: &Cid, spec: &pinmesh_protocol::PinSpec) -> bool {
+        match &self.follower {
+            None => spec.allocated_to(&self.text),
+            Some(share) => share.is_none_or(|s| s.contains(cid)),
+        }
+    }
+}
+
 /// How the reconciler paces itself; from `[ipfs]` in the config.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub cluster: String,
-    /// This agent: pins allocated to other peers only are not pinned here.
-    pub peer_id: libp2p::PeerId,
+    /// This agent, and which pins it holds.
+    pub role: Role,
     pub concurrency: usize,
     pub limits: PinLimits,
     pub relist_interval: Duration,

@@ -24,8 +24,8 @@ pub(super) type Read = Result<Stored, String>;
 
 pub(super) struct Records {
     store: Store,
-    /// This agent's peer id, as pins' allocations name it.
-    me: Arc<str>,
+    /// Which pins this agent holds.
+    role: Arc<super::Role>,
     /// Status records to write with the next flush.
     pending: HashMap<Cid, PinState>,
     /// The next flush must be durable (it records ownership before a pin).
@@ -33,18 +33,18 @@ pub(super) struct Records {
 }
 
 impl Records {
-    pub fn new(store: Store, me: libp2p::PeerId) -> Self {
+    pub fn new(store: Store, role: super::Role) -> Self {
         Records {
             store,
-            me: me.to_base58().into(),
+            role: Arc::new(role),
             pending: HashMap::new(),
             durable: false,
         }
     }
 
-    /// This agent's peer id as pins' allocations name it.
-    pub fn me(&self) -> &str {
-        &self.me
+    /// Which pins this agent holds.
+    pub fn role(&self) -> &super::Role {
+        &self.role
     }
 
     /// Records `state` with the next flush.
@@ -134,9 +134,9 @@ impl Records {
         let actual = Arc::new(actual);
         let found = blocking(&self.store, {
             let actual = actual.clone();
-            let me = self.me.clone();
+            let role = self.role.clone();
             move |store| {
-                let found = compare(store, &actual, &me)?;
+                let found = compare(store, &actual, &role)?;
                 let pruned = prune(store, &found.stale)?;
                 if pruned > 0 {
                     debug!(pruned, "removed old records of unpinned CIDs");

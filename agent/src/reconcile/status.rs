@@ -7,7 +7,7 @@ use pinmesh_protocol::message::MAX_STATUS_ERROR;
 use pinmesh_protocol::{Cid, PinStatus, PinStatusEntry, Version};
 use serde::{Deserialize, Serialize};
 
-use super::{PinState, Status};
+use super::{PinState, Role, Status};
 use crate::store::{Store, StoreError};
 
 /// One CID's status on one peer: a line of `GET /v1/status`.
@@ -30,15 +30,14 @@ pub struct StatusLine {
 /// A CID's line from its pinset entry (if any) and its status record (if any).
 fn line_of(
     cid: &Cid,
-    peer_id: &PeerId,
-    me: &str,
+    role: &Role,
     entry: Option<&[Version]>,
     record: Option<PinState>,
 ) -> StatusLine {
     let wanted = entry.and_then(|versions| pinmesh_protocol::entry::winner(versions));
     let line = |status: Status, record: Option<&PinState>| StatusLine {
         cid: *cid,
-        peer_id: *peer_id,
+        peer_id: role.peer,
         status,
         error: record.and_then(|r| r.error.clone()),
         attempts: record.map_or(0, |r| r.attempts),
@@ -48,10 +47,12 @@ fn line_of(
     match (wanted, record) {
         // Allocated elsewhere: `remote`, unless this node still holds its own copy (it lets
         // it go once the allocated peers hold the pin).
-        (Some(w), Some(r)) if !w.spec.allocated_to(me) && r.owned && r.status == Status::Pinned => {
+        (Some(w), Some(r))
+            if !role.holds(cid, &w.spec) && r.owned && r.status == Status::Pinned =>
+        {
             line(r.status, Some(&r))
         }
-        (Some(w), _) if !w.spec.allocated_to(me) => line(Status::Remote, None),
+        (Some(w), _) if !role.holds(cid, &w.spec) => line(Status::Remote, None),
         (_, Some(record)) => line(record.status, Some(&record)),
         // Wanted, and the reconciler has not looked at it yet.
         (Some(_), None) => line(Status::Queued, None),
@@ -65,13 +66,12 @@ fn line_of(
 /// in both phases (its status then, and again at the end).
 pub fn scan_page(
     store: &Store,
-    peer_id: &PeerId,
+    role: &Role,
     page: usize,
     after: Option<Vec<u8>>,
     emit: &mut dyn FnMut(StatusLine) -> bool,
 ) -> Result<Option<Vec<u8>>, StoreError> {
     let reader = store.reader()?;
-    let me = peer_id.to_base58();
     let (phase, from) = match &after {
         Some(key) if !key.is_empty() => (key[0], Some(&key[1..])),
         _ => (0, None),
@@ -85,7 +85,7 @@ pub fn scan_page(
     if phase == 0 {
         for item in reader.entries_with_status(from)? {
             let (cid, versions, record) = item?;
-            emit(line_of(&cid, peer_id, &me, Some(&versions), record));
+            emit(line_of(&cid, role, Some(&versions), record));
             seen += 1;
             if seen == page {
                 return Ok(next(0, &cid));
@@ -97,7 +97,7 @@ pub fn scan_page(
         let (cid, record) = item?;
         seen += 1;
         if !reader.has_entry(&cid)? {
-            emit(line_of(&cid, peer_id, &me, None, Some(record)));
+            emit(line_of(&cid, role, None, Some(record)));
         }
         if seen >= page {
             return Ok(next(1, &cid));
@@ -107,13 +107,9 @@ pub fn scan_page(
 }
 
 /// This agent's lines for `cids`, in order (answers a peer's `PinStatus`).
-pub fn lines_for(
-    store: &Store,
-    peer_id: &PeerId,
-    cids: &[Cid],
-) -> Result<Vec<StatusLine>, StoreError> {
+pub fn lines_for(store: &Store, role: &Role, cids: &[Cid]) -> Result<Vec<StatusLine>, StoreError> {
     let mut lines = Vec::with_capacity(cids.len());
-    scan_some(store, peer_id, cids, &mut |line| {
+    scan_some(store, role, cids, &mut |line| {
         lines.push(line);
         true
     })?;
@@ -161,16 +157,15 @@ impl StatusLine {
 
 pub fn scan_some(
     store: &Store,
-    peer_id: &PeerId,
+    role: &Role,
     cids: &[Cid],
     emit: &mut dyn FnMut(StatusLine) -> bool,
 ) -> Result<(), StoreError> {
     let reader = store.reader()?;
-    let me = peer_id.to_base58();
     for cid in cids {
         let versions = reader.versions(cid)?;
         let record = reader.status(cid)?;
-        if !emit(line_of(cid, peer_id, &me, versions.as_deref(), record)) {
+        if !emit(line_of(cid, role, versions.as_deref(), record)) {
             return Ok(());
         }
     }

@@ -218,7 +218,7 @@ impl Harness {
         let cancel = CancellationToken::new();
         let mut settings = Settings {
             cluster: "test".into(),
-            peer_id: me(),
+            role: Role::member(me()),
             concurrency: 4,
             limits: PinLimits {
                 stall: Duration::from_secs(5),
@@ -598,10 +598,15 @@ async fn a_pin_allocated_to_other_peers_is_not_pinned_here_and_shows_remote() {
         "allocated elsewhere: never fetched"
     );
     let mut lines = Vec::new();
-    status::scan_some(&h.store, &me(), &[here, elsewhere], &mut |line| {
-        lines.push(line.status);
-        true
-    })
+    status::scan_some(
+        &h.store,
+        &Role::member(me()),
+        &[here, elsewhere],
+        &mut |line| {
+            lines.push(line.status);
+            true
+        },
+    )
     .expect("status");
     assert_eq!(lines, vec![Status::Pinned, Status::Remote]);
 
@@ -614,7 +619,7 @@ async fn a_pin_allocated_to_other_peers_is_not_pinned_here_and_shows_remote() {
     .await;
     assert!(h.node.holds(&here) && h.has(&here, Status::Pinned, true));
     let mut lines = Vec::new();
-    status::scan_some(&h.store, &me(), &[here], &mut |line| {
+    status::scan_some(&h.store, &Role::member(me()), &[here], &mut |line| {
         lines.push(line.status);
         true
     })

@@ -35,6 +35,8 @@ pub enum LocalError {
     DiskFull(String),
     #[error("the replica has stopped")]
     Stopped,
+    #[error("this agent follows the cluster read-only: it writes nothing")]
+    ReadOnly,
 }
 
 /// The outcome of one accepted local operation.

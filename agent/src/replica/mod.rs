@@ -56,6 +56,8 @@ struct Replica {
     /// Deltas kept per origin in the log; older batches are deleted (peers further behind
     /// get `Truncated` and fetch a snapshot).
     log_retention: u64,
+    /// Refuses every local operation (a follower).
+    read_only: bool,
     store: Store,
     signer: NodeSigner,
     actor: ActorId,
@@ -78,10 +80,20 @@ struct Replica {
     changes: ChangeFeed,
 }
 
+/// What a replica is told at start.
+#[derive(Debug, Clone)]
+pub struct ReplicaSettings {
+    /// Signed into every batch.
+    pub cluster: String,
+    /// Deltas kept per origin in the log.
+    pub log_retention: u64,
+    /// A follower's: every local operation is refused, so it never signs a batch.
+    pub read_only: bool,
+}
+
 /// Starts the replica thread. It stops when every handle is dropped.
 pub fn spawn(
-    cluster: String,
-    log_retention: u64,
+    settings: ReplicaSettings,
     store: Store,
     persisted: crate::store::Persisted,
     signer: NodeSigner,
@@ -102,8 +114,9 @@ pub fn spawn(
     );
     let (state_tx, state_rx) = watch::channel(Arc::new(initial));
     let replica = Replica {
-        cluster,
-        log_retention,
+        cluster: settings.cluster,
+        log_retention: settings.log_retention,
+        read_only: settings.read_only,
         store,
         signer,
         actor,
@@ -357,6 +370,9 @@ impl Replica {
         ops: Vec<LocalOp>,
         deltas: &mut Vec<Delta>,
     ) -> Result<Result<Vec<Receipt>, LocalError>, StoreError> {
+        if self.read_only {
+            return Ok(Err(LocalError::ReadOnly));
+        }
         for op in &ops {
             match op {
                 LocalOp::Pin { spec, .. } => {

@@ -26,16 +26,13 @@ fn replica_of(
     let (store, persisted) = Store::open(&dir.path().join("pinmesh.redb"), 4 << 20).expect("open");
     let (outputs, published) = mpsc::channel(OUTPUT_CAPACITY);
     let (feed, _changes) = change_feed();
-    let (handle, thread) = spawn(
-        CLUSTER.into(),
+    let settings = ReplicaSettings {
+        cluster: CLUSTER.into(),
         log_retention,
-        store.clone(),
-        persisted,
-        signer,
-        outputs,
-        feed,
-    )
-    .expect("spawn");
+        read_only: false,
+    };
+    let (handle, thread) =
+        spawn(settings, store.clone(), persisted, signer, outputs, feed).expect("spawn");
     (handle, store, published, thread)
 }
 

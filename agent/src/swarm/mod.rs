@@ -185,6 +185,8 @@ pub struct Wiring {
     pub repair_delay: Duration,
     /// This agent drives an IPFS node, so it can answer `PinStatus`.
     pub ipfs: bool,
+    /// Which pins it holds (a follower: all, or its share).
+    pub role: crate::reconcile::Role,
     /// Where this agent's IPFS node's addresses come from and where peers' go.
     pub peering: Option<Peering>,
     /// Stops the agent (a damaged store found while serving a snapshot).
@@ -257,12 +259,7 @@ impl EventLoop {
             }
             Err(err) => warn!(error = %err, "cannot read the stored metrics; starting without"),
         }
-        let (server, served) = Server::new(
-            wiring.store,
-            wiring.fatal,
-            wiring.ipfs,
-            *swarm.local_peer_id(),
-        );
+        let (server, served) = Server::new(wiring.store, wiring.fatal, wiring.ipfs, wiring.role);
         // Capacity: one snapshot fetch at a time; each chunk yields one answer.
         let (staged_tx, staged_rx) = mpsc::channel(4);
         Ok(EventLoop {

@@ -2,6 +2,7 @@
 //! pin statuses. Reads run on blocking threads, at most [`MAX_SERVING`] at once (more are refused
 //! as busy); answers come back to the event loop, which sends them.
 
+use crate::reconcile::Role;
 use std::sync::Arc;
 
 use libp2p::PeerId;
@@ -40,7 +41,8 @@ pub struct Server {
     fatal: Fatal,
     /// This agent drives an IPFS node, so it can answer `PinStatus`.
     ipfs: bool,
-    me: PeerId,
+    /// Which pins this agent holds, for its `PinStatus` answers.
+    role: Arc<Role>,
 }
 
 impl Server {
@@ -49,7 +51,7 @@ impl Server {
         store: Store,
         fatal: Fatal,
         ipfs: bool,
-        me: PeerId,
+        role: Role,
     ) -> (Self, mpsc::Receiver<Served>) {
         // Capacity: answers in progress; each holds at most one response.
         let (tx, rx) = mpsc::channel(64);
@@ -60,7 +62,7 @@ impl Server {
             tx,
             fatal,
             ipfs,
-            me,
+            role: Arc::new(role),
         };
         (server, rx)
     }
@@ -104,10 +106,10 @@ impl Server {
         let snapshots = self.snapshots.clone();
         let fatal = self.fatal.clone();
         let tx = self.tx.clone();
-        let me = self.me;
+        let role = self.role.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let response = read(&store, &snapshots, &fatal, &me, peer, request);
+            let response = read(&store, &snapshots, &fatal, &role, peer, request);
             let _ = tx.blocking_send(Served { channel, response });
         });
         None
@@ -118,7 +120,7 @@ fn read(
     store: &Store,
     snapshots: &Snapshots,
     fatal: &Fatal,
-    me: &PeerId,
+    role: &Role,
     peer: PeerId,
     request: Request,
 ) -> Response {
@@ -164,7 +166,7 @@ fn read(
             }
         }
         Request::PinStatus { cids } => {
-            match crate::reconcile::status::lines_for(store, me, &cids) {
+            match crate::reconcile::status::lines_for(store, role, &cids) {
                 Ok(lines) => Response::PinStatus {
                     entries: lines.into_iter().map(|l| l.into_entry()).collect(),
                 },

@@ -123,7 +123,7 @@ impl Reconciler {
                     let Ok(stored) = read else { continue };
                     let versions = stored.versions.as_deref();
                     let wanted = versions
-                        .and_then(|v| wanted_of(v, now_ms / 1000, self.records.me()))
+                        .and_then(|v| wanted_of(cid, v, now_ms / 1000, self.records.role()))
                         .is_some();
                     if let Some(state) = decide::node_down(wanted, stored.state, &error, now_ms) {
                         self.records.record(*cid, state);

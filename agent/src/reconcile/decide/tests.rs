@@ -264,13 +264,14 @@ fn expired_and_unpinned_entries_want_nothing() {
         at: 1,
         spec,
     }];
-    assert!(wanted_of(&versions, 99, "me").is_some());
+    let (cid, role) = (sim_cid(1), Role::member(PeerId::random()));
+    assert!(wanted_of(&cid, &versions, 99, &role).is_some());
     assert_eq!(
-        wanted_of(&versions, 100, "me"),
+        wanted_of(&cid, &versions, 100, &role),
         None,
         "expired at its second"
     );
-    assert_eq!(wanted_of(&[], 1, "me"), None);
+    assert_eq!(wanted_of(&cid, &[], 1, &role), None);
 }
 
 #[test]
@@ -285,11 +286,30 @@ fn a_pin_is_wanted_where_it_is_allocated_or_when_it_is_allocated_everywhere() {
             spec,
         }]
     };
-    assert!(wanted_of(&with(&[]), 1, "me").is_some(), "every peer");
-    assert!(wanted_of(&with(&["other", "me"]), 1, "me").is_some());
-    assert_eq!(wanted_of(&with(&["other", "third"]), 1, "me"), None);
+    let me = PeerId::random();
+    let (text, role, cid) = (me.to_base58(), Role::member(me), sim_cid(1));
+    assert!(
+        wanted_of(&cid, &with(&[]), 1, &role).is_some(),
+        "every peer"
+    );
+    assert!(wanted_of(&cid, &with(&["other", &text]), 1, &role).is_some());
+    assert_eq!(wanted_of(&cid, &with(&["other", "third"]), 1, &role), None);
     // Allocations name peers exactly: no prefix or case games.
-    assert_eq!(wanted_of(&with(&["m", "ME", "me "]), 1, "me"), None);
+    let (prefix, upper, spaced) = (&text[..10], text.to_uppercase(), format!("{text} "));
+    assert_eq!(
+        wanted_of(&cid, &with(&[prefix, &upper, &spaced]), 1, &role),
+        None
+    );
+    // A follower wants every pin whatever its allocations, or those of its share.
+    let follower = Role::follower(me, None);
+    assert!(wanted_of(&cid, &with(&["other"]), 1, &follower).is_some());
+    let share = pinmesh_protocol::share::Share { index: 0, of: 2 };
+    let sharer = Role::follower(me, Some(share));
+    for n in 0..20 {
+        let cid = sim_cid(n);
+        let wanted = wanted_of(&cid, &with(&["other"]), 1, &sharer).is_some();
+        assert_eq!(wanted, share.contains(&cid), "{cid}");
+    }
 }
 
 #[test]
@@ -356,27 +376,34 @@ fn a_handover_needs_the_pins_minimum_of_its_allocated_peers() {
             spec,
         }]
     };
-    let me = "me";
-    let h = handover_of(&with(&[&a, &b, &c], 2, None), 1, me).expect("allocated elsewhere");
+    let (cid, me) = (sim_cid(1), Role::member(PeerId::random()));
+    let h = handover_of(&cid, &with(&[&a, &b, &c], 2, None), 1, &me).expect("allocated elsewhere");
     assert_eq!((h.peers, h.need), (vec![a, b, c], 2));
     // A minimum of "every peer" (-1) with allocations: one copy elsewhere is enough; never
     // more than are allocated.
     assert_eq!(
-        handover_of(&with(&[&a], -1, None), 1, me).map(|h| h.need),
+        handover_of(&cid, &with(&[&a], -1, None), 1, &me).map(|h| h.need),
         Some(1)
     );
     assert_eq!(
-        handover_of(&with(&[&a], 3, None), 1, me).map(|h| h.need),
+        handover_of(&cid, &with(&[&a], 3, None), 1, &me).map(|h| h.need),
         Some(1)
     );
     // Allocated here, to every peer, or expired: no handover.
     let here = PeerId::random();
     assert_eq!(
-        handover_of(&with(&[&a, &here], 2, None), 1, &here.to_base58()),
+        handover_of(&cid, &with(&[&a, &here], 2, None), 1, &Role::member(here)),
         None
     );
-    assert_eq!(handover_of(&with(&[], 2, None), 1, me), None);
-    assert_eq!(handover_of(&with(&[&a], 1, Some(5)), 5, me), None);
+    assert_eq!(handover_of(&cid, &with(&[], 2, None), 1, &me), None);
+    assert_eq!(handover_of(&cid, &with(&[&a], 1, Some(5)), 5, &me), None);
+    // A follower's copy is not one of the pin's: it lets go at once, with no handover.
+    let share = pinmesh_protocol::share::Share {
+        index: 0,
+        of: 1_000,
+    };
+    let follower = Role::follower(here, Some(share));
+    assert_eq!(handover_of(&cid, &with(&[&a], 1, None), 1, &follower), None);
 }
 
 #[test]
