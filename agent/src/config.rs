@@ -137,6 +137,11 @@ pub struct ApiConfig {
     pub send_timeout: Duration,
     /// Streamed listings at once; more are refused with 503 until one ends.
     pub max_listings: usize,
+    /// Serve the follow configuration, without a token, at `http://ADDR/follow-config`, for
+    /// `pinmesh follow NAME init URL`. Off by default: it publishes the cluster's secret.
+    /// Only a trusted writer, in a cluster with trusted writers, may.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub follow_config_listen: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -310,6 +315,7 @@ impl Default for ApiConfig {
             header_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(30),
             max_listings: 16,
+            follow_config_listen: None,
         }
     }
 }
@@ -334,6 +340,8 @@ pub struct Validated {
     pub listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
     pub api_listen: SocketAddr,
+    /// Where the follow configuration is served, if it is.
+    pub follow_config_listen: Option<SocketAddr>,
     /// The embedded IPFS node's listen addresses.
     pub ipfs_listen: Vec<Multiaddr>,
     /// `Some`: this agent is a follower.
@@ -418,6 +426,22 @@ impl Config {
                 self.api.listen
             ))
         })?;
+        let follow_config_listen = (self.api.follow_config_listen.as_deref())
+            .map(|a| {
+                a.parse::<SocketAddr>().map_err(|_| {
+                    invalid(format!(
+                        "api.follow_config_listen {a:?} is not an address like 0.0.0.0:9097"
+                    ))
+                })
+            })
+            .transpose()?;
+        if follow_config_listen.is_some() && self.cluster.trusted_writers.is_empty() {
+            return Err(invalid(
+                "api.follow_config_listen: this cluster has no cluster.trusted_writers, so it \
+                 has no follow configuration (a follower would not be read-only)"
+                    .into(),
+            ));
+        }
         if self.api.max_connections == 0 || self.api.max_listings == 0 {
             return Err(invalid(
                 "api.max_connections and api.max_listings must be at least 1".into(),
@@ -539,6 +563,7 @@ impl Config {
             listen,
             bootstrap,
             api_listen,
+            follow_config_listen,
             ipfs_listen,
             follower,
         })

@@ -71,6 +71,8 @@ pub struct NodeHandle {
     /// Listen addresses, each ending in `/p2p/<peer id>`.
     pub addrs: Vec<Multiaddr>,
     pub api_addr: SocketAddr,
+    /// Where the follow configuration is served without a token, if it is.
+    pub follow_config_addr: Option<SocketAddr>,
     pub home: Home,
     pub replica: ReplicaHandle,
     pub flags: Arc<Flags>,
@@ -147,6 +149,28 @@ impl Node {
             .await
             .with_context(|| format!("cannot bind the API to {}", config.api_listen))?;
         let api_addr = listener.local_addr()?;
+        let follow_listener = match config.follow_config_listen {
+            None => None,
+            Some(addr) => {
+                if !config.trusted_writers.contains(&peer_id) {
+                    anyhow::bail!(
+                        "api.follow_config_listen is set, but this agent is not in \
+                         cluster.trusted_writers: only a trusted writer's signature vouches for \
+                         a follow configuration"
+                    );
+                }
+                let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                    format!(
+                        "cannot serve the follow configuration on {addr} (api.follow_config_listen)"
+                    )
+                })?;
+                Some(listener)
+            }
+        };
+        let follow_config_addr = match &follow_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         // Taken libp2p ports next (libp2p itself would share them; see `net`).
         for addr in &config.listen {
             crate::net::ensure_port_free(addr, "network.listen (init --listen)")?;
@@ -380,7 +404,7 @@ impl Node {
             .into_iter()
             .map(|a| a.with(Protocol::P2p(peer_id)))
             .collect();
-        let router = api::router(ApiState {
+        let state = ApiState {
             replica: replica.clone(),
             store,
             swarm: swarm_tx.clone(),
@@ -414,7 +438,8 @@ impl Node {
             listings: Arc::new(tokio::sync::Semaphore::new(config.raw.api.max_listings)),
             max_listings: config.raw.api.max_listings,
             tasks: tasks.clone(),
-        });
+        };
+        let router = api::router(state.clone());
         let api_cancel = cancel.child_token();
         let stop = cancel.clone();
         let limits = http::Limits {
@@ -431,12 +456,22 @@ impl Node {
             }
             .instrument(span.clone()),
         );
+        if let Some(listener) = follow_listener {
+            let (router, stop) = (api::follow_router(state), cancel.child_token());
+            let stats = Arc::new(http::ServerStats::default());
+            span.in_scope(|| {
+                info!(addr = ?follow_config_addr, "serving the follow configuration (it holds the cluster's secret)")
+            });
+            tasks
+                .spawn(http::serve(listener, router, limits, stats, stop).instrument(span.clone()));
+        }
         tasks.close();
         span.in_scope(|| info!(%api_addr, "agent started"));
         Ok(NodeHandle {
             peer_id,
             addrs,
             api_addr,
+            follow_config_addr,
             home,
             replica,
             flags,

@@ -50,7 +50,8 @@ async fn cluster(n: usize, with_ipfs: usize, writers: bool) -> (Vec<TestAgent>, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_writer_publishes_a_signed_follow_configuration_and_no_one_else_does() {
     let (mut agents, ids) = cluster(2, 0, true).await;
-    let dir = |i: usize| agents[i].home.dir.clone();
+    let dirs: Vec<std::path::PathBuf> = agents.iter().map(|a| a.home.dir.clone()).collect();
+    let dir = |i: usize| dirs[i].clone();
 
     let out = pinmesh_in(&dir(0), &["follow-config"]);
     assert!(out.status.success(), "{out:?}");
@@ -129,6 +130,41 @@ async fn a_trusted_writer_publishes_a_signed_follow_configuration_and_no_one_els
             "{command:?} made a home"
         );
     }
+
+    // Served over HTTP without a token when asked for, for `follow NAME init URL`.
+    agents[0].stop().await;
+    agents[0].configure(|c| c.api.follow_config_listen = Some("127.0.0.1:0".into()));
+    agents[0].start().await;
+    let served = agents[0].node().follow_config_addr.expect("served");
+    let url = format!("http://{served}/follow-config#writer={}", ids[0]);
+    let out = pinmesh_in(
+        target.path(),
+        &[
+            "follow",
+            "g",
+            "init",
+            &url,
+            "--dir",
+            into.to_str().expect("path"),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let made = pinmesh_agent::config::Config::load(&into.join("config.toml")).expect("config");
+    assert_eq!(made.raw.cluster.secret, following.secret);
+    assert_eq!(made.raw.follower.expect("a follower").source, url);
+    let wrong = format!("http://{served}/follow-config#writer={}", ids[1]);
+    let out = pinmesh_in(
+        target.path(),
+        &["follow", "h", "init", &wrong, "--dir", "h"],
+    );
+    assert_one_line_error(&out, "not by the writer");
+    let other = format!("http://{served}/v1/pins");
+    let status = reqwest::get(&other).await.expect("answer").status();
+    assert_eq!(
+        status,
+        reqwest::StatusCode::NOT_FOUND,
+        "nothing else is served there"
+    );
 
     // A member that is not a trusted writer refuses, naming the writers.
     let out = pinmesh_in(&dir(1), &["follow-config"]);

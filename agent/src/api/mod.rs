@@ -181,6 +181,15 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// The follow configuration alone, without a token (`api.follow_config_listen`).
+pub fn follow_router(state: ApiState) -> Router {
+    Router::new()
+        .route("/follow-config", get(follow::follow_config))
+        .fallback(|| async { ApiError::NotFound("only /follow-config is served here".into()) })
+        .layer(middleware::from_fn(json_errors))
+        .with_state(state)
+}
+
 /// Every error answers `{"error": "..."}`: axum's own rejections (bad JSON 400/422, too large
 /// 413, wrong content type 415, unknown route 404, wrong method 405) come as plain text.
 async fn json_errors(request: Request, next: Next) -> Response {

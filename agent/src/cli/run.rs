@@ -78,6 +78,12 @@ pub fn serve(ctx: &Ctx, bootstrap: Vec<libp2p::Multiaddr>) -> anyhow::Result<Exi
             println!("listening on {addr}");
         }
         println!("api: http://{}", node.api_addr);
+        if let Some(addr) = node.follow_config_addr {
+            println!(
+                "follow configuration: http://{addr}/follow-config#writer={}",
+                node.peer_id
+            );
+        }
         let api_addr_file = ctx.home.api_addr();
         let failed = tokio::select! {
             _ = shutdown_signal() => {
