@@ -42,6 +42,14 @@ impl AgentProcess {
 
     /// `pinmesh run ARGS` in an existing home.
     pub fn run_with(bin: &Path, home: &Path, args: &[&str]) -> anyhow::Result<AgentProcess> {
+        let mut command = vec!["run"];
+        command.extend_from_slice(args);
+        Self::command(bin, home, &command)
+    }
+
+    /// `pinmesh --dir HOME COMMAND...`, a command that runs an agent (`run`, `follow NAME
+    /// run`), in an existing home.
+    pub fn command(bin: &Path, home: &Path, command: &[&str]) -> anyhow::Result<AgentProcess> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -50,8 +58,7 @@ impl AgentProcess {
         let mut child = Command::new(bin)
             .arg("--dir")
             .arg(home)
-            .arg("run")
-            .args(args)
+            .args(command)
             .env("PINMESH_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(log)

@@ -416,3 +416,72 @@ async fn followers_pin_every_pin_or_their_share_and_write_nothing() {
         agent.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_killed_with_kill_9_resumes_and_catches_up() {
+    let (mut agents, ids) = cluster(1, 1, true).await;
+    let writer = &agents[0];
+    let source = writer.home.dir.join("follow.json");
+    let source = source.to_str().expect("path");
+    let out = pinmesh_in(&writer.home.dir, &["follow-config", "--out", source]);
+    assert!(out.status.success(), "{out:?}");
+    let home = tempfile::TempDir::new().expect("dir");
+    let dir = home.path().to_str().expect("path");
+    let out = pinmesh_in(
+        home.path(),
+        &[
+            "follow",
+            "f",
+            "init",
+            source,
+            "--writer",
+            &ids[0].to_string(),
+            "--dir",
+            dir,
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--ipfs-listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let pin = |range: std::ops::Range<u64>| {
+        let requests: Vec<PinRequest> = range
+            .map(|n| PinRequest::new(pinmesh_protocol::sim::sim_cid(n), format!("k{n}")))
+            .collect();
+        let client = writer.client();
+        async move { client.pin_many(&requests).await.expect("pins") }
+    };
+    pin(0..50).await;
+    let run = || {
+        pinmesh_tests::process::AgentProcess::command(
+            &pinmesh_tests::pinmesh_bin(),
+            home.path(),
+            &["follow", "f", "run"],
+        )
+        .expect("the follower runs")
+    };
+    let follower = run();
+    let wait = Duration::from_secs(60);
+    let seen = follower
+        .client
+        .wait_digest(Some(50), Some(true), wait)
+        .await
+        .expect("digest");
+    assert_eq!((seen.pins, seen.synced), (50, true), "{seen:?}");
+    follower.kill9();
+
+    // Written while it is dead; restarted, it has what it had and catches up.
+    pin(50..100).await;
+    let follower = run();
+    let seen = follower
+        .client
+        .wait_digest(Some(100), Some(true), wait)
+        .await
+        .expect("digest");
+    assert_eq!(seen.pins, 100, "{seen:?}");
+    let theirs = writer.client().digest().await.expect("digest");
+    assert_eq!(seen.state_digest, theirs.state_digest);
+    follower.stop().expect("stops");
+    agents[0].stop().await;
+}
