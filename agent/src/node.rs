@@ -26,8 +26,6 @@ use crate::config::{Config, Validated};
 use crate::fatal::Fatal;
 use crate::home::{Home, write_private};
 use crate::http;
-use crate::ipfs::embedded::{EmbeddedBackend, EmbeddedOptions};
-use crate::ipfs::kubo::KuboBackend;
 use crate::ipfs::{PinBackend, PinLimits, peering};
 use crate::reconcile;
 use crate::reconcile::Role;
@@ -533,64 +531,6 @@ impl Drop for NodeHandle {
     }
 }
 
-/// The IPFS node the config names: Kubo over RPC, the embedded node (started here: a repo
-/// that cannot be opened or a port that cannot be listened on fails the start), or none.
-async fn start_backend(
-    config: &Validated,
-    home: &Home,
-    span: &tracing::Span,
-) -> anyhow::Result<Option<Arc<dyn PinBackend>>> {
-    let ipfs = &config.raw.ipfs;
-    Ok(match &ipfs.api {
-        Some(url) => Some(Arc::new(
-            KuboBackend::new(url, ipfs.auth.as_deref(), ipfs.call_timeout)
-                .map_err(|m| anyhow!(m))?,
-        )),
-        None if ipfs.embedded => {
-            let node = EmbeddedBackend::start(EmbeddedOptions {
-                dir: home.ipfs_dir(),
-                listen: config.ipfs_listen.clone(),
-                call_timeout: ipfs.call_timeout,
-            })
-            .instrument(span.clone())
-            .await?;
-            span.in_scope(|| info!(node = %node.describe(), "embedded IPFS node started"));
-            Some(Arc::new(node))
-        }
-        None => None,
-    })
-}
-
-/// Checks the stored pinset against its digest at start and every `interval`; a mismatch (or a
-/// read that fails or panics) stops the agent with the way to recover. Dropping it is safe.
-async fn scrub(store: Store, interval: Duration, fatal: Fatal, cancel: CancellationToken) {
-    loop {
-        let started = std::time::Instant::now();
-        let checking = store.clone();
-        let found = tokio::task::spawn_blocking(move || checking.scrub()).await;
-        let damage = match found {
-            Ok(Ok(pins)) => {
-                info!(
-                    pins,
-                    ms = started.elapsed().as_millis() as u64,
-                    "pinset verified"
-                );
-                None
-            }
-            Ok(Err(err)) => Some(err.to_string()),
-            Err(err) => Some(format!("reading it failed: {err}")),
-        };
-        if let Some(damage) = damage {
-            fatal.damaged(&damage);
-            return;
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-    }
-}
-
 /// Settings that work but that an operator most likely does not want.
 fn warn_about(config: &crate::config::Validated) {
     if config.secret == [0u8; 32] {
@@ -640,6 +580,9 @@ fn short(peer: &PeerId) -> String {
     let s = peer.to_string();
     s[s.len().saturating_sub(6)..].to_string()
 }
+
+mod tasks;
+use self::tasks::{scrub, start_backend};
 
 #[cfg(test)]
 mod tests;
