@@ -10,6 +10,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::announce::Announcement;
 use crate::entry::Version;
 use crate::message::{DeltaBatch, Gossip, Request, Response};
 use crate::metric::Metric;
@@ -30,6 +31,7 @@ pub const MAX_BEACON: usize = 64 << 10;
 pub const MAX_REQUEST: usize = 68 << 10;
 /// Largest metric: one with the most tags, each at the longest name and value, fits.
 pub const MAX_METRIC: usize = 4 << 10;
+pub use crate::announce::MAX_ANNOUNCEMENT;
 /// Largest response (a snapshot chunk or a run of batches); senders cut chunks well below it.
 pub const MAX_RESPONSE: usize = 8 << 20;
 
@@ -212,6 +214,17 @@ pub fn batch_signing_bytes(cluster: &str, batch: &DeltaBatch) -> Vec<u8> {
     signing_bytes(b"pinmesh delta batch v1\0", cluster, &fields)
 }
 
+/// Encodes a follower's announcement.
+pub fn encode_announcement(announcement: &Announcement) -> Vec<u8> {
+    encode_envelope(WIRE_VERSION, announcement)
+}
+
+/// Decodes a follower's announcement: at most [`MAX_ANNOUNCEMENT`] bytes.
+pub fn decode_announcement(bytes: &[u8]) -> Result<Announcement, DecodeError> {
+    check_envelope(bytes, MAX_ANNOUNCEMENT)?;
+    decode_body(bytes)
+}
+
 /// A domain tag, the cluster name (length first), then the encoded fields: a signature made
 /// for one kind of message or one cluster verifies for no other.
 fn signing_bytes<T: Serialize>(domain: &[u8], cluster: &str, fields: &T) -> Vec<u8> {
@@ -234,6 +247,13 @@ pub fn metric_signing_bytes(cluster: &str, metric: &Metric) -> Vec<u8> {
         &metric.tags,
     );
     signing_bytes(b"pinmesh metric v1\0", cluster, &fields)
+}
+
+/// What a follower signs in its announcement: a domain tag, the cluster name, then every field
+/// but the signature.
+pub fn announcement_signing_bytes(cluster: &str, a: &Announcement) -> Vec<u8> {
+    let fields = (a.peer, a.seq, a.ttl_ms, a.share, a.pins, a.bytes, a.skipped);
+    signing_bytes(b"pinmesh follower v1\0", cluster, &fields)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 //! - [`sim`]: a seeded multi-replica simulator.
 
 pub mod allocate;
+pub mod announce;
 pub mod catchup;
 pub mod codec;
 pub mod delta;

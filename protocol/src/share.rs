@@ -3,14 +3,18 @@
 //! with shares 0/N .. N-1/N hold each pin once between them, and a member can tell from the
 //! shares followers announce how many of them hold a CID without asking them.
 
-use serde::{Deserialize, Serialize};
-
 /// One of N shares of the CIDs: those whose hash falls in the K-th of N equal ranges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Encoded as `[index, of]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Share {
     pub index: u32,
     pub of: u32,
 }
+
+crate::serde_as_tuple!(Share {
+    index: u32,
+    of: u32
+});
 
 /// Shares a collection is split into at most.
 pub const SHARES_MAX: u32 = 1024;
