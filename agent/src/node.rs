@@ -347,6 +347,25 @@ impl Node {
                 (None, None)
             }
         };
+        // A follower announces itself instead.
+        if let (Some(backend), Some(reconciler), Some(share)) =
+            (&backend, &reconciler, role.share())
+        {
+            let settings = Announcing {
+                cluster: config.raw.cluster.name.clone(),
+                share,
+                interval: config.raw.cluster.metrics_interval,
+            };
+            let announcing = announce(
+                settings,
+                backend.clone(),
+                reconciler.clone(),
+                swarm_tx.clone(),
+                signer.clone(),
+                cancel.child_token(),
+            );
+            tasks.spawn(announcing.instrument(span.clone()));
+        }
         // A follower publishes no metric: it is never allocated.
         if let Some(backend) = backend.as_ref().filter(|_| !role.is_follower()) {
             let settings = MetricSettings {
@@ -582,7 +601,7 @@ fn short(peer: &PeerId) -> String {
 }
 
 mod tasks;
-use self::tasks::{scrub, start_backend};
+use self::tasks::{Announcing, announce, scrub, start_backend};
 
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,8 @@
 //!
 //! Inside the agent these stay typed; the text form is what the HTTP API shows and what stored
 //! records have always held, whatever the serializer (CBOR would otherwise write bytes). Use as
-//! `#[serde(with = "crate::text")]`, or [`list`] / [`lenient_list`] for vectors.
+//! `#[serde(with = "crate::text")]`, [`option`] for options, or [`list`] / [`lenient_list`] for
+//! vectors.
 
 use std::fmt::Display;
 use std::str::FromStr;
@@ -68,6 +69,35 @@ pub mod lenient_list {
             .into_iter()
             .filter_map(|text| text.parse().ok())
             .collect())
+    }
+}
+
+/// An optional value in text form (`null` when absent).
+pub mod option {
+    use super::*;
+
+    pub fn serialize<T: Display, S: Serializer>(
+        value: &Option<T>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(value) => serializer.collect_str(value),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, T, D>(deserializer: D) -> Result<Option<T>, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        Option::<String>::deserialize(deserializer)?
+            .map(|text| {
+                text.parse()
+                    .map_err(|e| D::Error::custom(format!("{text:?}: {e}")))
+            })
+            .transpose()
     }
 }
 

@@ -1,7 +1,8 @@
 //! Following a cluster: the follow configuration members publish (signed by a trusted writer,
 //! refused where it would vouch for nothing), writes refused by read-only agents before
 //! anything reaches their IPFS node, and followers made from it (on js-ipfs nodes, asked what
-//! they hold) that pin every pin or their share and write nothing.
+//! they hold) that pin every pin or their share, write nothing, and announce themselves to the
+//! members (`peers`, and the cluster status's count of followers per CID).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -11,7 +12,9 @@ use pinmesh_agent::api::types::PinRequest;
 use pinmesh_agent::follow::{FollowConfig, FollowError, Share};
 use pinmesh_protocol::Cid;
 use pinmesh_tests::ipfs::{IpfsNet, IpfsNode};
-use pinmesh_tests::{TestAgent, assert_one_line_error, pinmesh_in, random_secret, stdout};
+use pinmesh_tests::{
+    TestAgent, assert_one_line_error, peers_until, pinmesh_in, random_secret, stdout,
+};
 use tokio::time::Instant;
 
 /// Agents of one cluster whose only trusted writer is the first; the first `with_ipfs` of them
@@ -266,6 +269,8 @@ fn follower(name: &str, source: &str, writer: &PeerId, api: &str) -> TestAgent {
     agent.configure(|c| {
         c.ipfs.retry_max = Duration::from_secs(1);
         c.ipfs.pin_timeout = Duration::from_secs(30);
+        // Announced every second.
+        c.cluster.metrics_interval = Duration::from_secs(1);
     });
     agent
 }
@@ -364,6 +369,55 @@ async fn followers_pin_every_pin_or_their_share_and_write_nothing() {
         p.intersection(&all).copied().collect::<HashSet<_>>() == left_mine
     })
     .await;
+
+    // Members hear the followers' announcements: `peers` shows them as followers, with their
+    // share and the pins their nodes hold.
+    let (full_id, half_id) = (full.node().peer_id, half.node().peer_id);
+    let expected = [
+        (full_id, None, 90),
+        (half_id, Some(share), left_mine.len() as u64),
+    ];
+    let seen = peers_until(&writers[0], |info| {
+        expected.iter().all(|(id, share, pins)| {
+            (info.peers.iter()).any(|p| {
+                p.peer_id == *id
+                    && p.follower.as_ref().is_some_and(|f| {
+                        f.live && f.share == *share && f.pins == *pins && f.bytes > 0
+                    })
+            })
+        })
+    })
+    .await;
+    let info = seen.unwrap_or_else(|info| panic!("followers not announced: {info:#?}"));
+    assert_eq!(info.followers.len(), 2, "{:#?}", info.followers);
+    assert!(
+        (info.peers.iter())
+            .filter(|p| p.peer_id == writers[1].node().peer_id)
+            .all(|p| p.follower.is_none()),
+        "a member is no follower"
+    );
+    // The cluster status counts, per CID, the followers whose share covers it, and asks them
+    // nothing: they are not among the peers of a line.
+    let mut lines = Vec::new();
+    writers[0]
+        .client()
+        .cluster_status(&[], &[], |line| {
+            lines.push(line);
+            Ok(())
+        })
+        .await
+        .expect("cluster status");
+    assert_eq!(lines.len(), 90);
+    for line in &lines {
+        let cid: Cid = line.cid.parse().expect("cid");
+        let covering = 1 + usize::from(share.contains(&cid));
+        assert_eq!(line.followers, covering, "{line:?}");
+        assert!(
+            !line.peers.contains_key(&full_id.to_string())
+                && !line.peers.contains_key(&half_id.to_string()),
+            "{line:?}"
+        );
+    }
 
     // A follower writes nothing, through its API or its CLI, and its node is unchanged.
     let before = nodes[2].recursive_pins().await.expect("pins");

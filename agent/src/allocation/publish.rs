@@ -54,7 +54,7 @@ fn filesystem_free(path: &Path) -> Option<u64> {
 }
 
 /// How long a metric published every `interval` holds.
-fn ttl_ms(interval: Duration) -> u64 {
+pub fn ttl_ms(interval: Duration) -> u64 {
     let ttl = (interval * TTL_INTERVALS).as_millis() as u64;
     ttl.clamp(MIN_TTL_MS, MAX_TTL_MS)
 }

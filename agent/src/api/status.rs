@@ -164,9 +164,10 @@ const NO_NODE: &str =
 const PEER_ANSWER: Duration = Duration::from_secs(30);
 
 /// Streams NDJSON [`ClusterStatusLine`]s: the CIDs asked, or every pin of the pinset, asking
-/// every connected peer in rounds of [`CLUSTER_CHUNK`] CIDs. Each line lists every peer that
+/// every connected member in rounds of [`CLUSTER_CHUNK`] CIDs. Each line lists every peer that
 /// should hold its CID (`unreachable` when not connected or silent) and every other peer with
-/// an IPFS node that answered; see [`cluster`] for the rules.
+/// an IPFS node that answered, and counts the followers that cover it; see [`cluster`] for the
+/// rules.
 pub async fn cluster_status(
     State(state): State<ApiState>,
     Query(query): Query<StatusQuery>,
@@ -174,12 +175,14 @@ pub async fn cluster_status(
     let (cids, filter) = query.parse()?;
     let filter: Vec<String> = filter.iter().map(ToString::to_string).collect();
     let info = super::swarm_info(&state).await?;
+    // Followers are not asked: their announced shares say what they cover.
     let peers: Vec<PeerId> = info
         .peers
         .iter()
-        .filter(|p| p.connected)
+        .filter(|p| p.connected && p.follower.is_none())
         .map(|p| p.peer_id)
         .collect();
+    let followers = info.followers.clone();
     // A peer drives an IPFS node if a metric of it is held, live or expired; it was last
     // heard of when that metric arrived.
     let now = crate::replica::now_ms();
@@ -225,7 +228,8 @@ pub async fn cluster_status(
             after = Some(last.to_bytes());
             match round(&state, &peers, &known, &chunk).await {
                 Ok(lines) => {
-                    for line in lines {
+                    for (mut line, cid) in lines.into_iter().zip(&chunk) {
+                        line.followers = crate::swarm::coverage(&followers, cid);
                         let keep = filter.is_empty()
                             || line
                                 .peers

@@ -6,7 +6,7 @@ use clap::Subcommand;
 
 use super::{Ctx, print_json};
 use crate::config::parse_peer_addr;
-use crate::swarm::PeerMetric;
+use crate::swarm::{FollowerView, PeerMetric};
 
 #[derive(Debug, clap::Args)]
 pub struct JoinArgs {
@@ -88,10 +88,17 @@ pub async fn run(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
                 for peer in &info.peers {
                     let state = if peer.connected { "connected" } else { "known" };
                     let addr = peer.addrs.first().map_or("-".into(), ToString::to_string);
-                    let metric = metric_text(peer.metric.as_ref());
-                    println!("{}  {state}  {addr}  {metric}", peer.peer_id);
+                    let standing = match &peer.follower {
+                        Some(follower) => follower_text(follower),
+                        None => metric_text(peer.metric.as_ref()),
+                    };
+                    println!("{}  {state}  {addr}  {standing}", peer.peer_id);
                 }
-                let mut summary = format!("{} peers", info.peers.len());
+                let followers = info.peers.iter().filter(|p| p.follower.is_some()).count();
+                let mut summary = format!("{} peers", info.peers.len() - followers);
+                if followers > 0 {
+                    summary.push_str(&format!(" and {followers} followers"));
+                }
                 if info.foreign_peers > 0 {
                     summary.push_str(&format!(
                         "; {} of another cluster refused (same secret, another cluster name: \
@@ -129,6 +136,25 @@ fn repinning_text(r: &crate::swarm::Repinning) -> String {
     if r.repinned > 0 {
         text.push_str(&format!(", {} pins repinned since start", r.repinned));
     }
+    text
+}
+
+/// A follower's latest announcement in one column: its share, pins, bytes, skipped pins.
+fn follower_text(f: &FollowerView) -> String {
+    let age = humantime::format_duration(std::time::Duration::from_secs(f.age_ms / 1000));
+    let share = f.share.map_or("all pins".into(), |s| format!("share {s}"));
+    let mut text = format!(
+        "follower  {share}  pins {}  {}",
+        f.pins,
+        bytesize::ByteSize::b(f.bytes)
+    );
+    if f.skipped > 0 {
+        text.push_str(&format!("  skipped {}", f.skipped));
+    }
+    if !f.live {
+        text.push_str("  down");
+    }
+    text.push_str(&format!("  (announced {age} ago)"));
     text
 }
 

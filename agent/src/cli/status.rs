@@ -76,8 +76,10 @@ async fn cluster(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let cids: Vec<String> = args.cids.iter().map(ToString::to_string).collect();
     let json = ctx.json;
     let mut errors = 0u64;
+    let mut covered = 0u64;
     let count = client
         .cluster_status(&cids, &args.filter, |line| {
+            covered += u64::from(line.followers > 0);
             let failed = line
                 .peers
                 .values()
@@ -92,11 +94,21 @@ async fn cluster(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<ExitCode> {
                 let status = status_text(p, crate::replica::now_ms());
                 println!("  {peer}  {}", describe(&status, p.attempts, &p.error));
             }
+            if line.followers > 0 {
+                println!(
+                    "  followers: {} cover it (by their announced shares)",
+                    line.followers
+                );
+            }
             Ok(())
         })
         .await?;
     if !json {
-        eprintln!("{count} CIDs, {errors} with errors");
+        let mut summary = format!("{count} CIDs, {errors} with errors");
+        if covered > 0 {
+            summary.push_str(&format!(", {covered} covered by at least one follower"));
+        }
+        eprintln!("{summary}");
     }
     Ok(ExitCode::SUCCESS)
 }

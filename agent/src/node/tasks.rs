@@ -1,12 +1,15 @@
-//! What the agent starts beside its core: the IPFS node it pins in, and the periodic scrub of
-//! its database.
+//! What the agent starts beside its core: the IPFS node it pins in, the periodic scrub of its
+//! database, and a follower's announcements.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
+use pinmesh_protocol::announce::Standing;
+use pinmesh_protocol::share::Share;
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info};
+use tracing::{Instrument, debug, info};
 
 use crate::config::Validated;
 use crate::fatal::Fatal;
@@ -14,7 +17,10 @@ use crate::home::Home;
 use crate::ipfs::PinBackend;
 use crate::ipfs::embedded::{EmbeddedBackend, EmbeddedOptions};
 use crate::ipfs::kubo::KuboBackend;
+use crate::reconcile::ReconcilerHandle;
+use crate::replica::NodeSigner;
 use crate::store::Store;
+use crate::swarm::{Announcement, SwarmHandle};
 
 /// The IPFS node the config names: Kubo over RPC, the embedded node (started here: a repo
 /// that cannot be opened or a port that cannot be listened on fails the start), or none.
@@ -75,6 +81,56 @@ pub(super) async fn scrub(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// What a follower's announcements say besides its standing.
+pub(super) struct Announcing {
+    pub cluster: String,
+    pub share: Option<Share>,
+    pub interval: Duration,
+}
+
+/// Announces this follower every interval until `cancel`: its share, the pins its node holds,
+/// the bytes its repo uses and the pins it skipped.
+pub(super) async fn announce(
+    settings: Announcing,
+    backend: Arc<dyn PinBackend>,
+    reconciler: ReconcilerHandle,
+    swarm: SwarmHandle,
+    signer: NodeSigner,
+    cancel: CancellationToken,
+) {
+    let mut every = tokio::time::interval(settings.interval);
+    every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut seq = 0;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = every.tick() => {}
+        }
+        let bytes = match backend.repo_stat().await {
+            Ok(stat) => stat.repo_size,
+            Err(err) => {
+                debug!(error = %err, "no announcement: the IPFS node did not answer");
+                continue;
+            }
+        };
+        let report = reconciler.report();
+        // The clock in milliseconds, and always more than the last one.
+        seq = crate::replica::now_ms().max(seq + 1);
+        let standing = Standing {
+            seq,
+            ttl_ms: crate::allocation::ttl_ms(settings.interval),
+            share: settings.share,
+            pins: report.node_pins,
+            bytes,
+            skipped: report.skipped,
+        };
+        let announcement = Announcement::sign(&signer, &settings.cluster, standing);
+        if swarm.announce(announcement).await.is_err() {
+            break;
         }
     }
 }

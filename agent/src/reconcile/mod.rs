@@ -126,6 +126,11 @@ impl Role {
         self.follower.is_some()
     }
 
+    /// A follower's share (`Some(None)`: every pin); `None` for a member.
+    pub fn share(&self) -> Option<Option<pinmesh_protocol::share::Share>> {
+        self.follower
+    }
+
     /// Whether this node should hold `cid`, pinned with `spec` (expiry aside).
     pub fn holds(&self, cid: &Cid, spec: &pinmesh_protocol::PinSpec) -> bool {
         match &self.follower {
@@ -190,6 +195,10 @@ pub struct Report {
     /// Unpins waiting for the agent to be synced (0 from an agent that does not report it).
     #[serde(default)]
     pub waiting_for_sync: u64,
+    /// Pins a follower with a storage cap did not take (0 from an agent that does not report
+    /// it).
+    #[serde(default)]
+    pub skipped: u64,
 }
 
 impl ReconcilerHandle {

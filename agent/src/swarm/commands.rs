@@ -81,6 +81,7 @@ impl EventLoop {
                 self.pending_status.insert(id, reply);
             }
             SwarmCommand::PublishMetric(metric) => self.publish_metric(metric),
+            SwarmCommand::Announce(announcement) => self.announce(announcement),
             SwarmCommand::Live { reply } => {
                 let _ = reply.send(self.metrics.live(tokio::time::Instant::now()));
             }
@@ -105,6 +106,7 @@ impl EventLoop {
         behaviour.blocked.block_peer(peer);
         behaviour.kad.remove_peer(&peer);
         self.metrics.forget(&peer);
+        self.followers.forget(&peer);
         self.peers.remove(&peer);
         let waiting = (self.pending_dials.remove(&peer).into_iter())
             .chain(self.pending_joins.remove(&peer))
@@ -128,6 +130,12 @@ impl EventLoop {
             .copied()
             .collect();
         ids.extend(unseen);
+        // Followers heard of only through their announcements.
+        let announced: Vec<PeerId> = (self.followers.peers())
+            .filter(|p| !ids.contains(p))
+            .copied()
+            .collect();
+        ids.extend(announced);
         let removed: Vec<PeerId> = (self.swarm.behaviour().blocked.blocked_peers().iter())
             .copied()
             .collect();
@@ -147,6 +155,7 @@ impl EventLoop {
                     last_heard_ms: heard.map(|(at, _)| now.saturating_sub(at).as_millis() as u64),
                     summary: heard.map(|(_, s)| s.clone()),
                     metric: self.metrics.view(&id, clock),
+                    follower: self.followers.view(&id, clock),
                 }
             })
             .collect();
@@ -160,6 +169,7 @@ impl EventLoop {
             removed,
             refused_removed: self.flags.refused_removed.load(Ordering::Relaxed),
             repinning: None,
+            followers: self.followers.views(clock),
         }
     }
 }

@@ -16,6 +16,7 @@ use pinmesh_protocol::{DeltaBatch, Gossip, Refusal, Request, Response};
 use tracing::{debug, info, warn};
 
 use super::behaviour::author_peer;
+use super::followers::Rejected as FollowerRejected;
 use super::membership::Verdict;
 use super::metrics::Rejected;
 use super::{BehaviourEvent, EventLoop, SwarmError};
@@ -138,6 +139,8 @@ impl EventLoop {
             }) => {
                 let verdict = if message.topic == self.metrics_topic.hash() {
                     self.on_metric(message.source, &message.data)
+                } else if message.topic == self.followers_topic.hash() {
+                    self.on_announcement(message.source, &message.data)
                 } else {
                     self.on_gossip(message.source, &message.data)
                 };
@@ -320,6 +323,31 @@ impl EventLoop {
             Err(Rejected::Stale) => MessageAcceptance::Ignore,
             Err(err) => {
                 warn!(%source, error = %err, "metric rejected");
+                MessageAcceptance::Reject
+            }
+        }
+    }
+
+    /// Validates a follower's announcement; a replay, one too soon or one follower too many
+    /// is ignored (and not forwarded), not held against its sender.
+    fn on_announcement(&mut self, source: Option<PeerId>, data: &[u8]) -> MessageAcceptance {
+        self.flags
+            .gossip_bytes_in
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let Some(source) = source else {
+            return MessageAcceptance::Reject;
+        };
+        if self.is_removed(&source) {
+            return MessageAcceptance::Ignore;
+        }
+        match self
+            .followers
+            .receive(source, data, tokio::time::Instant::now())
+        {
+            Ok(()) => MessageAcceptance::Accept,
+            Err(FollowerRejected::Ignored) => MessageAcceptance::Ignore,
+            Err(err) => {
+                warn!(%source, error = %err, "follower announcement rejected");
                 MessageAcceptance::Reject
             }
         }

@@ -108,6 +108,14 @@ impl SwarmHandle {
             .map_err(|_| SwarmError::Stopped)
     }
 
+    /// Publishes this follower's announcement.
+    pub async fn announce(&self, announcement: super::Announcement) -> Result<(), SwarmError> {
+        self.tx
+            .send(SwarmCommand::Announce(announcement))
+            .await
+            .map_err(|_| SwarmError::Stopped)
+    }
+
     /// The peers with a live metric (this agent included when it has one): those allocation
     /// may choose.
     pub async fn live_peers(&self) -> Result<Vec<(PeerId, super::PeerMetric)>, SwarmError> {

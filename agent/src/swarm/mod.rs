@@ -18,6 +18,7 @@ mod behaviour;
 mod codec;
 mod commands;
 mod events;
+mod followers;
 mod handle;
 mod membership;
 mod metrics;
@@ -44,6 +45,8 @@ use tracing::{debug, info, warn};
 
 pub use self::behaviour::{Behaviour, BehaviourEvent, build, topic};
 pub use self::codec::{SyncCodec, cluster_id, sync_protocols};
+use self::followers::Followers;
+pub use self::followers::{Announcement, FollowerView, coverage, topic as followers_topic};
 pub use self::handle::{SwarmError, SwarmHandle};
 use self::membership::Membership;
 use self::metrics::Metrics;
@@ -77,6 +80,8 @@ pub enum SwarmCommand {
     },
     /// Publish this agent's metric (and hold it as its own).
     PublishMetric(pinmesh_protocol::metric::Metric),
+    /// Publish this follower's announcement.
+    Announce(Announcement),
     /// The peers with a live metric, this agent included.
     Live {
         reply: oneshot::Sender<Vec<(PeerId, PeerMetric)>>,
@@ -127,6 +132,9 @@ pub struct SwarmInfo {
     /// repinning off, on an agent that may not write, or before its first look).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repinning: Option<Repinning>,
+    /// Followers that announced themselves (a follower holds none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub followers: Vec<FollowerView>,
 }
 
 /// What this agent knows of one peer.
@@ -143,6 +151,9 @@ pub struct PeerView {
     /// Its latest allocation metric, live or expired.
     #[serde(default)]
     pub metric: Option<PeerMetric>,
+    /// Its latest announcement, when it announced itself as a follower.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follower: Option<FollowerView>,
 }
 
 /// What the event loop knows of a peer's connections (catch-up knows what it said).
@@ -204,6 +215,9 @@ pub struct EventLoop {
     metrics_topic: IdentTopic,
     /// Every peer's latest metric.
     metrics: Metrics,
+    /// Where followers announce themselves, and every follower's latest announcement.
+    followers_topic: IdentTopic,
+    followers: Followers,
     replica: ReplicaHandle,
     flags: Arc<Flags>,
     synced: watch::Sender<bool>,
@@ -238,6 +252,14 @@ impl EventLoop {
         swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
         let metrics_topic = metrics::topic(&wiring.cluster);
         swarm.behaviour_mut().gossipsub.subscribe(&metrics_topic)?;
+        // Members listen to followers; a follower only publishes there.
+        let followers_topic = followers::topic(&wiring.cluster);
+        if !wiring.role.is_follower() {
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(&followers_topic)?;
+        }
         for peer in &wiring.removed {
             swarm.behaviour_mut().blocked.block_peer(*peer);
         }
@@ -269,6 +291,8 @@ impl EventLoop {
             membership: Membership::new(sync_protocols(&wiring.cluster)),
             metrics,
             metrics_topic,
+            followers: Followers::new(&wiring.cluster),
+            followers_topic,
             cluster: wiring.cluster,
             swarm,
             topic,
@@ -317,7 +341,10 @@ impl EventLoop {
                 }
                 // A node that came up late, a link between nodes that was dropped.
                 _ = reask.tick(), if self.peering.is_some() => self.ask_all(Request::IpfsNode),
-                _ = sweep.tick() => self.server.sweep(),
+                _ = sweep.tick() => {
+                    self.server.sweep();
+                    self.followers.forget_old(Instant::now());
+                }
                 Ok(()) = state.changed() => self.feed(Input::LocalChanged),
             }
         }
@@ -522,5 +549,11 @@ impl EventLoop {
         let me = *self.swarm.local_peer_id();
         self.metrics.own(me, metric, Instant::now());
         self.publish_on(self.metrics_topic.clone(), data, "metric");
+    }
+
+    /// Publishes this follower's announcement; a lost one is replaced by the next.
+    fn announce(&mut self, announcement: Announcement) {
+        let data = wire::encode_announcement(&announcement);
+        self.publish_on(self.followers_topic.clone(), data, "announcement");
     }
 }

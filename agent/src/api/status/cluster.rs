@@ -8,7 +8,8 @@
 //!   `unreachable`, with `since` (unix ms of its last metric; 0 when none was ever heard);
 //! - a connected peer that did not answer and need not hold the CID shows `unknown`, as does
 //!   a peer that answered but left the CID out;
-//! - a peer that drives no IPFS node is left out (unless the CID is allocated to it: `unknown`).
+//! - a peer that drives no IPFS node is left out (unless the CID is allocated to it: `unknown`);
+//! - followers are not asked: a line counts those whose announced share covers its CID.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -80,8 +81,12 @@ impl From<PinStatusEntry> for PeerPinStatus {
 pub struct ClusterStatusLine {
     pub cid: String,
     /// Every peer that should hold the CID, and every other peer with an IPFS node that
-    /// answered (this agent included, if it drives one).
+    /// answered (this agent included, if it drives one). Followers are not asked.
     pub peers: BTreeMap<String, PeerPinStatus>,
+    /// Live followers whose announced share covers the CID (0 from a release without
+    /// followers).
+    #[serde(default)]
+    pub followers: usize,
 }
 
 /// Who should hold a CID.
@@ -173,6 +178,7 @@ impl Round {
         ClusterStatusLine {
             cid: cid.to_string(),
             peers,
+            followers: 0,
         }
     }
 }
