@@ -310,10 +310,20 @@ pub struct Rogue {
 impl Rogue {
     /// Connects to `agent` and waits until it has subscribed to the cluster's topics.
     pub async fn connect(secret: &str, cluster: &str, agent: &Multiaddr) -> Rogue {
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        Self::connect_as(key, secret, cluster, agent).await
+    }
+
+    /// As [`connect`](Self::connect), with the identity `key` (a follower's, say).
+    pub async fn connect_as(
+        key: libp2p::identity::Keypair,
+        secret: &str,
+        cluster: &str,
+        agent: &Multiaddr,
+    ) -> Rogue {
         use futures::StreamExt;
         use libp2p::gossipsub;
         let secret = pinmesh_agent::config::parse_secret(secret).expect("secret");
-        let key = libp2p::identity::Keypair::generate_ed25519();
         let flags = pinmesh_agent::swarm::Flags::default();
         let mut swarm =
             pinmesh_agent::swarm::build(key.clone(), secret, cluster, &flags).expect("rogue swarm");

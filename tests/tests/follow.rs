@@ -10,10 +10,11 @@ use std::time::Duration;
 use libp2p::PeerId;
 use pinmesh_agent::api::types::PinRequest;
 use pinmesh_agent::follow::{FollowConfig, FollowError, Share};
-use pinmesh_protocol::Cid;
+use pinmesh_agent::replica::NodeSigner;
+use pinmesh_protocol::{ActorId, Cid, DeltaBatch, Dot, Gossip, MemPinset, Op, PinSpec, codec};
 use pinmesh_tests::ipfs::{IpfsNet, IpfsNode};
 use pinmesh_tests::{
-    TestAgent, assert_one_line_error, peers_until, pinmesh_in, random_secret, stdout,
+    Rogue, TestAgent, assert_one_line_error, peers_until, pinmesh_in, random_secret, stdout,
 };
 use tokio::time::Instant;
 
@@ -446,6 +447,33 @@ async fn followers_pin_every_pin_or_their_share_and_write_nothing() {
 
     // `follow NAME list` reads the database of a stopped follower.
     full.stop().await;
+
+    // A batch the follower signs with its own key (a well-formed one, from a modified build)
+    // is rejected by the members and changes nothing.
+    let key = full.home.load_identity().expect("identity");
+    let mut rogue = Rogue::connect_as(key, &secret, "default", &bootstrap[0]).await;
+    let signer = NodeSigner(rogue.key.clone().try_into_ed25519().expect("ed25519"));
+    let actor = ActorId::derive(&signer.0.public().to_bytes(), 1);
+    let delta = MemPinset::new().local(
+        Dot::new(actor, 1),
+        cids[0],
+        Op::Pin {
+            at: 1,
+            spec: PinSpec::named("from a follower"),
+        },
+    );
+    let batch = DeltaBatch::sign(&signer, "default", 1, &[delta]);
+    assert_eq!(batch.verify("default"), Ok(()), "a well-formed batch");
+    rogue.publish(codec::encode_gossip(&Gossip::DeltaBatch(batch)));
+    assert!(
+        rogue
+            .until_rejected(&writers[0], 1, Duration::from_secs(30))
+            .await,
+        "the follower's batch was rejected"
+    );
+    assert_eq!(writers[0].state().summary.pins, 90, "and changed nothing");
+    drop(rogue);
+
     let home = full.home.dir.to_str().expect("path").to_string();
     let out = pinmesh_in(&full.home.dir, &["follow", "full", "list", "--dir", &home]);
     assert!(out.status.success(), "{out:?}");
