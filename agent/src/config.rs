@@ -61,6 +61,10 @@ pub struct FollowerConfig {
     /// Absent: every pin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share: Option<String>,
+    /// Stop taking new pins once the IPFS node holds this much ("100GB"; `follow NAME run
+    /// --max-storage SIZE` sets it). Absent: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "exact_size")]
+    pub max_storage: Option<bytesize::ByteSize>,
 }
 
 /// A follower's settings, checked.
@@ -68,6 +72,8 @@ pub struct FollowerConfig {
 pub struct Follower {
     pub writer: libp2p::PeerId,
     pub share: Option<pinmesh_protocol::share::Share>,
+    /// Bytes its node may hold before it stops taking new pins.
+    pub max_storage: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -535,7 +541,11 @@ impl Config {
                             .map_err(|m| invalid(format!("follower.share: {m}")))
                     })
                     .transpose()?;
-                Some(Follower { writer, share })
+                Some(Follower {
+                    writer,
+                    share,
+                    max_storage: f.max_storage.map(|size| size.as_u64()),
+                })
             }
         };
         Ok(Validated {

@@ -326,6 +326,7 @@ impl Node {
                         retry_base: reconcile::RETRY_BASE,
                         probe_interval: reconcile::PROBE_INTERVAL,
                         release_retry: reconcile::RELEASE_RETRY,
+                        storage_cap: config.follower.as_ref().and_then(|f| f.max_storage),
                     },
                     keeper.link,
                     cancel.child_token(),

@@ -188,6 +188,17 @@ impl IpfsNode {
             .collect()
     }
 
+    /// The bytes the node's repo holds (`repo/stat`).
+    pub async fn repo_size(&self) -> u64 {
+        let response = self.post("repo/stat").await.expect("repo/stat");
+        let stat: serde_json::Value = response.json().await.expect("repo/stat JSON");
+        // js-ipfs writes it as a string, Kubo as a number.
+        let size = &stat["RepoSize"];
+        (size.as_u64())
+            .or_else(|| size.as_str()?.parse().ok())
+            .unwrap_or_else(|| panic!("RepoSize in {stat}"))
+    }
+
     /// `pin/add` of one CID, as a plain HTTP client would (the benchmark's baseline).
     pub async fn pin_add(&self, cid: &Cid) -> Result<(), String> {
         self.post(&format!("pin/add?arg={cid}&timeout=60s"))

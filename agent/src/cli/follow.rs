@@ -104,6 +104,18 @@ struct RunArgs {
     /// Hold every pin again (forget a --share).
     #[arg(long, conflicts_with = "share")]
     all: bool,
+    /// Stop taking new pins once the IPFS node holds this much ("100GB"); pins are taken in
+    /// the order of the pinset and skipped past the cap (kept for later runs).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_storage: Option<bytesize::ByteSize>,
+    /// Take pins whatever the storage used (forget a --max-storage).
+    #[arg(long, conflicts_with = "max_storage")]
+    no_max_storage: bool,
+}
+
+fn parse_size(text: &str) -> Result<bytesize::ByteSize, String> {
+    text.parse::<bytesize::ByteSize>()
+        .map_err(|_| format!("{text:?} is not a size (such as 500MB or 2GiB)"))
 }
 
 /// The largest follow configuration read.
@@ -253,6 +265,7 @@ async fn init(ctx: &Ctx, name: &str, args: InitArgs) -> anyhow::Result<ExitCode>
                 source: args.source.clone(),
                 writer: writer.to_string(),
                 share: None,
+                max_storage: None,
             }),
             ..InitOptions::default()
         },
@@ -282,10 +295,17 @@ async fn init(ctx: &Ctx, name: &str, args: InitArgs) -> anyhow::Result<ExitCode>
 
 fn follow_run(ctx: &Ctx, name: &str, args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = load_follower(&ctx.home, name)?;
-    if args.share.is_some() || args.all {
+    let share = args.share.is_some() || args.all;
+    let cap = args.max_storage.is_some() || args.no_max_storage;
+    if share || cap {
         let mut raw = config.raw;
         if let Some(follower) = &mut raw.follower {
-            follower.share = args.share.map(|s| s.to_string());
+            if share {
+                follower.share = args.share.map(|s| s.to_string());
+            }
+            if cap {
+                follower.max_storage = args.max_storage;
+            }
         }
         crate::files::write_private(&ctx.home.config(), raw.to_toml().as_bytes())?;
     }
@@ -399,6 +419,9 @@ struct Info {
     /// Pins its node holds for it, and those that failed.
     pinned: u64,
     errors: u64,
+    /// Its storage cap (`--max-storage`), and the pins skipped for it.
+    max_storage: Option<String>,
+    skipped: u64,
     /// Bytes of the embedded IPFS node's repository (none with --ipfs-api).
     repo_bytes: Option<u64>,
 }
@@ -421,12 +444,22 @@ async fn info(ctx: &Ctx, name: &str) -> anyhow::Result<ExitCode> {
         pins: 0,
         pinned: 0,
         errors: 0,
+        max_storage: follower.max_storage.map(|size| size.to_string()),
+        skipped: 0,
         repo_bytes: (config.raw.ipfs.api.is_none()).then(|| dir_bytes(&ctx.home.ipfs_dir())),
     };
-    let mut count = |status: crate::reconcile::Status| match status {
+    let mut count = |line: &crate::reconcile::status::StatusLine| match line.status {
         crate::reconcile::Status::Pinned => info.pinned += 1,
         crate::reconcile::Status::PinError | crate::reconcile::Status::UnpinError => {
             info.errors += 1
+        }
+        crate::reconcile::Status::Queued
+            if line
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("skipped:")) =>
+        {
+            info.skipped += 1
         }
         _ => {}
     };
@@ -434,7 +467,7 @@ async fn info(ctx: &Ctx, name: &str) -> anyhow::Result<ExitCode> {
         Some((store, pins)) => {
             let role = role_of(&config, &ctx.home)?;
             each_line(&store, &role, &mut |line| {
-                count(line.status);
+                count(&line);
                 Ok(())
             })?;
             info.pins = pins;
@@ -443,7 +476,7 @@ async fn info(ctx: &Ctx, name: &str) -> anyhow::Result<ExitCode> {
             let client = ctx.client()?;
             client
                 .status(&[], &[], |line| {
-                    count(line.status);
+                    count(&line);
                     Ok(())
                 })
                 .await?;
@@ -479,6 +512,12 @@ async fn info(ctx: &Ctx, name: &str) -> anyhow::Result<ExitCode> {
         "pins:     {} in the cluster, {} pinned here, {} in error",
         info.pins, info.pinned, info.errors
     );
+    if let Some(cap) = &info.max_storage {
+        println!(
+            "cap:      {cap} (--max-storage): {} pins skipped",
+            info.skipped
+        );
+    }
     if let Some(bytes) = info.repo_bytes {
         println!(
             "disk:     {} in the IPFS repo",

@@ -28,7 +28,10 @@ use crate::ipfs::{IpfsError, PinBackend, twin};
 use crate::replica::{Changes, now_ms};
 use crate::store::{PinState, Status, Store};
 
+mod cap;
 mod node;
+
+use self::cap::Cap;
 
 /// Claims waiting for the actor; at most one per worker.
 const CLAIM_CAPACITY: usize = 64;
@@ -58,6 +61,8 @@ pub(super) struct Reconciler {
     /// time comes, and handed to [`Cluster::expired`]. A rewritten pin may leave an old time
     /// behind: looking at it again then is harmless.
     expiries: BTreeSet<(u64, Cid)>,
+    /// A follower's storage cap, when it has one.
+    cap: Option<Cap>,
 }
 
 impl Reconciler {
@@ -71,6 +76,7 @@ impl Reconciler {
     ) -> Self {
         let (claims_tx, claims) = mpsc::channel(CLAIM_CAPACITY);
         let now = Instant::now();
+        let settings_cap = settings.storage_cap.map(Cap::new);
         Reconciler {
             workers: Workers::new(Tools {
                 backend: backend.clone(),
@@ -93,6 +99,7 @@ impl Reconciler {
             cycle: Report::default(),
             cluster,
             expiries: BTreeSet::new(),
+            cap: settings_cap,
         }
     }
 
@@ -121,6 +128,7 @@ impl Reconciler {
                 self.queue.release_sync_waiters(Instant::now());
             }
             self.queue.promote_due(Instant::now());
+            self.read_cap().await;
             self.dispatch().await;
             if let Err(err) = self.records.flush().await {
                 warn!(error = %err, "cannot record pin statuses; retrying");
@@ -136,6 +144,9 @@ impl Reconciler {
                         self.listing.rescan(now);
                     }
                     for cid in batch {
+                        if let Some(cap) = &mut self.cap {
+                            cap.changed(&cid);
+                        }
                         self.queue.enqueue_now(cid, true, now);
                     }
                     // New pins: whether the node has them needs a look after this.
@@ -179,6 +190,7 @@ impl Reconciler {
             running: counts.running as u64,
             retrying: counts.retrying as u64,
             waiting_for_sync: counts.waiting_for_sync as u64,
+            skipped: self.cap.as_ref().map_or(0, Cap::skipped),
             ..self.cycle.clone()
         };
         self.report.send_if_modified(|old| {
@@ -199,6 +211,9 @@ impl Reconciler {
         if let Some(&(at, _)) = self.expiries.first() {
             let wait = (at * 1000).saturating_sub(now_ms());
             wake = wake.min(Instant::now() + Duration::from_millis(wait));
+        }
+        if let Some(at) = self.cap.as_ref().and_then(Cap::next_read) {
+            wake = wake.min(at);
         }
         // Only when a dispatch round could start something: before the first listing, queued
         // work waits for the first full comparison.
@@ -291,15 +306,28 @@ impl Reconciler {
                     self.expiries.insert((at, cid));
                 }
                 let role = self.records.role();
+                let held = have(&self.actual, &cid);
                 let facts = Facts {
                     wanted: versions.and_then(|v| wanted_of(&cid, v, now_secs, role)),
                     handover: versions.and_then(|v| handover_of(&cid, v, now_secs, role)),
-                    have: have(&self.actual, &cid),
+                    have: held,
                     state: stored.state,
                     synced,
                     listed_fresh: self.listing.since(Some(since)),
                 };
-                let decision = decide(facts, now_ms);
+                let mut decision = decide(facts, now_ms);
+                // A new pin past a follower's storage cap is skipped.
+                if let (Some(cap), Next::Run(Job::Pin { .. }), None) =
+                    (&mut self.cap, &decision.next, held)
+                    && cap.reached()
+                {
+                    decision = cap.skip(cid, latest.as_ref(), now_ms);
+                }
+                if let (Some(cap), Next::Run(Job::Pin { .. }), None) =
+                    (&mut self.cap, &decision.next, held)
+                {
+                    cap.started();
+                }
                 if let Some(record) = decision.record {
                     if was_pinned && record.status == Status::UnexpectedlyUnpinned {
                         warn!(%cid, "pin disappeared from the IPFS node; pinning it again");
@@ -338,6 +366,34 @@ impl Reconciler {
         for (cid, job, latest) in started {
             self.running.insert(cid, latest);
             self.workers.spawn(cid, job);
+        }
+    }
+
+    /// Reads the node's size for a follower's storage cap when the last reading is stale, and
+    /// queues the skipped pins again (in key order) once the node is under the cap.
+    async fn read_cap(&mut self) {
+        let Some(cap) = &self.cap else { return };
+        let now = Instant::now();
+        if self.health.down || !cap.stale(now) {
+            return;
+        }
+        let used = match self.backend.repo_stat().await {
+            Ok(stat) => stat.repo_size,
+            Err(err) => {
+                debug!(error = %err, "cannot read the node's size for follower.max_storage");
+                return;
+            }
+        };
+        let Some(cap) = &mut self.cap else { return };
+        let again = cap.read(used, now);
+        if !again.is_empty() {
+            info!(
+                pins = again.len(),
+                "under follower.max_storage again: taking skipped pins"
+            );
+        }
+        for cid in again {
+            self.queue.enqueue(cid, false, now);
         }
     }
 

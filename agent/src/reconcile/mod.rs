@@ -157,6 +157,9 @@ pub struct Settings {
     /// How soon a pin allocated elsewhere is looked at again while its new peers do not hold
     /// it yet ([`RELEASE_RETRY`]).
     pub release_retry: Duration,
+    /// A follower's storage cap in bytes (`follower.max_storage`): new pins are skipped once
+    /// the node holds this much.
+    pub storage_cap: Option<u64>,
 }
 
 /// Commands from the API.

@@ -229,6 +229,7 @@ impl Harness {
             retry_base: Duration::from_millis(5),
             probe_interval: Duration::from_millis(20),
             release_retry: Duration::from_millis(20),
+            storage_cap: None,
         };
         adjust(&mut settings);
         let cluster = Arc::new(FakeCluster::default());
