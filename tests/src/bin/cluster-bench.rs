@@ -8,7 +8,9 @@
 //! - ingest: pipelined batch pins at agent 0 while N-1 replicate; acked pins/s and how long after
 //!   the last ack every replica holds them all;
 //! - join: one agent with a large pinset, then a fresh agent: time until it is synced with all
-//!   pins, application bytes it received against the encoded entries, and both agents' RSS.
+//!   pins, application bytes it received against the encoded entries, and both agents' RSS;
+//! - follow: a new follower made from a trusted writer's follow configuration URL, as the join
+//!   ([`follow`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -21,6 +23,9 @@ use pinmesh_protocol::sim::sim_cid;
 use pinmesh_protocol::{ActorId, Dot, PinEntry, PinSpec, Version, codec};
 use pinmesh_tests::process::{AgentProcess, full_mesh};
 use tempfile::TempDir;
+
+#[path = "cluster-bench/follow.rs"]
+mod follow;
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmarks a pinmesh cluster of real processes on loopback")]
@@ -40,6 +45,9 @@ struct Args {
     /// Pins held by the cluster a fresh agent joins.
     #[arg(long, default_value_t = 1_000_000)]
     join_pins: u64,
+    /// Pins of the trusted writer a new follower syncs in the follow phase.
+    #[arg(long, default_value_t = 100_000)]
+    follow_pins: u64,
     /// Pins (replication 2) of the cluster that loses a peer in the repin phase: with 10
     /// agents, the lost one holds about a fifth.
     #[arg(long, default_value_t = 500_000)]
@@ -47,8 +55,8 @@ struct Args {
     /// `cluster.repin_rate` of the repin phase's agents (the default config's is 1000).
     #[arg(long, default_value_t = 1000)]
     repin_rate: u32,
-    /// Phases to run, comma-separated: floors,latency,ingest,join,repin (repin: agents with
-    /// embedded IPFS nodes, which publish the metrics allocation needs).
+    /// Phases to run, comma-separated: floors,latency,ingest,join,follow,repin (repin: agents
+    /// with embedded IPFS nodes, which publish the metrics allocation needs).
     #[arg(long, default_value = "floors,latency,ingest,join")]
     phases: String,
     /// Print one JSON object with every number instead of the table.
@@ -177,7 +185,7 @@ async fn cluster(bin: &Path, root: &Path, n: usize) -> anyhow::Result<Vec<AgentP
 
 /// Pins `count` CIDs from `first` at `agent`, `per_request` per request, `parallel` in flight,
 /// with the cluster's default factors or `replication`.
-async fn bulk_pin(
+pub(crate) async fn bulk_pin(
     client: &Client,
     (first, count): (u64, u64),
     per_request: u64,
@@ -537,6 +545,31 @@ async fn main() -> anyhow::Result<()> {
             ),
         );
         report.insert("rss_mb_fresh".into(), (rss_fresh as f64 / 1e6).into());
+    }
+    if phases.contains(&"follow") {
+        let pins = args.follow_pins;
+        let f = follow::follow_phase(&args.bin, &root.path().join("follow"), pins).await?;
+        let entries = encoded_entries(0, pins);
+        say(
+            &mut report,
+            json,
+            "follow_synced_s",
+            f.synced.as_secs_f64().into(),
+            format!(
+                "new follower from the configuration URL, {} pins: synced in {:.2} s (follow init {:.2} s of it, then follow run), {} snapshot(s); received {:.1} MB = {:.2}x the encoded entries ({:.1} MB); RSS {:.1} MB",
+                pins,
+                f.synced.as_secs_f64(),
+                f.init.as_secs_f64(),
+                f.snapshots,
+                f.received as f64 / 1e6,
+                f.received as f64 / entries as f64,
+                entries as f64 / 1e6,
+                f.rss as f64 / 1e6
+            ),
+        );
+        report.insert("follow_received_bytes".into(), f.received.into());
+        report.insert("follow_init_s".into(), f.init.as_secs_f64().into());
+        report.insert("follow_rss_mb".into(), (f.rss as f64 / 1e6).into());
     }
     if phases.contains(&"repin") {
         let mut agents = repin_cluster(
