@@ -1,7 +1,7 @@
 //! `pinmesh follow-config` (on a member) and `pinmesh follow` (a follower: a read-only agent
 //! that joins a cluster from its follow configuration).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -294,22 +294,45 @@ async fn init(ctx: &Ctx, name: &str, args: InitArgs) -> anyhow::Result<ExitCode>
 }
 
 fn follow_run(ctx: &Ctx, name: &str, args: RunArgs) -> anyhow::Result<ExitCode> {
-    let config = load_follower(&ctx.home, name)?;
-    let share = args.share.is_some() || args.all;
-    let cap = args.max_storage.is_some() || args.no_max_storage;
-    if share || cap {
-        let mut raw = config.raw;
-        if let Some(follower) = &mut raw.follower {
-            if share {
-                follower.share = args.share.map(|s| s.to_string());
-            }
-            if cap {
-                follower.max_storage = args.max_storage;
-            }
-        }
-        crate::files::write_private(&ctx.home.config(), raw.to_toml().as_bytes())?;
+    load_follower(&ctx.home, name)?;
+    let share = (args.share.is_some() || args.all).then(|| args.share.map(|s| s.to_string()));
+    let cap = (args.max_storage.is_some() || args.no_max_storage)
+        .then(|| args.max_storage.map(|size| size.as_u64()));
+    if share.is_some() || cap.is_some() {
+        keep_settings(&ctx.home.config(), share, cap)?;
     }
     super::run::serve(ctx, Vec::new())
+}
+
+/// Writes `--share` and `--max-storage` into `[follower]` of the config at `path`, for later
+/// runs (`Some(None)`: removed), leaving the rest of the file, comments included, as it was.
+fn keep_settings(
+    path: &Path,
+    share: Option<Option<String>>,
+    cap: Option<Option<u64>>,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .with_context(|| format!("cannot edit {}", path.display()))?;
+    let follower = (doc.get_mut("follower"))
+        .and_then(|item| item.as_table_mut())
+        .with_context(|| format!("{} has no [follower] table", path.display()))?;
+    match share {
+        Some(Some(share)) => follower["share"] = toml_edit::value(share),
+        Some(None) => drop(follower.remove("share")),
+        None => {}
+    }
+    match cap {
+        Some(Some(bytes)) => {
+            let bytes = i64::try_from(bytes).context("--max-storage is too large")?;
+            follower["max_storage"] = toml_edit::value(bytes);
+        }
+        Some(None) => drop(follower.remove("max_storage")),
+        None => {}
+    }
+    crate::files::write_private(path, doc.to_string().as_bytes())?;
+    Ok(())
 }
 
 /// The follower's checked config, or one line saying there is none.
@@ -527,6 +550,18 @@ async fn info(ctx: &Ctx, name: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether an agent answers at the API address its home records (a file that `kill -9` left
+/// behind names a port nobody listens on).
+fn answers(home: &Home) -> bool {
+    let Ok(text) = std::fs::read_to_string(home.api_addr()) else {
+        return false;
+    };
+    let Ok(addr) = text.trim().parse::<std::net::SocketAddr>() else {
+        return false;
+    };
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
+
 /// Bytes of the files under `dir` (0 when absent).
 fn dir_bytes(dir: &std::path::Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -564,7 +599,7 @@ fn list_followers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             ),
             Err(err) => ("?".into(), format!("unreadable config: {err}")),
         };
-        let running = home.api_addr().exists();
+        let running = answers(&home);
         if ctx.json {
             print_json(&serde_json::json!({
                 "name": name, "cluster": cluster, "source": source, "running": running,
@@ -582,4 +617,39 @@ fn list_followers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_keeps_share_and_cap_in_the_config_with_its_comments() {
+        let dir = tempfile::TempDir::new().expect("dir");
+        let path = dir.path().join("config.toml");
+        let text = "# the operator's note\n[cluster]\nname = \"archive\" # ours\n\n\
+                    [follower]\nsource = \"f.json\"\nwriter = \"W\"\n";
+        std::fs::write(&path, text).expect("write");
+        keep_settings(&path, Some(Some("1/4".into())), Some(Some(5 << 30))).expect("kept");
+        let kept = std::fs::read_to_string(&path).expect("read");
+        assert!(
+            kept.contains("# the operator's note") && kept.contains("# ours"),
+            "{kept}"
+        );
+        let value: toml::Value = toml::from_str(&kept).expect("toml");
+        assert_eq!(value["follower"]["share"].as_str(), Some("1/4"));
+        assert_eq!(value["follower"]["max_storage"].as_integer(), Some(5 << 30));
+        // --all and --no-max-storage remove them; a run without either changes nothing.
+        keep_settings(&path, Some(None), Some(None)).expect("kept");
+        keep_settings(&path, None, None).expect("kept");
+        let value: toml::Value =
+            toml::from_str(&std::fs::read_to_string(&path).expect("read")).expect("toml");
+        let follower = value["follower"].as_table().expect("table");
+        assert!(!follower.contains_key("share") && !follower.contains_key("max_storage"));
+        assert_eq!(follower["source"].as_str(), Some("f.json"));
+        // A config without [follower] is refused, not changed.
+        std::fs::write(&path, "[cluster]\n").expect("write");
+        assert!(keep_settings(&path, Some(None), None).is_err());
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "[cluster]\n");
+    }
 }

@@ -268,12 +268,15 @@ impl Store {
                 Err(err) => return Err(err),
             }
         }
-        tracing::info!(
-            pins = persisted.head.pins,
-            allocated = count,
-            ms = started.elapsed().as_millis() as u64,
-            "counted the pins allocated to this peer"
-        );
+        // An empty pinset (a new database) is nothing to tell.
+        if persisted.head.pins > 0 {
+            tracing::info!(
+                pins = persisted.head.pins,
+                allocated = count,
+                ms = started.elapsed().as_millis() as u64,
+                "counted the pins allocated to this peer"
+            );
+        }
         Ok(count)
     }
 
