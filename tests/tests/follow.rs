@@ -420,6 +420,54 @@ async fn followers_pin_every_pin_or_their_share_and_write_nothing() {
         );
     }
 
+    // Asked about CIDs by name, connected followers answer too, apart from the members.
+    let inside = *left_mine.iter().next().expect("a CID of the share");
+    let outside = *left.difference(&mine).next().expect("a CID outside it");
+    let mut named = Vec::new();
+    writers[0]
+        .client()
+        .cluster_status(&[inside.to_string(), outside.to_string()], &[], |line| {
+            named.push(line);
+            Ok(())
+        })
+        .await
+        .expect("cluster status");
+    let said = |line: &pinmesh_agent::api::status::ClusterStatusLine, id: &PeerId| {
+        line.follower_peers
+            .get(&id.to_string())
+            .map(|p| p.status.as_str().to_string())
+    };
+    assert_eq!(named.len(), 2);
+    assert_eq!(
+        said(&named[0], &full_id).as_deref(),
+        Some("pinned"),
+        "{:?}",
+        named[0]
+    );
+    assert_eq!(
+        said(&named[0], &half_id).as_deref(),
+        Some("pinned"),
+        "{:?}",
+        named[0]
+    );
+    assert_eq!(
+        said(&named[1], &full_id).as_deref(),
+        Some("pinned"),
+        "{:?}",
+        named[1]
+    );
+    assert_eq!(
+        said(&named[1], &half_id).as_deref(),
+        Some("remote"),
+        "{:?}",
+        named[1]
+    );
+    assert!(
+        named
+            .iter()
+            .all(|l| !l.peers.contains_key(&full_id.to_string()))
+    );
+
     // A follower writes nothing, through its API or its CLI, and its node is unchanged.
     let before = nodes[2].recursive_pins().await.expect("pins");
     let err = full

@@ -175,12 +175,18 @@ pub async fn cluster_status(
     let (cids, filter) = query.parse()?;
     let filter: Vec<String> = filter.iter().map(ToString::to_string).collect();
     let info = super::swarm_info(&state).await?;
-    // Followers are not asked: their announced shares say what they cover.
+    // Followers are not asked about the whole pinset: their announced shares say what they
+    // cover. About CIDs named (a URL's worth), connected followers answer too.
+    let asked_followers: Vec<PeerId> = (info.peers.iter())
+        .filter(|p| p.connected && p.follower.is_some() && !cids.is_empty())
+        .map(|p| p.peer_id)
+        .collect();
     let peers: Vec<PeerId> = info
         .peers
         .iter()
         .filter(|p| p.connected && p.follower.is_none())
         .map(|p| p.peer_id)
+        .chain(asked_followers.iter().copied())
         .collect();
     let followers = info.followers.clone();
     // A peer drives an IPFS node if a metric of it is held, live or expired; it was last
@@ -230,6 +236,12 @@ pub async fn cluster_status(
                 Ok(lines) => {
                     for (mut line, cid) in lines.into_iter().zip(&chunk) {
                         line.followers = crate::swarm::coverage(&followers, cid);
+                        for follower in &asked_followers {
+                            let id = follower.to_string();
+                            if let Some(status) = line.peers.remove(&id) {
+                                line.follower_peers.insert(id, status);
+                            }
+                        }
                         let keep = filter.is_empty()
                             || line
                                 .peers

@@ -94,6 +94,13 @@ async fn cluster(ctx: &Ctx, args: StatusArgs) -> anyhow::Result<ExitCode> {
                 let status = status_text(p, crate::replica::now_ms());
                 println!("  {peer}  {}", describe(&status, p.attempts, &p.error));
             }
+            for (peer, p) in &line.follower_peers {
+                let status = status_text(p, crate::replica::now_ms());
+                println!(
+                    "  {peer}  {}  (follower)",
+                    describe(&status, p.attempts, &p.error)
+                );
+            }
             if line.followers > 0 {
                 println!(
                     "  followers: {} cover it (by their announced shares)",

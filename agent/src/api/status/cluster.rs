@@ -9,7 +9,8 @@
 //! - a connected peer that did not answer and need not hold the CID shows `unknown`, as does
 //!   a peer that answered but left the CID out;
 //! - a peer that drives no IPFS node is left out (unless the CID is allocated to it: `unknown`);
-//! - followers are not asked: a line counts those whose announced share covers its CID.
+//! - followers are not asked about the whole pinset: a line counts those whose announced share
+//!   covers its CID; about CIDs named, connected followers are asked too, and answer apart.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -87,6 +88,9 @@ pub struct ClusterStatusLine {
     /// followers).
     #[serde(default)]
     pub followers: usize,
+    /// Only when the CIDs were named: each connected follower's own status of the CID.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub follower_peers: BTreeMap<String, PeerPinStatus>,
 }
 
 /// Who should hold a CID.
@@ -179,6 +183,7 @@ impl Round {
             cid: cid.to_string(),
             peers,
             followers: 0,
+            follower_peers: BTreeMap::new(),
         }
     }
 }
