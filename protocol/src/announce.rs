@@ -1,7 +1,9 @@
 //! What a follower says about itself: an [`Announcement`], published on the cluster's
 //! followers topic every few seconds. It is the one thing a follower publishes, and carries no
-//! pin data: the share of the pins it holds (none: all of them), how many it holds, the bytes
-//! its node uses for them, and how many it skipped (a storage cap). Members accept it from
+//! pin data: the share of the pins it holds (none: all of them), how many pins its IPFS node
+//! holds, the bytes its node's repo uses, and how many it skipped (a storage cap). The
+//! numbers are the node's as a whole (a node shared with other uses counts those too) and the
+//! follower's own word. Members accept it from
 //! peers that may not write, so it is small (a fixed layout, [`MAX_ANNOUNCEMENT`] bytes) and
 //! a receiver keeps one per follower. From the shares, a member tells how many followers cover
 //! a CID without asking them.
@@ -30,9 +32,9 @@ pub struct Announcement {
     pub ttl_ms: u64,
     /// `None`: every pin.
     pub share: Option<Share>,
-    /// Pins its node holds for it.
+    /// Pins its IPFS node holds (recursive and direct, as its reconciler knows them).
     pub pins: u64,
-    /// Bytes its node uses for them.
+    /// Bytes its IPFS node's repo uses.
     pub bytes: u64,
     /// Pins of its share it does not take (its storage cap is reached).
     pub skipped: u64,

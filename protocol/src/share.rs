@@ -22,16 +22,26 @@ pub const SHARES_MAX: u32 = 1024;
 impl Share {
     /// Whether `cid` falls in this share. Every CID falls in exactly one share of N.
     pub fn contains(&self, cid: &crate::Cid) -> bool {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(b"pinmesh share v1\0");
-        hasher.update(&cid.to_bytes());
-        let h = u64::from_le_bytes(
-            hasher.finalize().as_bytes()[..8]
-                .try_into()
-                .expect("8 bytes"),
-        );
-        ((u128::from(h) * u128::from(self.of)) >> 64) as u32 == self.index
+        self.has(point(cid))
     }
+
+    /// Whether a CID at `point` (its [`point`]) falls in this share: for many shares asked
+    /// about one CID, hashing it once.
+    pub fn has(&self, point: u64) -> bool {
+        ((u128::from(point) * u128::from(self.of)) >> 64) as u32 == self.index
+    }
+}
+
+/// Where `cid` falls on the ring the shares split: a hash of it.
+pub fn point(cid: &crate::Cid) -> u64 {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"pinmesh share v1\0");
+    hasher.update(&cid.to_bytes());
+    u64::from_le_bytes(
+        hasher.finalize().as_bytes()[..8]
+            .try_into()
+            .expect("8 bytes"),
+    )
 }
 
 impl std::fmt::Display for Share {

@@ -178,13 +178,13 @@ pub async fn cluster_status(
     // Followers are not asked about the whole pinset: their announced shares say what they
     // cover. About CIDs named (a URL's worth), connected followers answer too.
     let asked_followers: Vec<PeerId> = (info.peers.iter())
-        .filter(|p| p.connected && p.follower.is_some() && !cids.is_empty())
+        .filter(|p| p.connected && is_follower(p) && !cids.is_empty())
         .map(|p| p.peer_id)
         .collect();
     let peers: Vec<PeerId> = info
         .peers
         .iter()
-        .filter(|p| p.connected && p.follower.is_none())
+        .filter(|p| p.connected && !is_follower(p))
         .map(|p| p.peer_id)
         .chain(asked_followers.iter().copied())
         .collect();
@@ -268,6 +268,11 @@ pub async fn cluster_status(
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(Body::from_stream(tokio_stream_from(rx)))
         .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Whether `peer` counts as a follower here: its announcement holds.
+fn is_follower(peer: &crate::swarm::PeerView) -> bool {
+    peer.follower.as_ref().is_some_and(|f| f.live)
 }
 
 /// Asks this agent and every connected peer in `peers` about `chunk`, reads who should hold

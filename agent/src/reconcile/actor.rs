@@ -377,11 +377,16 @@ impl Reconciler {
         if self.health.down || !cap.stale(now) {
             return;
         }
-        let used = match self.backend.repo_stat().await {
-            Ok(stat) => stat.repo_size,
-            Err(err) => {
+        let read = tokio::time::timeout(cap::READ_LIMIT, self.backend.repo_stat()).await;
+        let used = match read {
+            Ok(Ok(stat)) => Some(stat.repo_size),
+            Ok(Err(err)) => {
                 debug!(error = %err, "cannot read the node's size for follower.max_storage");
-                return;
+                None
+            }
+            Err(_) => {
+                debug!("reading the node's size for follower.max_storage timed out");
+                None
             }
         };
         let Some(cap) = &mut self.cap else { return };

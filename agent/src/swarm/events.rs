@@ -337,13 +337,12 @@ impl EventLoop {
         let Some(source) = source else {
             return MessageAcceptance::Reject;
         };
-        if self.is_removed(&source) {
+        // A trusted writer is no follower; a removed peer stays out.
+        if self.is_removed(&source) || self.trusted_writers.contains(&source) {
             return MessageAcceptance::Ignore;
         }
-        match self
-            .followers
-            .receive(source, data, tokio::time::Instant::now())
-        {
+        let (now, now_ms) = (tokio::time::Instant::now(), crate::replica::now_ms());
+        match self.followers.receive(source, data, now, now_ms) {
             Ok(()) => MessageAcceptance::Accept,
             Err(FollowerRejected::Ignored) => MessageAcceptance::Ignore,
             Err(err) => {

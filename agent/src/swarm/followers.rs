@@ -3,12 +3,16 @@
 //! The topic is open to peers that may not write (followers are such peers), so what a member
 //! takes from it is bounded: at most [`MAX_ANNOUNCEMENT`] bytes a message, one announcement
 //! held per follower, at most one taken from a follower every [`MIN_GAP`] (faster ones are
-//! ignored and not forwarded), and at most [`MAX_FOLLOWERS`] followers held. An announcement
-//! is taken only when it verifies for this cluster, describes its publisher and is newer than
-//! the one held; it holds for its time to live, and the follower is forgotten
-//! [`FORGET_AFTER`] after that. Announcements carry no pin data: they tell `peers ls` who
-//! follows and how much they hold, and the cluster status how many followers cover a CID
-//! (from their shares, without asking them).
+//! ignored and not forwarded), and at most [`MAX_FOLLOWERS`] followers held (when full,
+//! followers whose announcement expired make room; if none did, newcomers are ignored). An
+//! announcement is taken only when it verifies for this cluster, describes its publisher, is
+//! newer than the one held (its `seq`, the follower's clock in milliseconds, is never taken
+//! twice) and is not older than its time to live and [`MAX_SKEW`] by this agent's clock (an
+//! old one replayed is ignored). It holds for its time to live, at most [`MAX_HOLD`], and the
+//! follower is forgotten [`FORGET_AFTER`] after that. The trusted writers' own are ignored (the
+//! swarm checks). Announcements carry no pin data and are the followers' own word: they tell
+//! `peers ls` who follows and how much they say they hold, and the cluster status how many
+//! followers cover a CID (from their shares, without asking them).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -41,6 +45,14 @@ pub const MAX_FOLLOWERS: usize = 4096;
 /// A follower not heard of for this long after its announcement expired is forgotten.
 pub const FORGET_AFTER: Duration = Duration::from_secs(3600);
 
+/// An announcement holds for its time to live, at most this long: one message keeps a
+/// follower (or a made-up one) in the table no longer.
+pub const MAX_HOLD: Duration = Duration::from_secs(600);
+
+/// How far a follower's clock may be behind this agent's: an announcement older than its time
+/// to live and this is ignored.
+pub const MAX_SKEW: Duration = Duration::from_secs(600);
+
 /// Why an announcement was not taken.
 #[derive(Debug, thiserror::Error)]
 pub enum Rejected {
@@ -52,8 +64,8 @@ pub enum Rejected {
     Invalid(#[from] AnnouncementError),
     #[error("announcement describes another peer than its publisher")]
     NotItsPublisher,
-    /// Not newer than the one held, sooner than [`MIN_GAP`] after it, or from one follower
-    /// too many: ignored, not held against the sender.
+    /// Not newer than the one held, sooner than [`MIN_GAP`] after it, too old, or from one
+    /// follower too many: ignored, not held against the sender.
     #[error("announcement ignored")]
     Ignored,
 }
@@ -96,8 +108,15 @@ impl Followers {
         }
     }
 
-    /// Takes an announcement published by `source`, or says why not.
-    pub fn receive(&mut self, source: PeerId, data: &[u8], now: Instant) -> Result<(), Rejected> {
+    /// Takes an announcement published by `source` at `now` (`now_ms`: the wall clock, unix
+    /// milliseconds), or says why not.
+    pub fn receive(
+        &mut self,
+        source: PeerId,
+        data: &[u8],
+        now: Instant,
+        now_ms: u64,
+    ) -> Result<(), Rejected> {
         if data.len() > MAX_ANNOUNCEMENT {
             return Err(Rejected::TooLarge(data.len()));
         }
@@ -106,23 +125,30 @@ impl Followers {
         if peer_of_key(&announcement.peer) != Some(source) {
             return Err(Rejected::NotItsPublisher);
         }
+        let ttl = Duration::from_millis(announcement.ttl_ms).min(MAX_HOLD);
+        let oldest = now_ms.saturating_sub((ttl + MAX_SKEW).as_millis() as u64);
+        if announcement.seq < oldest {
+            return Err(Rejected::Ignored);
+        }
         match self.held.get(&source) {
             Some(held) => {
-                let newer = announcement.seq > held.announcement.seq || now >= held.expires;
-                if !newer || now.saturating_duration_since(held.arrived) < MIN_GAP {
+                if announcement.seq <= held.announcement.seq
+                    || now.saturating_duration_since(held.arrived) < MIN_GAP
+                {
                     return Err(Rejected::Ignored);
                 }
             }
             None => {
                 if self.held.len() >= MAX_FOLLOWERS {
-                    self.forget_old(now);
+                    // Followers whose announcement expired make room.
+                    self.held.retain(|_, held| now < held.expires);
                 }
                 if self.held.len() >= MAX_FOLLOWERS {
                     return Err(Rejected::Ignored);
                 }
             }
         }
-        let expires = now + Duration::from_millis(announcement.ttl_ms);
+        let expires = now + ttl;
         self.held.insert(
             source,
             Held {
@@ -175,10 +201,12 @@ impl Followers {
     }
 }
 
-/// How many of the live `followers` cover `cid` by their announced share.
+/// How many of the live `followers` cover `cid` by their announced share (the CID hashed
+/// once, whatever the number of followers).
 pub fn coverage(followers: &[FollowerView], cid: &Cid) -> usize {
+    let point = pinmesh_protocol::share::point(cid);
     (followers.iter())
-        .filter(|f| f.live && f.share.is_none_or(|share| share.contains(cid)))
+        .filter(|f| f.live && f.share.is_none_or(|share| share.has(point)))
         .count()
 }
 
@@ -216,7 +244,7 @@ mod tests {
         let mut followers = Followers::new("c");
         let t0 = Instant::now();
         followers
-            .receive(peer, &announced(&signer, "c", 1, None), t0)
+            .receive(peer, &announced(&signer, "c", 1, None), t0, 0)
             .expect("taken");
         let views = followers.views(t0 + Duration::from_secs(1));
         assert_eq!(views.len(), 1);
@@ -237,33 +265,33 @@ mod tests {
         let mut followers = Followers::new("c");
         let t0 = Instant::now();
         let first = announced(&signer, "c", 5, None);
-        followers.receive(peer, &first, t0).expect("taken");
+        followers.receive(peer, &first, t0, 0).expect("taken");
         // The same one again, an older one, a newer one too soon.
         assert!(matches!(
-            followers.receive(peer, &first, t0 + MIN_GAP),
+            followers.receive(peer, &first, t0 + MIN_GAP, 0),
             Err(Rejected::Ignored)
         ));
         let older = announced(&signer, "c", 4, None);
         assert!(matches!(
-            followers.receive(peer, &older, t0 + MIN_GAP),
+            followers.receive(peer, &older, t0 + MIN_GAP, 0),
             Err(Rejected::Ignored)
         ));
         let newer = announced(&signer, "c", 6, Some(Share { index: 0, of: 2 }));
         let soon = t0 + MIN_GAP / 2;
         assert!(matches!(
-            followers.receive(peer, &newer, soon),
+            followers.receive(peer, &newer, soon, 0),
             Err(Rejected::Ignored)
         ));
         followers
-            .receive(peer, &newer, t0 + MIN_GAP)
+            .receive(peer, &newer, t0 + MIN_GAP, 0)
             .expect("taken");
         // Relayed as another peer's, of another cluster, tampered, oversized.
         assert!(matches!(
-            followers.receive(other, &announced(&signer, "c", 9, None), t0),
+            followers.receive(other, &announced(&signer, "c", 9, None), t0, 0),
             Err(Rejected::NotItsPublisher)
         ));
         assert!(matches!(
-            followers.receive(peer, &announced(&signer, "d", 9, None), t0),
+            followers.receive(peer, &announced(&signer, "d", 9, None), t0, 0),
             Err(Rejected::Invalid(AnnouncementError::BadSignature))
         ));
         let mut tampered = announced(&signer, "c", 9, None);
@@ -271,16 +299,66 @@ mod tests {
         tampered[at] ^= 1;
         assert!(
             followers
-                .receive(peer, &tampered, t0 + MIN_GAP * 4)
+                .receive(peer, &tampered, t0 + MIN_GAP * 4, 0)
                 .is_err()
         );
         let big = vec![0u8; MAX_ANNOUNCEMENT + 1];
         assert!(matches!(
-            followers.receive(peer, &big, t0),
+            followers.receive(peer, &big, t0, 0),
             Err(Rejected::TooLarge(_))
         ));
         let views = followers.views(t0 + MIN_GAP);
         assert_eq!(views[0].share, Some(Share { index: 0, of: 2 }));
+    }
+
+    #[test]
+    fn an_old_announcement_replayed_is_ignored_and_none_holds_past_max_hold() {
+        let (peer, signer) = follower(1);
+        let mut followers = Followers::new("c");
+        let t0 = Instant::now();
+        let wall = 1_800_000_000_000;
+        let last = announced(&signer, "c", wall, None);
+        followers.receive(peer, &last, t0, wall).expect("taken");
+        // Expired, its last announcement (or an earlier one) replayed: never taken again.
+        let later = t0 + Duration::from_secs(60);
+        for seq in [wall, wall - 1] {
+            let replayed = announced(&signer, "c", seq, None);
+            let at = wall + 60_000;
+            assert!(matches!(
+                followers.receive(peer, &replayed, later, at),
+                Err(Rejected::Ignored)
+            ));
+        }
+        // Forgotten, then replayed much later: too old for its time to live and the skew.
+        let (other, other_signer) = follower(2);
+        let stale = announced(&other_signer, "c", wall, None);
+        let too_late = wall + 3_000 + MAX_SKEW.as_millis() as u64 + 1;
+        assert!(matches!(
+            followers.receive(other, &stale, later, too_late),
+            Err(Rejected::Ignored)
+        ));
+        followers
+            .receive(other, &stale, later, too_late - 1)
+            .expect("within the skew");
+        // A time to live of an hour holds for MAX_HOLD.
+        let (long, long_signer) = follower(3);
+        let standing = Standing {
+            seq: wall,
+            ttl_ms: 3_600_000,
+            ..Standing::default()
+        };
+        let hour = wire::encode_announcement(&Announcement::sign(&long_signer, "c", standing));
+        followers.receive(long, &hour, t0, wall).expect("taken");
+        assert!(
+            followers
+                .view(&long, t0 + MAX_HOLD - Duration::from_secs(1))
+                .is_some_and(|v| v.live)
+        );
+        assert!(
+            followers
+                .view(&long, t0 + MAX_HOLD)
+                .is_some_and(|v| !v.live)
+        );
     }
 
     #[test]
@@ -305,13 +383,13 @@ mod tests {
         }
         let (late, late_signer) = follower(3);
         assert!(matches!(
-            followers.receive(late, &announced(&late_signer, "c", 1, None), t0),
+            followers.receive(late, &announced(&late_signer, "c", 1, None), t0, 0),
             Err(Rejected::Ignored)
         ));
-        // Once the others are old enough to forget, the newcomer gets in.
-        let later = t0 + Duration::from_secs(3) + FORGET_AFTER;
+        // Once the others' announcements expired, they make room for the newcomer.
+        let later = t0 + Duration::from_secs(3);
         followers
-            .receive(late, &announced(&late_signer, "c", 1, None), later)
+            .receive(late, &announced(&late_signer, "c", 1, None), later, 0)
             .expect("taken");
         assert_eq!(followers.views(later).len(), 1);
     }

@@ -218,6 +218,8 @@ pub struct EventLoop {
     /// Where followers announce themselves, and every follower's latest announcement.
     followers_topic: IdentTopic,
     followers: Followers,
+    /// Their announcements are ignored: a trusted writer is no follower.
+    trusted_writers: HashSet<PeerId>,
     replica: ReplicaHandle,
     flags: Arc<Flags>,
     synced: watch::Sender<bool>,
@@ -285,6 +287,7 @@ impl EventLoop {
         // Capacity: one snapshot fetch at a time; each chunk yields one answer.
         let (staged_tx, staged_rx) = mpsc::channel(4);
         Ok(EventLoop {
+            trusted_writers: wiring.trusted_writers.clone(),
             catchup: CatchUp::new(cfg, wiring.trusted_writers),
             started: Instant::now(),
             wake: None,

@@ -4,8 +4,11 @@
 //! old, and before [`READ_AFTER`] new pins started since): the node may go over it by the pins
 //! under way. Pins the node holds are
 //! kept. Skipped pins stay `queued` with a note saying why, and are taken again, in the order
-//! of their keys, once the node is under the cap (pins were removed, or the cap raised and the
-//! follower restarted).
+//! of their keys and [`READ_AFTER`] at a time (each batch checked against a new reading), once
+//! the node is under the cap (pins were removed, or the cap raised and the follower
+//! restarted). A reading that fails or takes longer than [`READ_LIMIT`] counts as one: the
+//! last size stands until the next. The skipped CIDs are held in memory (about 100 bytes
+//! each).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -22,6 +25,9 @@ pub(super) const READ_EVERY: Duration = Duration::from_secs(2);
 
 /// The node's size is read again once this many new pins started since the last reading.
 pub(super) const READ_AFTER: usize = 8;
+
+/// How long reading the node's size may hold up the reconciler.
+pub(super) const READ_LIMIT: Duration = Duration::from_secs(5);
 
 pub(super) struct Cap {
     /// Bytes.
@@ -59,17 +65,22 @@ impl Cap {
         self.started += 1;
     }
 
-    /// Takes a reading of the node's size. Returns the pins skipped so far, in key order, when
-    /// the node is now under the cap (to queue again).
-    pub(super) fn read(&mut self, used: u64, now: Instant) -> Vec<Cid> {
-        self.used = used;
+    /// Takes a reading of the node's size (`None`: it could not be read; the last one stands
+    /// until the next is due). Returns up to [`READ_AFTER`] skipped pins, the first in key
+    /// order, when the node is under the cap (to queue again).
+    pub(super) fn read(&mut self, used: Option<u64>, now: Instant) -> Vec<Cid> {
         self.read_at = Some(now);
+        let Some(used) = used else {
+            return Vec::new();
+        };
+        self.used = used;
         self.started = 0;
         if self.reached() {
-            Vec::new()
-        } else {
-            std::mem::take(&mut self.skipped).into_iter().collect()
+            return Vec::new();
         }
+        std::iter::from_fn(|| self.skipped.pop_first())
+            .take(READ_AFTER)
+            .collect()
     }
 
     /// When the node's size should be read again to take skipped pins (none skipped: never).
@@ -112,7 +123,7 @@ impl Cap {
         let record = (!unchanged).then(|| PinState {
             status: Status::Queued,
             owned: state.is_some_and(|s| s.owned),
-            attempts: 0,
+            attempts: state.map_or(0, |s| s.attempts),
             error: Some(note),
             updated_ms: now_ms,
         });
@@ -135,7 +146,7 @@ mod tests {
         let t0 = Instant::now();
         let mut cap = Cap::new(1000);
         assert!(cap.stale(t0));
-        assert_eq!(cap.read(400, t0), Vec::<Cid>::new());
+        assert_eq!(cap.read(Some(400), t0), Vec::<Cid>::new());
         assert!(!cap.reached() && !cap.stale(t0 + READ_EVERY / 2));
         assert!(cap.stale(t0 + READ_EVERY));
         for _ in 0..READ_AFTER {
@@ -143,9 +154,9 @@ mod tests {
             cap.started();
         }
         assert!(cap.stale(t0), "read again after {READ_AFTER} new pins");
-        assert_eq!(cap.read(1000, t0), Vec::<Cid>::new());
+        assert_eq!(cap.read(Some(1000), t0), Vec::<Cid>::new());
         assert!(cap.reached());
-        let cids: Vec<Cid> = (0..5).map(sim_cid).collect();
+        let cids: Vec<Cid> = (0..12).map(sim_cid).collect();
         for cid in cids.iter().rev() {
             let decision = cap.skip(*cid, None, 7);
             assert_eq!(decision.next, Next::Idle);
@@ -158,7 +169,7 @@ mod tests {
                     .contains("follower.max_storage (1000 B)")
             );
         }
-        assert_eq!(cap.skipped(), 5);
+        assert_eq!(cap.skipped(), 12);
         assert_eq!(cap.next_read(), Some(t0 + READ_EVERY));
         // Skipped again: its record stands.
         let skipped = PinState {
@@ -169,13 +180,25 @@ mod tests {
             updated_ms: 1,
         };
         assert_eq!(cap.skip(cids[0], Some(&skipped), 9).record, None);
-        // One changed meanwhile (it is decided again), then the node is under the cap.
+        // A reading that fails puts the next one off, and changes nothing else.
+        assert_eq!(cap.read(None, t0 + READ_EVERY), Vec::<Cid>::new());
+        assert!(cap.reached() && !cap.stale(t0 + READ_EVERY));
+        assert_eq!(cap.next_read(), Some(t0 + READ_EVERY * 2));
+        // One changed meanwhile (it is decided again), then the node is under the cap: the
+        // others come back in key order, READ_AFTER at a time.
         cap.changed(&cids[2]);
-        assert_eq!(cap.read(1200, t0 + READ_EVERY), Vec::<Cid>::new());
+        assert_eq!(cap.read(Some(1200), t0 + READ_EVERY), Vec::<Cid>::new());
         let mut expected: Vec<Cid> = cids.clone();
         expected.remove(2);
         expected.sort();
-        assert_eq!(cap.read(999, t0 + READ_EVERY * 2), expected);
+        assert_eq!(
+            cap.read(Some(999), t0 + READ_EVERY * 2),
+            expected[..READ_AFTER]
+        );
+        assert_eq!(
+            cap.read(Some(999), t0 + READ_EVERY * 3),
+            expected[READ_AFTER..]
+        );
         assert_eq!((cap.skipped(), cap.next_read()), (0, None));
     }
 }
