@@ -34,4 +34,4 @@ pub mod publish;
 
 pub use self::choose::{Ask, Refused, choose};
 pub use self::keeper::KeeperSettings;
-pub use self::publish::{MetricSettings, free_for_pins, publish_metrics, ttl_ms};
+pub use self::publish::{MetricSettings, free_for_pins, next_seq, publish_metrics, ttl_ms};

@@ -59,6 +59,15 @@ pub fn ttl_ms(interval: Duration) -> u64 {
     ttl.clamp(MIN_TTL_MS, MAX_TTL_MS)
 }
 
+/// The `seq` of a signed message published after one of `last`: the clock in milliseconds,
+/// and always more than the last.
+pub fn next_seq(last: u64) -> u64 {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    now_ms.max(last + 1)
+}
+
 /// Publishes this agent's metric every interval until `cancel`.
 pub async fn publish_metrics(
     settings: MetricSettings,
@@ -90,11 +99,7 @@ pub async fn publish_metrics(
                 .flatten(),
             None => None,
         };
-        // The clock in milliseconds, and always more than the last one.
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        seq = now_ms.max(seq + 1);
+        seq = next_seq(seq);
         let reading = Reading {
             seq,
             ttl_ms: ttl_ms(settings.interval),

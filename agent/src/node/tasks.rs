@@ -118,8 +118,7 @@ pub(super) async fn announce(
             }
         };
         let report = reconciler.report();
-        // The clock in milliseconds, and always more than the last one.
-        seq = crate::replica::now_ms().max(seq + 1);
+        seq = crate::allocation::next_seq(seq);
         let standing = Standing {
             seq,
             ttl_ms: crate::allocation::ttl_ms(settings.interval),
