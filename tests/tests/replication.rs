@@ -70,11 +70,44 @@ async fn until_with_copies(
         }
         assert!(
             Instant::now() < deadline,
-            "timed out waiting until {what}: held {held:?}, allocations {views:?}"
+            "timed out waiting until {what}:\n{}",
+            compact(&held, &views)
         );
         // Pins land on the nodes' schedule, not on an event the test can await.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// What each node holds and the agents' views allocate, a line per CID (`#3 held 01100
+/// allocated [ab12cd, ef34gh] | view 2: [...]`, the first view and those that differ from it,
+/// peers by the end of their id), short enough for a log.
+fn compact(
+    held: &BTreeMap<Cid, Vec<bool>>,
+    views: &[BTreeMap<Cid, Option<Vec<String>>>],
+) -> String {
+    let short = |list: &Option<Vec<String>>| match list {
+        None => "not pinned".to_string(),
+        Some(peers) => {
+            let ends: Vec<&str> = (peers.iter())
+                .map(|p| &p[p.len().saturating_sub(6)..])
+                .collect();
+            format!("[{}]", ends.join(", "))
+        }
+    };
+    let mut lines = Vec::new();
+    for (k, (cid, on)) in held.iter().enumerate() {
+        let bits: String = on.iter().map(|h| if *h { '1' } else { '0' }).collect();
+        let first = views.first().and_then(|v| v.get(cid)).cloned().flatten();
+        let mut line = format!("#{k} held {bits} allocated {}", short(&first));
+        for (i, view) in views.iter().enumerate().skip(1) {
+            let theirs = view.get(cid).cloned().flatten();
+            if theirs != first {
+                line.push_str(&format!(" | view {i}: {}", short(&theirs)));
+            }
+        }
+        lines.push(line);
+    }
+    lines.join("\n")
 }
 
 /// `n` js-ipfs nodes with one agent each (metrics every 200 ms, then `configure` with the
@@ -388,6 +421,13 @@ async fn in_a_two_three_split_only_the_larger_side_repins_and_every_pin_heals_to
             })
     })
     .await;
+    // Back above half, the small side first heard of the large side's first peers and had not
+    // caught up with its repins: it waited `repin_after` instead of moving pins itself.
+    for i in small {
+        let info = agents[i].client().peers().await.expect("peers");
+        let repinning = info.repinning.expect("a keeper");
+        assert_eq!(repinning.repinned, 0, "agent {i} repinned: {repinning:?}");
+    }
     for agent in &mut agents {
         agent.stop().await;
     }

@@ -12,8 +12,9 @@
 //!   start; one never heard of counts as lost once this agent has been up `repin_after`; one
 //!   removed with `peers rm` is lost at once.
 //!   Guards: an agent that sees fewer than half of the allocatable peers alive repins nothing
-//!   (it is probably on the small side of a split, and the large side repins); at most
-//!   `cluster.repin_rate` pins per second. The peers that lose a pin keep their copy until
+//!   (it is probably on the small side of a split, and the large side repins), and once it
+//!   sees half or more again it waits `repin_after` before it repins ([`guard`](super::guard));
+//!   at most `cluster.repin_rate` pins per second. The peers that lose a pin keep their copy until
 //!   enough of its new peers hold it (the reconciler's release).
 //! - **Expiry.** The reconciler's timers unpin an expired pin on every peer at once and hand it
 //!   here; the repinner of its CID removes it from the pinset. Removing it twice is harmless,
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::choose::reallocate;
+use super::guard::{Allowed, Change, Guard};
 use crate::reconcile::Cluster;
 use crate::replica::{LocalOp, ReplicaHandle, now_ms};
 use crate::store::Store;
@@ -132,13 +134,13 @@ pub fn spawn(
         expired: tx,
     });
     let keeper = Keeper {
+        guard: Guard::new(settings.repin_after),
         settings,
         store,
         replica,
         swarm,
         started: Instant::now(),
         last_scan: None,
-        outnumbered: false,
         report,
     };
     Started {
@@ -156,8 +158,7 @@ struct Keeper {
     started: Instant,
     /// When the pinset was last scanned for pins to repin, and the peers lost then.
     last_scan: Option<(Instant, BTreeSet<PeerId>)>,
-    /// The last look saw fewer than half of the allocatable peers (said once).
-    outnumbered: bool,
+    guard: Guard,
     report: watch::Sender<Option<Repinning>>,
 }
 
@@ -282,41 +283,40 @@ impl Keeper {
         info!(pins = done, "repinned");
     }
 
-    /// The peers as the swarm sees them, unless this agent sees fewer than half of them
-    /// alive (then it repins nothing).
+    /// The peers as the swarm sees them, unless the partition guard holds repinning back
+    /// ([`guard`](super::guard)).
     async fn look(&mut self) -> Option<Lost> {
         let peers = self.swarm.allocatable().await.ok()?;
         let (live, all) = (peers.live.len(), peers.live.len() + peers.down.len());
         let up_for = self.started.elapsed();
-        let paused = live * 2 < all;
+        let (allowed, change) = self.guard.look(live, all, up_for, Instant::now());
         let lost = Lost::of(peers, self.settings.repin_after, up_for);
         self.report.send_modify(|r| {
             let r = r.get_or_insert_default();
-            (r.live, r.allocatable, r.paused) = (live, all, paused);
+            (r.live, r.allocatable) = (live, all);
+            r.paused = allowed == Allowed::Paused;
+            r.resumes_in_ms = match allowed {
+                Allowed::Settling(left) => Some(left.as_millis() as u64),
+                _ => None,
+            };
             r.lost = lost.known.len();
             r.uptime_ms = up_for.as_millis() as u64;
         });
-        // Said once per change, and not while nothing can be lost yet (just after a start,
-        // before the peers' metrics came in).
-        let may_lose = up_for >= self.settings.repin_after;
-        if paused {
-            if may_lose && !std::mem::replace(&mut self.outnumbered, true) {
-                warn!(
-                    live,
-                    allocatable = all,
-                    "fewer than half of the peers are alive; not repinning"
-                );
-            }
-            return None;
-        }
-        if std::mem::take(&mut self.outnumbered) {
-            info!(
+        match change {
+            Some(Change::Outnumbered) => warn!(
                 live,
                 allocatable = all,
-                "half of the peers or more are alive again"
-            );
+                "fewer than half of the peers are alive; not repinning"
+            ),
+            Some(Change::Regained) => info!(
+                live,
+                allocatable = all,
+                resumes_in = %humantime::format_duration(self.settings.repin_after),
+                "half of the peers or more are alive again; repinning resumes after repin_after"
+            ),
+            None => {}
         }
-        Some(lost)
+        (allowed == Allowed::Repin).then_some(lost)
     }
 
     /// Allocates `cids` again (each as it stands now); returns how many were written.

@@ -4,7 +4,7 @@
 //! - [`choose`]: the writer's choice of a pin's allocations (factors, user allocations, tags,
 //!   free space), stored in the pin.
 //! - [`keeper`]: repinning pins whose peers are lost, and removing expired pins, each done by
-//!   one peer chosen by the pin's CID, with no leader.
+//!   one peer chosen by the pin's CID, with no leader; [`guard`]: when it holds repinning back.
 //! - [`publish`]: this agent's metric (free space for pins, pins allocated, tags), signed and
 //!   published every `cluster.metrics_interval` by an agent that drives an IPFS node. Peers hold
 //!   each other's latest metric (`swarm::PeerMetric`); one whose metric expired is down.
@@ -29,6 +29,7 @@ impl Default for Policy {
 }
 
 pub mod choose;
+mod guard;
 pub mod keeper;
 pub mod publish;
 

@@ -127,6 +127,9 @@ fn repinning_text(r: &crate::swarm::Repinning) -> String {
     let alive = format!("{} of {} allocatable peers alive", r.live, r.allocatable);
     let mut text = if r.paused {
         format!("repinning paused: {alive} (fewer than half)")
+    } else if let Some(ms) = r.resumes_in_ms {
+        let left = humantime::format_duration(std::time::Duration::from_secs(ms.div_ceil(1000)));
+        format!("repinning resumes in {left}: {alive} again")
     } else {
         format!("repinning on: {alive}")
     };

@@ -106,6 +106,10 @@ pub struct Repinning {
     pub allocatable: usize,
     /// Fewer than half of the allocatable peers are alive: this agent repins nothing.
     pub paused: bool,
+    /// Half or more are alive again after fewer: repinning resumes in this many milliseconds
+    /// (absent from the previous release's answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumes_in_ms: Option<u64>,
     /// Peers counted as lost (down for `repin_after` or longer, or removed).
     pub lost: usize,
     /// Pins this agent allocated again since it started.
