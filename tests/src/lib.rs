@@ -164,6 +164,7 @@ impl TestAgent {
     }
 
     pub async fn start(&mut self) -> &NodeHandle {
+        log_from_env();
         let start = Start::from_home(self.home.clone()).expect("home loads");
         let node = Node::start(start).await.expect("agent starts");
         self.node.insert(node)
@@ -186,6 +187,21 @@ impl TestAgent {
     pub fn state(&self) -> Arc<ReplicaState> {
         self.node().replica.state()
     }
+}
+
+/// With `PINMESH_TEST_LOG` set (a `tracing` filter such as `pinmesh_agent=debug`), the agents
+/// a test runs in its own process log to the test's output, which the runner shows when the
+/// test fails. Each line names the agent's peer id where the agent's code does.
+fn log_from_env() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("PINMESH_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
 }
 
 /// Asks `agent` for its peers until `check` holds (for at most a minute); the last answer on
