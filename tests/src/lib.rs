@@ -190,16 +190,22 @@ impl TestAgent {
 }
 
 /// With `PINMESH_TEST_LOG` set (a `tracing` filter such as `pinmesh_agent=debug`), the agents
-/// a test runs in its own process log to the test's output, which the runner shows when the
+/// a test runs inside its own process log to the test's output, which the runner shows when the
 /// test fails. Each line names the agent's peer id where the agent's code does.
 fn log_from_env() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        if let Ok(filter) = std::env::var("PINMESH_TEST_LOG") {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-                .with_test_writer()
-                .try_init();
+        let Ok(filter) = std::env::var("PINMESH_TEST_LOG") else {
+            return;
+        };
+        match tracing_subscriber::EnvFilter::try_new(&filter) {
+            Ok(filter) => {
+                let _ = tracing_subscriber::fmt()
+                    .with_env_filter(filter)
+                    .with_test_writer()
+                    .try_init();
+            }
+            Err(err) => panic!("PINMESH_TEST_LOG={filter:?} is not a tracing filter: {err}"),
         }
     });
 }

@@ -71,17 +71,18 @@ async fn until_with_copies(
         assert!(
             Instant::now() < deadline,
             "timed out waiting until {what}:\n{}",
-            compact(&held, &views)
+            compact(cids, &held, &views)
         );
         // Pins land on the nodes' schedule, not on an event the test can await.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-/// What each node holds and the agents' views allocate, a line per CID (`#3 held 01100
-/// allocated [ab12cd, ef34gh] | view 2: [...]`, the first view and those that differ from it,
-/// peers by the end of their id), short enough for a log.
+/// What each node holds and the agents' views allocate, a line per CID in the test's order
+/// (`#3 …q2kgxta held 01100 allocated [ab12cd, ef34gh] | view 2: [...]`: the first view and
+/// those that differ from it, CIDs and peers by the end of their text), short enough for a log.
 fn compact(
+    cids: &[Cid],
     held: &BTreeMap<Cid, Vec<bool>>,
     views: &[BTreeMap<Cid, Option<Vec<String>>>],
 ) -> String {
@@ -95,10 +96,13 @@ fn compact(
         }
     };
     let mut lines = Vec::new();
-    for (k, (cid, on)) in held.iter().enumerate() {
+    for (k, cid) in cids.iter().enumerate() {
+        let on = held.get(cid).map_or(&[][..], Vec::as_slice);
         let bits: String = on.iter().map(|h| if *h { '1' } else { '0' }).collect();
         let first = views.first().and_then(|v| v.get(cid)).cloned().flatten();
-        let mut line = format!("#{k} held {bits} allocated {}", short(&first));
+        let text = cid.to_string();
+        let end = &text[text.len().saturating_sub(7)..];
+        let mut line = format!("#{k} …{end} held {bits} allocated {}", short(&first));
         for (i, view) in views.iter().enumerate().skip(1) {
             let theirs = view.get(cid).cloned().flatten();
             if theirs != first {
@@ -422,10 +426,26 @@ async fn in_a_two_three_split_only_the_larger_side_repins_and_every_pin_heals_to
     })
     .await;
     // Back above half, the small side first heard of the large side's first peers and had not
-    // caught up with its repins: it waited `repin_after` instead of moving pins itself.
+    // caught up with its repins: it waited instead of moving pins itself. Asked once the wait
+    // is over, and a look 1.5 s after the one that ended it: a repin that look decided on is
+    // written before the keeper's next second of repins, or its next look.
     for i in small {
-        let info = agents[i].client().peers().await.expect("peers");
-        let repinning = info.repinning.expect("a keeper");
+        let resumed_at = std::cell::Cell::new(None);
+        let seen = peers_until(&agents[i], |info| {
+            let Some(r) = &info.repinning else {
+                return false;
+            };
+            if r.paused || r.resumes_in_ms.is_some() {
+                resumed_at.set(None);
+                return false;
+            }
+            let from = *resumed_at.get().get_or_insert(r.uptime_ms);
+            resumed_at.set(Some(from));
+            r.uptime_ms >= from + 1_500
+        })
+        .await
+        .unwrap_or_else(|info| panic!("agent {i} still waits: {:?}", info.repinning));
+        let repinning = seen.repinning.expect("a keeper");
         assert_eq!(repinning.repinned, 0, "agent {i} repinned: {repinning:?}");
     }
     for agent in &mut agents {

@@ -3,15 +3,16 @@
 //!
 //! - Fewer than half alive: **paused**. The agent is probably on the small side of a split, and
 //!   the large side repins.
-//! - Half or more alive again after being outnumbered: **settling** for `repin_after`, then on.
-//!   An agent back from the small side sees the first peers of the large side before the rest,
-//!   and has not yet caught up with what the large side wrote meanwhile: the peers it still
-//!   misses would count as lost at once, and it would move pins that the large side already
-//!   moved. Waiting `repin_after` gives them the same time to be heard from as a restart does.
+//! - Half or more alive again after fewer: **settling**, then on. An agent back from the small
+//!   side of a split hears from the large side's first peers before the rest, and has not yet
+//!   caught up with what the large side wrote meanwhile: the peers it still misses would count
+//!   as lost at once, and it would move pins that the large side already moved. So it waits as
+//!   long as it was outnumbered, at most `repin_after` (what a restart waits too): a blip
+//!   below half holds repinning back for no longer than the blip.
 //! - Otherwise: **on**.
 //!
-//! Being outnumbered counts only once the agent has been up `repin_after`: just after a start,
-//! before the peers' metrics came in, nothing can be lost yet anyway.
+//! Below half just after a start (before the peers' metrics came in) settles the same way, but
+//! is not said: nothing could be lost yet anyway.
 
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use tokio::time::Instant;
 pub(super) enum Allowed {
     /// Fewer than half of the allocatable peers alive.
     Paused,
-    /// Half or more again, for less than `repin_after`: repinning resumes after this.
+    /// Half or more again, not for long enough yet: repinning resumes after this.
     Settling(Duration),
     Repin,
 }
@@ -37,18 +38,21 @@ pub(super) enum Change {
 #[derive(Debug)]
 pub(super) struct Guard {
     repin_after: Duration,
-    /// The last look saw fewer than half alive, once it counted.
-    outnumbered: bool,
-    /// When half or more were seen alive again after being outnumbered.
-    regained: Option<Instant>,
+    /// Since when the looks have seen fewer than half alive.
+    outnumbered_since: Option<Instant>,
+    /// Outnumbered was said (not just after a start).
+    said: bool,
+    /// Repinning resumes then, after being outnumbered.
+    resumes_at: Option<Instant>,
 }
 
 impl Guard {
     pub fn new(repin_after: Duration) -> Guard {
         Guard {
             repin_after,
-            outnumbered: false,
-            regained: None,
+            outnumbered_since: None,
+            said: false,
+            resumes_at: None,
         }
     }
 
@@ -61,22 +65,26 @@ impl Guard {
         now: Instant,
     ) -> (Allowed, Option<Change>) {
         if live * 2 < all {
-            self.regained = None;
-            let counts = up_for >= self.repin_after;
-            let change = (counts && !std::mem::replace(&mut self.outnumbered, true))
+            self.resumes_at = None;
+            // Counted from the first look below half; said once it could matter.
+            self.outnumbered_since.get_or_insert(now);
+            let change = (up_for >= self.repin_after && !std::mem::replace(&mut self.said, true))
                 .then_some(Change::Outnumbered);
             return (Allowed::Paused, change);
         }
-        let change = std::mem::take(&mut self.outnumbered).then(|| {
-            self.regained = Some(now);
-            Change::Regained
-        });
-        if let Some(at) = self.regained {
-            let since = now.saturating_duration_since(at);
-            if since < self.repin_after {
-                return (Allowed::Settling(self.repin_after - since), change);
+        let mut change = None;
+        if let Some(since) = self.outnumbered_since.take() {
+            let away = now.saturating_duration_since(since).min(self.repin_after);
+            self.resumes_at = Some(now + away);
+            if std::mem::take(&mut self.said) {
+                change = Some(Change::Regained);
             }
-            self.regained = None;
+        }
+        if let Some(at) = self.resumes_at {
+            if now < at {
+                return (Allowed::Settling(at - now), change);
+            }
+            self.resumes_at = None;
         }
         (Allowed::Repin, change)
     }
@@ -88,58 +96,94 @@ mod tests {
 
     const AFTER: Duration = Duration::from_secs(60);
 
-    #[test]
-    fn an_agent_outnumbered_pauses_and_settles_for_repin_after_once_the_majority_is_back() {
-        let mut guard = Guard::new(AFTER);
-        let t0 = Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
-        assert_eq!(guard.look(5, 5, AFTER, at(0)), (Allowed::Repin, None));
-        assert_eq!(
-            guard.look(2, 5, AFTER, at(1)),
-            (Allowed::Paused, Some(Change::Outnumbered))
-        );
-        assert_eq!(guard.look(2, 5, AFTER, at(2)), (Allowed::Paused, None));
-        // Three of five: back above half, but only the first peers may have come back.
-        assert_eq!(
-            guard.look(3, 5, AFTER, at(10)),
-            (Allowed::Settling(AFTER), Some(Change::Regained))
-        );
-        assert_eq!(
-            guard.look(5, 5, AFTER, at(40)),
-            (Allowed::Settling(Duration::from_secs(30)), None)
-        );
-        assert_eq!(guard.look(5, 5, AFTER, at(70)), (Allowed::Repin, None));
-        assert_eq!(guard.look(5, 5, AFTER, at(71)), (Allowed::Repin, None));
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
     }
 
     #[test]
-    fn outnumbered_again_while_settling_pauses_and_settles_anew() {
+    fn back_above_half_after_a_split_it_waits_repin_after() {
         let mut guard = Guard::new(AFTER);
         let t0 = Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
-        guard.look(1, 3, AFTER, at(0));
-        assert_eq!(guard.look(2, 3, AFTER, at(1)).1, Some(Change::Regained));
+        let at = |s: u64| t0 + secs(s);
+        let up = secs(600);
+        assert_eq!(guard.look(5, 5, up, at(0)), (Allowed::Repin, None));
         assert_eq!(
-            guard.look(1, 3, AFTER, at(30)),
+            guard.look(2, 5, up, at(10)),
             (Allowed::Paused, Some(Change::Outnumbered))
         );
+        assert_eq!(guard.look(2, 5, up, at(100)), (Allowed::Paused, None));
+        // Three of five: back above half, but maybe only the first peers came back.
         assert_eq!(
-            guard.look(3, 3, AFTER, at(50)),
+            guard.look(3, 5, up, at(200)),
             (Allowed::Settling(AFTER), Some(Change::Regained))
         );
-        assert_eq!(guard.look(3, 3, AFTER, at(110)), (Allowed::Repin, None));
+        assert_eq!(
+            guard.look(5, 5, up, at(230)),
+            (Allowed::Settling(secs(30)), None)
+        );
+        assert_eq!(guard.look(5, 5, up, at(260)), (Allowed::Repin, None));
+        assert_eq!(guard.look(5, 5, up, at(261)), (Allowed::Repin, None));
     }
 
     #[test]
-    fn fewer_than_half_just_after_a_start_pauses_without_settling_later() {
+    fn a_blip_below_half_holds_repinning_back_no_longer_than_the_blip() {
         let mut guard = Guard::new(AFTER);
         let t0 = Instant::now();
-        let early = Duration::from_secs(5);
-        // Before the peers' metrics came in: paused, not said, and not outnumbered.
-        assert_eq!(guard.look(1, 5, early, t0), (Allowed::Paused, None));
-        let later = t0 + Duration::from_secs(1);
-        assert_eq!(guard.look(4, 5, early, later), (Allowed::Repin, None));
+        let at = |s: u64| t0 + secs(s);
+        let up = secs(600);
+        assert_eq!(guard.look(1, 3, up, at(0)).1, Some(Change::Outnumbered));
+        assert_eq!(
+            guard.look(2, 3, up, at(5)),
+            (Allowed::Settling(secs(5)), Some(Change::Regained))
+        );
+        assert_eq!(guard.look(2, 3, up, at(10)), (Allowed::Repin, None));
+        // Blips every 20 s leave it repinning most of the time.
+        assert_eq!(guard.look(1, 3, up, at(20)).0, Allowed::Paused);
+        assert_eq!(guard.look(2, 3, up, at(22)).0, Allowed::Settling(secs(2)));
+        assert_eq!(guard.look(2, 3, up, at(24)).0, Allowed::Repin);
+    }
+
+    #[test]
+    fn outnumbered_again_while_settling_pauses_and_counts_anew() {
+        let mut guard = Guard::new(AFTER);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + secs(s);
+        let up = secs(600);
+        guard.look(1, 3, up, at(0));
+        assert_eq!(guard.look(2, 3, up, at(100)).1, Some(Change::Regained));
+        assert_eq!(
+            guard.look(1, 3, up, at(130)),
+            (Allowed::Paused, Some(Change::Outnumbered))
+        );
+        // Outnumbered 20 s this time: it waits 20 s.
+        assert_eq!(
+            guard.look(3, 3, up, at(150)),
+            (Allowed::Settling(secs(20)), Some(Change::Regained))
+        );
+        assert_eq!(guard.look(3, 3, up, at(170)), (Allowed::Repin, None));
+    }
+
+    #[test]
+    fn below_half_just_after_a_start_settles_without_a_word() {
+        let mut guard = Guard::new(AFTER);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + secs(s);
+        // A restart on the small side: the peers it knew, down since the start.
+        assert_eq!(guard.look(1, 5, secs(0), at(0)), (Allowed::Paused, None));
+        assert_eq!(guard.look(2, 5, secs(40), at(40)), (Allowed::Paused, None));
+        // Back above half before `repin_after` of uptime: it still waits, and says nothing.
+        assert_eq!(
+            guard.look(3, 5, secs(50), at(50)),
+            (Allowed::Settling(secs(50)), None)
+        );
+        assert_eq!(guard.look(5, 5, secs(100), at(100)), (Allowed::Repin, None));
+        // Outnumbered past `repin_after` of uptime is said.
+        assert_eq!(
+            guard.look(2, 5, secs(110), at(110)),
+            (Allowed::Paused, Some(Change::Outnumbered))
+        );
         // Exactly half is enough.
-        assert_eq!(guard.look(2, 4, AFTER, later), (Allowed::Repin, None));
+        let mut fresh = Guard::new(AFTER);
+        assert_eq!(fresh.look(2, 4, secs(0), at(0)), (Allowed::Repin, None));
     }
 }
