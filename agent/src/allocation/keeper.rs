@@ -14,9 +14,9 @@
 //!   Guards: an agent that sees fewer than half of the allocatable peers alive repins nothing
 //!   (it is probably on the small side of a split, and the large side repins), and once it
 //!   sees half or more again it waits as long as it saw fewer, at most `repin_after`, before
-//!   it repins ([`guard`](super::guard));
-//!   at most `cluster.repin_rate` pins per second. The peers that lose a pin keep their copy until
-//!   enough of its new peers hold it (the reconciler's release).
+//!   it repins ([`guard`](super::guard)); at most `cluster.repin_rate` pins per second. The
+//!   peers that lose a pin keep their copy until enough of its new peers hold it (the
+//!   reconciler's release).
 //! - **Expiry.** The reconciler's timers unpin an expired pin on every peer at once and hand it
 //!   here; the repinner of its CID removes it from the pinset. Removing it twice is harmless,
 //!   so no guard applies.
@@ -292,15 +292,15 @@ impl Keeper {
         let up_for = self.started.elapsed();
         let (allowed, change) = self.guard.look(live, all, up_for, Instant::now());
         let lost = Lost::of(peers, self.settings.repin_after, up_for);
-        let resumes_in = match allowed {
-            Allowed::Settling(left) => Some(left),
+        let resumes_in_ms = match allowed {
+            Allowed::Settling(left) => Some(left.as_millis() as u64),
             _ => None,
         };
         self.report.send_modify(|r| {
             let r = r.get_or_insert_default();
             (r.live, r.allocatable) = (live, all);
             r.paused = allowed == Allowed::Paused;
-            r.resumes_in_ms = resumes_in.map(|left| left.as_millis() as u64);
+            r.resumes_in_ms = resumes_in_ms;
             r.lost = lost.known.len();
             r.uptime_ms = up_for.as_millis() as u64;
         });
@@ -313,11 +313,9 @@ impl Keeper {
             Some(Change::Regained) => info!(
                 live,
                 allocatable = all,
-                resumes_in = %humantime::format_duration(Duration::from_millis(
-                    resumes_in.unwrap_or_default().as_millis() as u64
-                )),
-                "half of the peers or more are alive again; repinning resumes after as long as \
-                 they were not (at most repin_after)"
+                resumes_in_ms,
+                "half of the peers or more are alive again; repinning resumes after a wait as \
+                 long as the time below half (at most repin_after)"
             ),
             None => {}
         }
